@@ -1,0 +1,204 @@
+"""Data sets through tensorflow-datasets, with an offline Fashion-MNIST import.
+
+Small data sets (MNIST, Fashion-MNIST, CIFAR) are read once into host memory as
+uint8 arrays; the validation set is held out of the end of the training split
+(CIFAR 45k/5k as in the paper, Fashion-MNIST 55k/5k); the test split is only for
+final numbers. Fashion-MNIST needs no network: when TFDS has not prepared it,
+the IDX files of Debian's `dataset-fashion-mnist` are imported into the TFDS
+data dir as a real TFDS dataset, once.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import struct
+
+from absl import logging
+import numpy as np
+
+DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+LOCAL_FASHION_MNIST = 'fashion_mnist_local'
+LOCAL_VERSION = '1.0.0'
+FASHION_MNIST_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 60000),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz', 10000),
+}
+
+
+class DataMissingError(RuntimeError):
+  """The data set is neither prepared nor obtainable; the message says how to get it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  tfds_name: str
+  image_shape: tuple
+  num_classes: int
+  validation_size: int  # Held out of the end of the training split.
+  test_split: str = 'test'
+  in_memory: bool = True  # False: streamed through tf.data (ImageNet).
+  how_to_get: str = ''
+
+
+DATASETS = {
+    'fashion_mnist': DatasetSpec('fashion_mnist', (28, 28, 1), 10, 5000,
+                                 how_to_get='install the Debian package dataset-fashion-mnist '
+                                 '(apt-get install dataset-fashion-mnist) or run once with network'),
+    'mnist': DatasetSpec('mnist', (28, 28, 1), 10, 6000,
+                         how_to_get='run once with network access so TFDS can download it'),
+    'cifar10': DatasetSpec('cifar10', (32, 32, 3), 10, 5000,
+                           how_to_get='run once with network access so TFDS can download it'),
+    'cifar100': DatasetSpec('cifar100', (32, 32, 3), 100, 5000,
+                            how_to_get='run once with network access so TFDS can download it'),
+    'imagenet2012': DatasetSpec('imagenet2012', (224, 224, 3), 1000, 10000,
+                                test_split='validation', in_memory=False,
+                                how_to_get='download ILSVRC2012_img_train.tar and '
+                                'ILSVRC2012_img_val.tar into the TFDS manual dir '
+                                '(--config.data.manual_dir) and run once'),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}: use one of {", ".join(DATASETS)}.')
+  return DATASETS[name]
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Decodes one (gzipped) IDX file into a uint8 array."""
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'rb') as f:
+    data = f.read()
+  zero, dtype_code, ndim = struct.unpack('>HBB', data[:4])
+  if zero != 0 or dtype_code != 0x08:
+    raise ValueError(f'{path} is not an IDX file of unsigned bytes.')
+  shape = struct.unpack('>' + 'I' * ndim, data[4:4 + 4 * ndim])
+  array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if array.size != int(np.prod(shape)):
+    raise ValueError(f'{path} is truncated: expected {int(np.prod(shape))} values, '
+                     f'found {array.size}.')
+  return array.reshape(shape)
+
+
+def array_checksum(images: np.ndarray, labels: np.ndarray) -> str:
+  h = hashlib.sha256()
+  h.update(np.ascontiguousarray(images).tobytes())
+  h.update(np.ascontiguousarray(labels).tobytes())
+  return h.hexdigest()
+
+
+def local_fashion_mnist_dir(data_dir: str) -> str:
+  return os.path.join(data_dir, LOCAL_FASHION_MNIST, LOCAL_VERSION)
+
+
+def import_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | None = None):
+  """Imports the Fashion-MNIST IDX files into `data_dir` as a TFDS dataset; returns its builder.
+
+  Checks the counts (60,000 / 10,000) and records a sha256 of the decoded arrays
+  in `checksums.json` beside the dataset. `max_examples` keeps only the first
+  examples of each split (for quick tests).
+  """
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  splits, checksums = {}, {}
+  for split, (images_file, labels_file, count) in FASHION_MNIST_FILES.items():
+    paths = [os.path.join(source_dir, f) for f in (images_file, labels_file)]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+      raise DataMissingError(
+          f'Fashion-MNIST is not prepared and {missing[0]} does not exist: '
+          f'{DATASETS["fashion_mnist"].how_to_get}, or point '
+          f'--config.data.fashion_mnist_dir at the IDX files.')
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if len(images) != count or len(labels) != count:
+      raise ValueError(f'Fashion-MNIST {split} should hold {count} examples, but '
+                       f'{paths[0]} has {len(images)} images and {paths[1]} '
+                       f'{len(labels)} labels: reinstall dataset-fashion-mnist.')
+    checksums[split] = {'examples': count, 'sha256': array_checksum(images, labels)}
+    if max_examples:
+      images, labels = images[:max_examples], labels[:max_examples]
+    splits[split] = tf.data.Dataset.from_tensor_slices(
+        {'image': images[..., None], 'label': labels.astype(np.int64)})
+  logging.info('Importing Fashion-MNIST from %s into %s (once).', source_dir, data_dir)
+  print(f'Importing Fashion-MNIST from {source_dir} into the TFDS data dir {data_dir} '
+        '(once, about a minute)...', flush=True)
+  features = tfds.features.FeaturesDict({
+      'image': tfds.features.Image(shape=(28, 28, 1)),
+      'label': tfds.features.ClassLabel(num_classes=10),
+  })
+  builder = tfds.dataset_builders.store_as_tfds_dataset(
+      name=LOCAL_FASHION_MNIST, version=LOCAL_VERSION, features=features,
+      split_datasets=splits, data_dir=data_dir, disable_shuffling=True,
+      description=f'Fashion-MNIST imported from the IDX files in {source_dir}.')
+  with open(os.path.join(local_fashion_mnist_dir(data_dir), 'checksums.json'), 'w') as f:
+    json.dump({'source_dir': source_dir, 'max_examples': max_examples,
+               'splits': checksums}, f, indent=2)
+  return builder
+
+
+def default_data_dir() -> str:
+  return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+
+
+def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+                fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR, download: bool = True):
+  """A prepared TFDS builder for `name`: found, imported offline, or downloaded."""
+  import tensorflow_datasets as tfds
+
+  spec = get_spec(name)
+  data_dir = data_dir or default_data_dir()
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  if name == 'fashion_mnist':
+    local = local_fashion_mnist_dir(data_dir)
+    if os.path.exists(os.path.join(local, 'dataset_info.json')):
+      return tfds.builder_from_directory(local)
+    if os.path.isdir(fashion_mnist_dir):
+      import_fashion_mnist(fashion_mnist_dir, data_dir)
+      return tfds.builder_from_directory(local)
+  if not download:
+    raise DataMissingError(f'{name} is not prepared in {data_dir}: {spec.how_to_get}.')
+  try:
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(download_config=config)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataMissingError(
+        f'{name} is not prepared in the TFDS data dir {data_dir} and could not be '
+        f'downloaded ({type(e).__name__}): {spec.how_to_get}.') from e
+  return builder
+
+
+@dataclasses.dataclass
+class ArraySplit:
+  """A split held in host memory: uint8 images (N, H, W, C) and int32 labels (N,)."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self):
+    return len(self.labels)
+
+
+def load_split_arrays(builder, split: str) -> ArraySplit:
+  import tensorflow_datasets as tfds
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+  return ArraySplit(np.asarray(data['image'], np.uint8), np.asarray(data['label'], np.int32))
+
+
+def load_arrays(name: str, builder, validation_size: int | None = None):
+  """Returns {'train', 'validation', 'test'} ArraySplits; validation from the end of train."""
+  spec = get_spec(name)
+  validation_size = spec.validation_size if validation_size is None else validation_size
+  full = load_split_arrays(builder, 'train')
+  if not 0 <= validation_size < len(full):
+    raise ValueError(f'validation_size {validation_size} must be at least 0 and '
+                     f'below the {len(full)} training examples of {name}.')
+  cut = len(full) - validation_size
+  return {
+      'train': ArraySplit(full.images[:cut], full.labels[:cut]),
+      'validation': ArraySplit(full.images[cut:], full.labels[cut:]),
+      'test': load_split_arrays(builder, spec.test_split),
+  }

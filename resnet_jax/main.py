@@ -1,0 +1,23 @@
+"""Command line: python -m resnet_jax.main --config=configs/FILE.py[:ARGS] --workdir=DIR."""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
+config_flags.DEFINE_config_file('config', None, 'A config file under configs/.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TF off the accelerators.
+  from resnet_jax import train
+  train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,81 @@
+"""Where a run's numbers go: TensorBoard events (clu), `metrics.jsonl`, `config.json`."""
+
+import json
+import os
+import time
+
+import jax
+from clu import metric_writers
+
+
+class MetricsLog:
+  """Writes each record to TensorBoard and as one JSON line; only process 0 writes."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not self.active, asynchronous=False)
+    if self.active:
+      _truncate_after(self.path, resume_step)
+
+  def write(self, step: int, split: str, metrics: dict):
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
+    if self.active:
+      record = {'step': int(step), 'split': split, 'time': time.time(), **metrics}
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+  def write_hparams(self, hparams: dict):
+    self.writer.write_hparams(hparams)
+
+  def close(self):
+    self.writer.flush()
+    self.writer.close()
+
+
+def _truncate_after(path: str, step: int):
+  """Drops records past `step`: they belong to an attempt that died before its checkpoint."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] <= step:
+        keep.append(line)
+    except (ValueError, KeyError):
+      continue  # A line cut short by a kill.
+  if len(keep) != len(lines):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def flat_hparams(config) -> dict:
+  """The config flattened to {'model.depth': 20, ...} with scalar values only."""
+  out = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      name = f'{prefix}{key}'
+      if hasattr(value, 'items'):
+        walk(name + '.', value)
+      elif isinstance(value, (bool, int, float, str)):
+        out[name] = value
+      elif value is None:
+        out[name] = 'None'
+      else:
+        out[name] = str(value)
+
+  walk('', config)
+  return out

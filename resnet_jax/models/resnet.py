@@ -1,0 +1,141 @@
+"""The ResNet families of He et al. 2016: CIFAR (depth 6n+2) and ImageNet (18-152).
+
+One `ResNet` module serves both: the stem, the block class and the stage sizes
+differ. A stage's first block may change shape; its other blocks are identical
+and run under `nn.scan` (optionally `nn.remat`), so compile time does not grow
+with depth. `shortcut='none'` gives the plain twin of the same depth.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from resnet_jax.models import blocks
+from resnet_jax.models import fast_conv
+
+ModuleDef = Any
+
+he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+class _ScanCell(nn.Module):
+  """Adapts a block to `nn.scan`'s (carry, x) -> (carry, y) signature."""
+  block: ModuleDef
+
+  @nn.compact
+  def __call__(self, x, _):
+    return self.block(name='block')(x), None
+
+
+class ResNet(nn.Module):
+  """A ResNet: stem, stages of blocks (widths num_filters * 2**i), pool, dense."""
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_classes: int
+  num_filters: int = 64
+  stem: str = 'imagenet'  # 'imagenet': 7x7/2 conv + 3x3/2 max pool; 'cifar': 3x3 conv.
+  shortcut: str = 'B'
+  preact: bool = False
+  zero_init_last_bn: bool = False
+  scan_blocks: bool = True
+  remat: bool = False
+  conv_impl: str = 'fast'  # 'fast': fast_conv (CPU weight gradient); 'xla'.
+  bn_momentum: float = 0.9
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    blocks.check_shortcut(self.shortcut)
+    if self.conv_impl not in ('fast', 'xla'):
+      raise ValueError(f'Unknown conv_impl {self.conv_impl!r}: use "fast" or "xla".')
+    conv = functools.partial(
+        nn.Conv, use_bias=False, padding='SAME', kernel_init=he_normal,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        conv_general_dilated=(fast_conv.conv_general_dilated
+                              if self.conv_impl == 'fast' else lax.conv_general_dilated))
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='stem_conv')(x)
+    elif self.stem == 'cifar':
+      x = conv(self.num_filters, (3, 3), name='stem_conv')(x)
+    else:
+      raise ValueError(f'Unknown stem {self.stem!r}: use "imagenet" or "cifar".')
+    if not self.preact:
+      x = norm(name='stem_bn')(x)
+      self.sow('intermediates', 'responses', x)
+      x = nn.relu(x)
+    if self.stem == 'imagenet':
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    for i, size in enumerate(self.stage_sizes):
+      block = functools.partial(
+          self.block_cls, filters=self.num_filters * 2**i, conv=conv, norm=norm,
+          shortcut=self.shortcut, preact=self.preact,
+          zero_init_last_bn=self.zero_init_last_bn)
+      if self.remat:
+        block = nn.remat(block)
+      x = block(strides=1 if i == 0 else 2, name=f'stage{i + 1}_block1')(x)
+      if size == 1:
+        continue
+      if self.scan_blocks:
+        cell = nn.remat(_ScanCell) if self.remat else _ScanCell
+        scanned = nn.scan(
+            cell, variable_axes={'params': 0, 'batch_stats': 0, 'intermediates': 0},
+            split_rngs={'params': True}, length=size - 1)
+        x, _ = scanned(block=functools.partial(block, strides=1),
+                       name=f'stage{i + 1}_blocks')(x, None)
+      else:
+        for j in range(1, size):
+          x = block(strides=1, name=f'stage{i + 1}_block{j + 1}')(x)
+
+    if self.preact:
+      x = nn.relu(norm(name='final_bn')(x))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name='head')(x)
+    return x.astype(jnp.float32)
+
+
+def cifar_stage_sizes(depth: int) -> list[int]:
+  """Blocks per stage of the CIFAR family: depth = 6n + 2 gives [n, n, n]."""
+  if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+    raise ValueError(
+        f'CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 20, 32, 44, 56, 110, '
+        f'1202, ...), got {depth!r}.')
+  return [(depth - 2) // 6] * 3
+
+
+def CifarResNet(depth: int = 20, num_classes: int = 10, num_filters: int = 16,
+                shortcut: str = 'A', **kwargs) -> ResNet:
+  """The CIFAR family of He et al. 2016, section 4.2 (stem 3x3/16, 16/32/64 filters)."""
+  return ResNet(stage_sizes=cifar_stage_sizes(depth), block_cls=blocks.BasicBlock,
+                num_classes=num_classes, num_filters=num_filters, stem='cifar',
+                shortcut=shortcut, **kwargs)
+
+
+IMAGENET_DEPTHS = {
+    18: ([2, 2, 2, 2], blocks.BasicBlock),
+    34: ([3, 4, 6, 3], blocks.BasicBlock),
+    50: ([3, 4, 6, 3], blocks.BottleneckBlock),
+    101: ([3, 4, 23, 3], blocks.BottleneckBlock),
+    152: ([3, 8, 36, 3], blocks.BottleneckBlock),
+}
+
+
+def ImageNetResNet(depth: int = 50, num_classes: int = 1000, num_filters: int = 64,
+                   shortcut: str = 'B', **kwargs) -> ResNet:
+  """ResNet-18/34/50/101/152 (7x7/2 stem, max pool, 64..512 filters)."""
+  if depth not in IMAGENET_DEPTHS:
+    raise ValueError(f'ImageNet ResNet depth must be one of '
+                     f'{sorted(IMAGENET_DEPTHS)}, got {depth!r}.')
+  stage_sizes, block_cls = IMAGENET_DEPTHS[depth]
+  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, num_classes=num_classes,
+                num_filters=num_filters, stem='imagenet', shortcut=shortcut, **kwargs)

@@ -1,0 +1,262 @@
+"""Training and evaluation: a pure, jit-compiled step sharded over every device.
+
+`train_and_evaluate(config, workdir)` builds (or restores) the state, trains with
+a progress line, evaluates on the validation split at intervals and on the test
+split at the end, checkpoints with Orbax, and writes TensorBoard events,
+`metrics.jsonl` and `config.json` into `workdir`.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from resnet_jax import datasets
+from resnet_jax import input_pipeline
+from resnet_jax import metrics_io
+from resnet_jax import models
+from resnet_jax import optim
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def make_mesh() -> Mesh:
+  """A one-axis mesh of every device of every process: the batch is split on `data`."""
+  return Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def build_model(config, num_classes: int):
+  return models.create_model(num_classes=num_classes, **config.model.to_dict())
+
+
+def create_train_state(rng, model, tx, image_shape) -> TrainState:
+  variables = model.init(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables.get('batch_stats', {}))
+
+
+def classification_metrics(logits, labels, num_classes: int, weights=None):
+  """Summed loss, top-1 (and top-5 where classes > 10) and the example count."""
+  weights = jnp.ones(labels.shape, jnp.float32) if weights is None else weights
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  out = {'loss': jnp.sum(loss * weights),
+         'accuracy': jnp.sum((jnp.argmax(logits, -1) == labels) * weights),
+         'count': jnp.sum(weights)}
+  if num_classes > 10:
+    top5 = jnp.any(jax.lax.top_k(logits, 5)[1] == labels[:, None], axis=-1)
+    out['top5_accuracy'] = jnp.sum(top5 * weights)
+  return out
+
+
+def train_step(state: TrainState, batch, rng, *, schedule, data_cfg, mean, std,
+               num_classes: int):
+  """One SGD step on `batch`: (state, batch, rng) -> (state, metrics). Pure."""
+  rng = jax.random.fold_in(rng, state.step)
+  images = input_pipeline.preprocess(batch['image'], rng, mean=mean, std=std,
+                                     kind=data_cfg.augment, pad=data_cfg.pad)
+  labels = batch['label']
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+        mutable=['batch_stats'])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits, updates)
+
+  (_, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(
+      grads=grads, batch_stats=updates.get('batch_stats', state.batch_stats))
+  sums = classification_metrics(logits, labels, num_classes)
+  count = sums.pop('count')
+  metrics = {k: v / count for k, v in sums.items()}
+  metrics.update(learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads),
+                 param_norm=optax.global_norm(new_state.params))
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, *, mean, std, num_classes: int):
+  """Summed metrics of one padded eval batch (`mask` marks real examples)."""
+  images = input_pipeline.preprocess(batch['image'], None, mean=mean, std=std)
+  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                          images, train=False)
+  return classification_metrics(logits, batch['label'], num_classes, batch['mask'])
+
+
+def steps_for(config, steps_per_epoch: int) -> int:
+  """The run's length in steps: `num_train_steps` if positive, else `num_epochs`."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(round(config.num_epochs * steps_per_epoch))
+
+
+class Trainer:
+  """Holds the compiled steps and shardings of one run."""
+
+  def __init__(self, config, model, tx, schedule, image_shape, mean, std, num_classes):
+    self.mesh = make_mesh()
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data_sharding = NamedSharding(self.mesh, P('data'))
+    self.model, self.image_shape = model, image_shape
+    self.tx = tx
+    step = functools.partial(train_step, schedule=schedule, data_cfg=config.data,
+                             mean=mean, std=std, num_classes=num_classes)
+    self.train_step = jax.jit(step, in_shardings=(self.replicated, self.data_sharding,
+                                                  self.replicated),
+                              out_shardings=(self.replicated, self.replicated),
+                              donate_argnums=0)
+    self.eval_step = jax.jit(
+        functools.partial(eval_step, mean=mean, std=std, num_classes=num_classes),
+        in_shardings=(self.replicated, self.data_sharding), out_shardings=self.replicated)
+
+  def init_state(self, rng) -> TrainState:
+    init = functools.partial(create_train_state, model=self.model, tx=self.tx,
+                             image_shape=self.image_shape)
+    return jax.jit(init, out_shardings=self.replicated)(rng)
+
+  def to_device(self, local_batch):
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), local_batch)
+
+  def evaluate(self, state, split, batch_size) -> dict:
+    totals = None
+    for batch in input_pipeline.eval_batches(split, batch_size, jax.process_index(),
+                                             jax.process_count()):
+      sums = self.eval_step(state, self.to_device(batch))
+      totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = totals.pop('count')
+    return {k: float(v / count) for k, v in totals.items()}
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep,
+                                         create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                               options=options)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains and evaluates one run in `workdir`; returns the final metrics."""
+  spec = datasets.get_spec(config.data.name)
+  n_dev = jax.device_count()
+  for name in ('batch_size', 'eval_batch_size'):
+    if config[name] % n_dev:
+      raise ValueError(f'{name} {config[name]} is not divisible by the {n_dev} devices: '
+                       f'use a multiple of {n_dev}.')
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  builder = datasets.get_builder(config.data.name, config.data.data_dir or None,
+                                 config.data.manual_dir or None,
+                                 config.data.fashion_mnist_dir)
+  splits = datasets.load_arrays(
+      config.data.name, builder,
+      None if config.data.validation_size < 0 else config.data.validation_size)
+  mean, std = input_pipeline.channel_stats(splits['train'].images)
+  batches = input_pipeline.TrainBatches(splits['train'], config.batch_size, config.seed,
+                                        jax.process_index(), jax.process_count())
+  total_steps = steps_for(config, batches.steps_per_epoch)
+  image_shape = splits['train'].images.shape[1:]
+
+  model = build_model(config, spec.num_classes)
+  tx, schedule = optim.create_optimizer(config.optimizer, total_steps)
+  trainer = Trainer(config, model, tx, schedule, image_shape, mean, std, spec.num_classes)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  state = trainer.init_state(init_rng)
+  n_params = models.count_params(state.params)
+
+  mngr = checkpoint_manager(workdir, config)
+  start = mngr.latest_step() or 0
+  if start:
+    state = mngr.restore(start, args=ocp.args.StandardRestore(state))
+    print(f'Resumed from the checkpoint of step {start} in {workdir}.', flush=True)
+  log = metrics_io.MetricsLog(workdir, resume_step=start)
+  if start == 0:
+    log.write_hparams(metrics_io.flat_hparams(config))
+
+  print(f'{config.model.name} depth {config.model.get("depth", "-")} '
+        f'shortcut {config.model.get("shortcut", "-")}: {n_params:,} parameters; '
+        f'{config.data.name} {len(splits["train"])}/{len(splits["validation"])}/'
+        f'{len(splits["test"])}; {total_steps} steps of batch {config.batch_size} on '
+        f'{n_dev} {jax.devices()[0].platform} device(s).', flush=True)
+
+  t0 = time.perf_counter()
+  example = trainer.to_device(batches(start))
+  compiled = trainer.train_step.lower(state, example, step_rng).compile()
+  compile_s = time.perf_counter() - t0
+  print(f'Compiled the train step in {compile_s:.1f} s.', flush=True)
+
+  pending, last_log_t, last_log_step = [], time.perf_counter(), start
+  t_train = time.perf_counter()
+  for step in range(start, total_steps):
+    state, metrics = compiled(state, trainer.to_device(batches(step)), step_rng)
+    pending.append(metrics)
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == total_steps:
+      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+                 for k in pending[0]}
+      pending = []
+      if not np.isfinite(summary['loss']):
+        raise FloatingPointError(
+            f'The training loss became {summary["loss"]} by step {done}: lower the '
+            f'learning rate; checkpoints up to step {mngr.latest_step()} are kept.')
+      now = time.perf_counter()
+      steps_per_s = (done - last_log_step) / (now - last_log_t)
+      last_log_t, last_log_step = now, done
+      summary.update(steps_per_second=steps_per_s,
+                     images_per_second=steps_per_s * config.batch_size)
+      log.write(done, 'train', summary)
+      print(f'step {done}/{total_steps} | loss {summary["loss"]:.4f} | '
+            f'acc {summary["accuracy"]:.4f} | {steps_per_s:.2f} steps/s | '
+            f'{summary["images_per_second"]:.0f} img/s | '
+            f'ETA {_format_eta((total_steps - done) / steps_per_s)}', flush=True)
+    if config.eval_every_steps > 0 and done % config.eval_every_steps == 0 \
+        and done != total_steps:
+      val = trainer.evaluate(state, splits['validation'], config.eval_batch_size)
+      log.write(done, 'validation', val)
+      print(f'step {done}: validation loss {val["loss"]:.4f} accuracy '
+            f'{val["accuracy"]:.4f}', flush=True)
+    if config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0:
+      mngr.save(done, args=ocp.args.StandardSave(state))
+
+  final = {}
+  if len(splits['validation']):
+    final['validation'] = trainer.evaluate(state, splits['validation'],
+                                           config.eval_batch_size)
+  final['test'] = trainer.evaluate(state, splits['test'], config.eval_batch_size)
+  for split, values in final.items():
+    log.write(total_steps, split, values)
+  train_s = time.perf_counter() - t_train
+  if mngr.latest_step() != total_steps:
+    mngr.save(total_steps, args=ocp.args.StandardSave(state), force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  log.write(total_steps, 'run', {'compile_seconds': compile_s,
+                                 'train_seconds': train_s, 'params': n_params})
+  log.close()
+  val_acc = final.get('validation', {}).get('accuracy', float('nan'))
+  print(f'Final (step {total_steps}): validation accuracy {val_acc:.4f}, '
+        f'test accuracy {final["test"]["accuracy"]:.4f}, test loss '
+        f'{final["test"]["loss"]:.4f}; trained in {train_s:.0f} s.', flush=True)
+  final['state'] = state
+  return final
