@@ -18,6 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.validation_size = -1  # -1: the data set's default hold-out (5,000 for CIFAR).
   c.data.augment = 'crop_flip'  # 'crop_flip' | 'crop' | 'flip' | 'none'.
   c.data.pad = 4
+  c.data.normalize = 'channel'  # 'channel': per-channel mean/std of train; 'unit': x / 255.
+  c.data.image_size = 224  # Streamed data sets (ImageNet) only.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cifar_resnet'

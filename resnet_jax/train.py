@@ -26,6 +26,10 @@ from resnet_jax import input_pipeline
 from resnet_jax import metrics_io
 from resnet_jax import models
 from resnet_jax import optim
+from resnet_jax import streaming_input
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 class TrainState(train_state.TrainState):
@@ -64,8 +68,10 @@ def train_step(state: TrainState, batch, rng, *, schedule, data_cfg, mean, std,
                num_classes: int):
   """One SGD step on `batch`: (state, batch, rng) -> (state, metrics). Pure."""
   rng = jax.random.fold_in(rng, state.step)
+  kind = 'none' if data_cfg.augment in streaming_input.STREAM_AUGMENTATIONS \
+      else data_cfg.augment  # Streamed data arrive augmented from tf.data.
   images = input_pipeline.preprocess(batch['image'], rng, mean=mean, std=std,
-                                     kind=data_cfg.augment, pad=data_cfg.pad)
+                                     kind=kind, pad=data_cfg.pad)
   labels = batch['label']
 
   def loss_fn(params):
@@ -129,15 +135,70 @@ class Trainer:
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), local_batch)
 
-  def evaluate(self, state, split, batch_size) -> dict:
+  def evaluate(self, state, batches) -> dict:
     totals = None
-    for batch in input_pipeline.eval_batches(split, batch_size, jax.process_index(),
-                                             jax.process_count()):
+    for batch in batches:
       sums = self.eval_step(state, self.to_device(batch))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = totals.pop('count')
     return {k: float(v / count) for k, v in totals.items()}
+
+
+class Data:
+  """A run's data: the batch of any training step, and eval batches of each split."""
+
+  def __init__(self, config):
+    cfg = config.data
+    self.spec = datasets.get_spec(cfg.name)
+    self.builder = datasets.get_builder(cfg.name, cfg.data_dir or None,
+                                        cfg.manual_dir or None, cfg.fashion_mnist_dir)
+    val = self.spec.validation_size if cfg.validation_size < 0 else cfg.validation_size
+    self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
+    self.seed, self.image_size = config.seed, cfg.image_size
+    self.pi, self.pc = jax.process_index(), jax.process_count()
+    if self.spec.in_memory:
+      self.splits = datasets.load_arrays(cfg.name, self.builder, val)
+      self.sizes = {k: len(v) for k, v in self.splits.items()}
+      self.batches = input_pipeline.TrainBatches(self.splits['train'], config.batch_size,
+                                                 config.seed, self.pi, self.pc)
+      self.steps_per_epoch = self.batches.steps_per_epoch
+      self.image_shape = self.splits['train'].images.shape[1:]
+      self.mean, self.std = input_pipeline.channel_stats(self.splits['train'].images)
+    else:
+      self.split_names = dict(zip(('train', 'validation'),
+                                  streaming_input.train_split_names(self.spec, val)),
+                              test=self.spec.test_split)
+      n_train = self.builder.info.splits['train'].num_examples
+      self.sizes = {'train': n_train - val, 'validation': val,
+                    'test': self.builder.info.splits[self.spec.test_split].num_examples}
+      self.steps_per_epoch = self.sizes['train'] // config.batch_size
+      self.image_shape = (cfg.image_size, cfg.image_size, self.spec.image_shape[-1])
+      self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+      self._stream, self._next_step = None, None
+    if cfg.normalize == 'unit':
+      self.mean = np.zeros_like(self.mean)
+      self.std = np.ones_like(self.std)
+    elif cfg.normalize != 'channel':
+      raise ValueError(f'Unknown data.normalize {cfg.normalize!r}: use "channel" or "unit".')
+
+  def train_batch(self, step: int):
+    if self.spec.in_memory:
+      return self.batches(step)
+    if self._stream is None or step != self._next_step:
+      self._stream = streaming_input.train_iterator(
+          self.builder, self.split_names['train'], self.batch_size // self.pc,
+          self.image_size, self.seed, step, self.pi, self.pc)
+    self._next_step = step + 1
+    return next(self._stream)
+
+  def eval_batches(self, split: str):
+    if self.spec.in_memory:
+      return input_pipeline.eval_batches(self.splits[split], self.eval_batch_size,
+                                         self.pi, self.pc)
+    return streaming_input.eval_iterator(self.builder, self.split_names[split],
+                                         self.eval_batch_size // self.pc,
+                                         self.image_size, self.pi, self.pc)
 
 
 def _format_eta(seconds: float) -> str:
@@ -165,21 +226,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  builder = datasets.get_builder(config.data.name, config.data.data_dir or None,
-                                 config.data.manual_dir or None,
-                                 config.data.fashion_mnist_dir)
-  splits = datasets.load_arrays(
-      config.data.name, builder,
-      None if config.data.validation_size < 0 else config.data.validation_size)
-  mean, std = input_pipeline.channel_stats(splits['train'].images)
-  batches = input_pipeline.TrainBatches(splits['train'], config.batch_size, config.seed,
-                                        jax.process_index(), jax.process_count())
-  total_steps = steps_for(config, batches.steps_per_epoch)
-  image_shape = splits['train'].images.shape[1:]
-
+  data = Data(config)
+  total_steps = steps_for(config, data.steps_per_epoch)
   model = build_model(config, spec.num_classes)
   tx, schedule = optim.create_optimizer(config.optimizer, total_steps)
-  trainer = Trainer(config, model, tx, schedule, image_shape, mean, std, spec.num_classes)
+  trainer = Trainer(config, model, tx, schedule, data.image_shape, data.mean, data.std,
+                    spec.num_classes)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   state = trainer.init_state(init_rng)
@@ -196,12 +248,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   print(f'{config.model.name} depth {config.model.get("depth", "-")} '
         f'shortcut {config.model.get("shortcut", "-")}: {n_params:,} parameters; '
-        f'{config.data.name} {len(splits["train"])}/{len(splits["validation"])}/'
-        f'{len(splits["test"])}; {total_steps} steps of batch {config.batch_size} on '
+        f'{config.data.name} {data.sizes["train"]}/{data.sizes["validation"]}/'
+        f'{data.sizes["test"]}; {total_steps} steps of batch {config.batch_size} on '
         f'{n_dev} {jax.devices()[0].platform} device(s).', flush=True)
 
   t0 = time.perf_counter()
-  example = trainer.to_device(batches(start))
+  example = trainer.to_device(data.train_batch(start))
   compiled = trainer.train_step.lower(state, example, step_rng).compile()
   compile_s = time.perf_counter() - t0
   print(f'Compiled the train step in {compile_s:.1f} s.', flush=True)
@@ -209,7 +261,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pending, last_log_t, last_log_step = [], time.perf_counter(), start
   t_train = time.perf_counter()
   for step in range(start, total_steps):
-    state, metrics = compiled(state, trainer.to_device(batches(step)), step_rng)
+    state, metrics = compiled(state, trainer.to_device(data.train_batch(step)), step_rng)
     pending.append(metrics)
     done = step + 1
     if done % config.log_every_steps == 0 or done == total_steps:
@@ -232,7 +284,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f'ETA {_format_eta((total_steps - done) / steps_per_s)}', flush=True)
     if config.eval_every_steps > 0 and done % config.eval_every_steps == 0 \
         and done != total_steps:
-      val = trainer.evaluate(state, splits['validation'], config.eval_batch_size)
+      val = trainer.evaluate(state, data.eval_batches('validation'))
       log.write(done, 'validation', val)
       print(f'step {done}: validation loss {val["loss"]:.4f} accuracy '
             f'{val["accuracy"]:.4f}', flush=True)
@@ -240,10 +292,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       mngr.save(done, args=ocp.args.StandardSave(state))
 
   final = {}
-  if len(splits['validation']):
-    final['validation'] = trainer.evaluate(state, splits['validation'],
-                                           config.eval_batch_size)
-  final['test'] = trainer.evaluate(state, splits['test'], config.eval_batch_size)
+  if data.sizes['validation']:
+    final['validation'] = trainer.evaluate(state, data.eval_batches('validation'))
+  final['test'] = trainer.evaluate(state, data.eval_batches('test'))
   for split, values in final.items():
     log.write(total_steps, split, values)
   train_s = time.perf_counter() - t_train
