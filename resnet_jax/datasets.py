@@ -184,8 +184,12 @@ class ArraySplit:
 
 def load_split_arrays(builder, split: str) -> ArraySplit:
   import tensorflow_datasets as tfds
-  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
-  return ArraySplit(np.asarray(data['image'], np.uint8), np.asarray(data['label'], np.int32))
+  ds = builder.as_dataset(split=split, shuffle_files=False).batch(10000)
+  parts = list(tfds.as_numpy(ds))
+  if not parts:
+    raise DataMissingError(f'The {split} split of {builder.name} is empty.')
+  return ArraySplit(np.concatenate([p['image'] for p in parts]).astype(np.uint8),
+                    np.concatenate([p['label'] for p in parts]).astype(np.int32))
 
 
 def load_arrays(name: str, builder, validation_size: int | None = None):

@@ -1,0 +1,32 @@
+# Two commands: `make run` (set up, then train on Fashion-MNIST) and `make test`.
+# Both set up first: a virtual environment with the package, and the Debian
+# package dataset-fashion-mnist where apt-get is available. A second call is fast.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+WORKDIR ?= runs/fashion_mnist
+
+.PHONY: setup data run test
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "No apt-get: put the Fashion-MNIST IDX files in $(dir $(FMNIST)) (or set --config.data.fashion_mnist_dir)."; fi; \
+	fi
+
+run: setup
+	$(VENV)/bin/python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=$(WORKDIR)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q

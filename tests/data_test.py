@@ -1,0 +1,126 @@
+"""Data: the offline Fashion-MNIST import, TFDS mock data, batches by step, augmentation."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from resnet_jax import datasets
+from resnet_jax import input_pipeline
+from tests.conftest import FASHION_MNIST_DIR, SUBSET
+
+
+def test_fashion_mnist_import_is_a_real_tfds_dataset(fashion_data_dir):
+  builder = datasets.get_builder('fashion_mnist', fashion_data_dir, download=False)
+  assert builder.info.splits['train'].num_examples == SUBSET
+  splits = datasets.load_arrays('fashion_mnist', builder, validation_size=100)
+  assert [len(splits[k]) for k in ('train', 'validation', 'test')] == [500, 100, SUBSET]
+  assert splits['train'].images.shape[1:] == (28, 28, 1)
+  assert splits['train'].images.dtype == np.uint8
+  # The same pixels and labels as the IDX files, in order.
+  idx = datasets.read_idx(os.path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz'))
+  labels = datasets.read_idx(os.path.join(FASHION_MNIST_DIR, 'train-labels-idx1-ubyte.gz'))
+  np.testing.assert_array_equal(splits['train'].images[..., 0], idx[:500])
+  np.testing.assert_array_equal(splits['validation'].labels, labels[500:SUBSET])
+  with open(os.path.join(datasets.local_fashion_mnist_dir(fashion_data_dir),
+                         'checksums.json')) as f:
+    record = json.load(f)
+  assert record['splits']['train']['examples'] == 60000
+  assert record['splits']['test']['sha256'] == datasets.array_checksum(
+      datasets.read_idx(os.path.join(FASHION_MNIST_DIR, 't10k-images-idx3-ubyte.gz')),
+      datasets.read_idx(os.path.join(FASHION_MNIST_DIR, 't10k-labels-idx1-ubyte.gz')))
+
+
+def test_missing_data_says_how_to_get_it(tmp_path):
+  with pytest.raises(datasets.DataMissingError, match='dataset-fashion-mnist'):
+    datasets.get_builder('fashion_mnist', str(tmp_path), fashion_mnist_dir=str(tmp_path / 'no'),
+                         download=False)
+  with pytest.raises(datasets.DataMissingError, match='does not exist'):
+    datasets.import_fashion_mnist(str(tmp_path), str(tmp_path / 'out'))
+
+
+def test_truncated_idx_file_is_refused(tmp_path):
+  import gzip
+  path = tmp_path / 'bad-idx1-ubyte.gz'
+  with gzip.open(path, 'wb') as f:
+    f.write(bytes([0, 0, 8, 1, 0, 0, 0, 10, 1, 2, 3]))
+  with pytest.raises(ValueError, match='truncated'):
+    datasets.read_idx(str(path))
+
+
+def test_unknown_dataset_is_refused():
+  with pytest.raises(ValueError, match='Unknown dataset'):
+    datasets.get_spec('svhn')
+
+
+@pytest.mark.parametrize('name,shape,classes', [('cifar10', (32, 32, 3), 10),
+                                                ('cifar100', (32, 32, 3), 100),
+                                                ('mnist', (28, 28, 1), 10)])
+def test_download_datasets_with_mock_data(tmp_path, name, shape, classes):
+  with tfds.testing.mock_data(num_examples=64):
+    builder = datasets.get_builder(name, str(tmp_path))
+    splits = datasets.load_arrays(name, builder, validation_size=16)
+  assert len(splits['train']) == 48 and len(splits['validation']) == 16
+  assert splits['train'].images.shape[1:] == shape
+  assert splits['train'].labels.max() < classes
+
+
+def test_train_batches_depend_only_on_seed_and_step():
+  split = datasets.ArraySplit(np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1),
+                              np.arange(100, dtype=np.int32))
+  a = input_pipeline.TrainBatches(split, 10, seed=3)
+  b = input_pipeline.TrainBatches(split, 10, seed=3)
+  c = input_pipeline.TrainBatches(split, 10, seed=4)
+  assert a.steps_per_epoch == 10
+  np.testing.assert_array_equal(a(17)['label'], b(17)['label'])  # Fresh object, same batch.
+  assert not np.array_equal(a(17)['label'], c(17)['label'])
+  epoch = np.concatenate([a(s)['label'] for s in range(10)])
+  assert sorted(epoch) == list(range(100))  # Each example once per epoch.
+  assert not np.array_equal(a(0)['label'], a(10)['label'])  # Reshuffled each epoch.
+  # Two processes each take their half of the same global batch.
+  halves = [input_pipeline.TrainBatches(split, 10, 3, i, 2)(17)['label'] for i in (0, 1)]
+  assert sorted(np.concatenate(halves)) == sorted(a(17)['label'])
+
+
+def test_eval_batches_pad_and_mask():
+  split = datasets.ArraySplit(np.zeros((25, 2, 2, 1), np.uint8), np.arange(25, dtype=np.int32))
+  batches = list(input_pipeline.eval_batches(split, 10))
+  assert [b['image'].shape[0] for b in batches] == [10, 10, 10]
+  assert sum(b['mask'].sum() for b in batches) == 25
+
+
+def test_augmentation_is_seeded_and_shape_preserving():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 12, 12, 3))
+  a = input_pipeline.augment(x, jax.random.PRNGKey(1), 'crop_flip', 4)
+  b = input_pipeline.augment(x, jax.random.PRNGKey(1), 'crop_flip', 4)
+  c = input_pipeline.augment(x, jax.random.PRNGKey(2), 'crop_flip', 4)
+  assert a.shape == x.shape
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  flipped = input_pipeline.augment(x, jax.random.PRNGKey(1), 'flip')
+  for i in range(8):  # Each image is itself or its mirror.
+    assert (np.array_equal(flipped[i], x[i]) or np.array_equal(flipped[i], x[i, :, ::-1]))
+  # A crop is a translated window of the zero-padded image.
+  crop = input_pipeline.augment(x, jax.random.PRNGKey(3), 'crop', 2)
+  padded = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for i in range(8):
+    assert any(np.array_equal(crop[i], padded[i, dy:dy + 12, dx:dx + 12])
+               for dy in range(5) for dx in range(5))
+  with pytest.raises(ValueError, match='Unknown augmentation'):
+    input_pipeline.augment(x, jax.random.PRNGKey(0), 'mixup')
+
+
+def test_streaming_imagenet_path_with_mock_data(tmp_path):
+  from resnet_jax import streaming_input
+  with tfds.testing.mock_data(num_examples=12):
+    builder = datasets.get_builder('imagenet2012', str(tmp_path))
+    it = streaming_input.train_iterator(builder, 'train', 4, 32, seed=0, start_step=0)
+    batch = next(it)
+    assert batch['image'].shape == (4, 32, 32, 3) and batch['image'].dtype == np.uint8
+    evals = list(streaming_input.eval_iterator(builder, 'validation', 5, 32))
+  assert sum(b['mask'].sum() for b in evals) == 12
+  assert all(b['image'].shape == (5, 32, 32, 3) for b in evals)

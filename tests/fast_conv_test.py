@@ -1,0 +1,70 @@
+"""The CPU fast path of convolution gradients equals XLA's for every shape the models use."""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+import pytest
+
+from resnet_jax.models import fast_conv
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def both_grads(conv, x, w, strides, padding):
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, DN)
+  f = lambda x, w: conv(x, w, strides, padding, dimension_numbers=dn)
+  y, vjp = jax.vjp(f, x, w)
+  g = jax.random.normal(jax.random.PRNGKey(9), y.shape)
+  return y, vjp(g)
+
+
+# (batch, size, in, out, kernel, stride, padding): the 3x3 and 1x1 convolutions of the
+# CIFAR and ImageNet families, the 7x7/2 stem, odd sizes and a batch of 1.
+CASES = [
+    (16, 28, 16, 16, 3, 1, 'SAME'), (8, 28, 16, 32, 3, 2, 'SAME'),
+    (8, 7, 64, 64, 3, 1, 'SAME'), (8, 7, 32, 64, 3, 2, 'SAME'),
+    (4, 14, 16, 32, 1, 2, 'SAME'), (4, 9, 8, 16, 1, 1, 'SAME'),
+    (2, 32, 3, 8, 7, 2, [(3, 3), (3, 3)]), (1, 28, 1, 32, 3, 1, 'SAME'),
+    (128, 8, 4, 4, 3, 1, 'SAME'),  # Several chunks under lax.scan.
+]
+
+
+@pytest.mark.parametrize('n,h,cin,cout,k,s,padding', CASES)
+def test_fast_conv_matches_xla(n, h, cin, cout, k, s, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, h, h, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) / np.sqrt(k * k * cin)
+  y_ref, (dx_ref, dw_ref) = both_grads(lax.conv_general_dilated, x, w, (s, s), padding)
+  y, (dx, dw) = both_grads(fast_conv.conv_general_dilated, x, w, (s, s), padding)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(dx_ref).max()))
+  np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(dw_ref).max()))
+
+
+def test_chunked_weight_grad_uses_several_chunks():
+  assert fast_conv._chunk_size(128, 32 * 32) == 8
+  assert fast_conv._chunk_size(6, 28 * 28) == 6
+  assert fast_conv._chunk_size(7, 100 * 100) == 1
+
+
+def test_unsupported_convolutions_fall_back_to_xla():
+  x = jnp.ones((2, 8, 8, 4))
+  w = jnp.ones((3, 3, 2, 4))  # Grouped: 2 groups.
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, DN)
+  y = fast_conv.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=dn,
+                                     feature_group_count=2)
+  assert y.shape == (2, 8, 8, 4)
+
+
+def test_model_gradients_equal_with_both_conv_impls():
+  from resnet_jax import models
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  grads = []
+  for impl in ('fast', 'xla'):
+    m = models.create_model('cifar_resnet', depth=8, conv_impl=impl)
+    v = m.init(jax.random.PRNGKey(1), x, train=False)
+    loss = lambda p: m.apply({**v, 'params': p}, x, train=True,
+                             mutable=['batch_stats'])[0].sum()
+    grads.append(jax.grad(loss)(v['params']))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         *grads)

@@ -1,0 +1,99 @@
+"""End to end: train_and_evaluate on real Fashion-MNIST, resume, the command line."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resnet_jax import metrics_io
+from resnet_jax import train
+from tests.conftest import REPO
+from tests.train_test import tiny_config
+
+SMALL = ['--config.model.depth=8', '--config.model.num_filters=4', '--config.batch_size=32',
+         '--config.eval_batch_size=100', '--config.data.validation_size=100',
+         '--config.log_every_steps=2']
+
+
+def small_run_config(data_dir, steps):
+  c = tiny_config(**{'data.data_dir': data_dir, 'data.validation_size': 100,
+                     'data.augment': 'crop_flip', 'batch_size': 32,
+                     'eval_batch_size': 100, 'log_every_steps': 2,
+                     'eval_every_steps': 2, 'checkpoint_every_steps': 2})
+  c.num_train_steps = steps
+  return c
+
+
+def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(small_run_config(fashion_data_dir, 4), workdir)
+  assert 0.0 <= result['test']['accuracy'] <= 1.0
+  out = capsys.readouterr().out
+  assert 'img/s' in out and 'ETA' in out and 'test accuracy' in out
+  records = metrics_io.read_metrics(workdir)
+  splits = {r['split'] for r in records}
+  assert {'train', 'validation', 'test', 'run'} <= splits
+  train_steps = [r['step'] for r in records if r['split'] == 'train']
+  assert train_steps == [2, 4]
+  first = [r for r in records if r['split'] == 'train'][0]
+  for key in ('loss', 'accuracy', 'learning_rate', 'grad_norm', 'param_norm',
+              'images_per_second'):
+    assert key in first
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['num_train_steps'] == 4
+  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+
+  # Asking for more steps resumes from step 4, not from scratch.
+  train.train_and_evaluate(small_run_config(fashion_data_dir, 6), workdir)
+  assert 'Resumed from the checkpoint of step 4' in capsys.readouterr().out
+  train_steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
+  assert train_steps == [2, 4, 6]
+
+
+def run_cli(args, env_extra=None):
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1', **(env_extra or {}))
+  return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_end_to_end(fashion_data_dir, tmp_path):
+  workdir = str(tmp_path / 'cli')
+  out = run_cli(['--config=configs/fashion_mnist.py:depth=8,plain', f'--workdir={workdir}',
+                 f'--config.data.data_dir={fashion_data_dir}',
+                 '--config.num_train_steps=3', *SMALL])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Final (step 3)' in out.stdout
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  assert config['model']['shortcut'] == 'none' and config['model']['depth'] == 8
+
+
+@pytest.mark.parametrize('config_file', ['cifar10.py:depth=56,plain', 'seed_mnist.py',
+                                         'seed_mnist.py:mnist', 'imagenet_resnet50.py',
+                                         'fashion_mnist.py'])
+def test_every_config_file_loads(config_file):
+  from ml_collections import config_flags
+  path, _, arg = config_file.partition(':')
+  module = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
+      'config', os.path.join(REPO, 'configs', path))
+  c = module.get_config(arg) if arg else module.get_config()
+  assert c.data.name in ('cifar10', 'fashion_mnist', 'mnist', 'imagenet2012')
+  if config_file.startswith('cifar10'):
+    assert (c.model.depth, c.model.shortcut, c.num_train_steps) == (56, 'none', 64000)
+
+
+def test_mistyped_config_key_fails_clearly(tmp_path):
+  out = run_cli(['--config=configs/fashion_mnist.py', f'--workdir={tmp_path}',
+                 '--config.model.dpeth=8'])
+  assert out.returncode != 0
+  assert 'dpeth' in out.stderr
+
+
+def test_unknown_config_argument_fails_clearly(tmp_path):
+  out = run_cli(['--config=configs/cifar10.py:depth=56,plian', f'--workdir={tmp_path}'])
+  assert out.returncode != 0
+  assert "Unknown config argument 'plian'" in out.stderr

@@ -1,0 +1,176 @@
+"""Training: the step learns, schedules, checkpoints round-trip, 4 devices equal 1."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from resnet_jax import config_lib
+from resnet_jax import optim
+from resnet_jax import train
+from tests.conftest import REPO
+
+
+def tiny_config(**overrides):
+  c = config_lib.base_config()
+  c.model.depth = 8
+  c.model.num_filters = 4
+  c.batch_size = 16
+  c.data.augment = 'none'
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+def make_trainer(config, num_classes=10, shape=(8, 8, 3), total_steps=100):
+  model = train.build_model(config, num_classes)
+  tx, schedule = optim.create_optimizer(config.optimizer, total_steps)
+  return train.Trainer(config, model, tx, schedule, shape,
+                       np.zeros(shape[-1], np.float32), np.ones(shape[-1], np.float32),
+                       num_classes)
+
+
+def fixed_batch(n=16, shape=(8, 8, 3), classes=10, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
+          'label': rng.integers(0, classes, (n,), dtype=np.int32)}
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
+  config = tiny_config(**{'optimizer.learning_rate': 0.05, 'optimizer.schedule': 'constant'})
+  trainer = make_trainer(config)
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  batch = trainer.to_device(fixed_batch())
+  losses = []
+  for _ in range(8):
+    state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(1))
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < 0.7 * losses[0]
+  assert int(state.step) == 8
+  assert set(metrics) == {'loss', 'accuracy', 'learning_rate', 'grad_norm', 'param_norm'}
+  # BatchNorm statistics are carried in the state and move with training.
+  assert not np.allclose(state.batch_stats['stem_bn']['mean'], 0)
+
+
+def test_top5_reported_for_more_than_ten_classes():
+  config = tiny_config()
+  trainer = make_trainer(config, num_classes=100)
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  _, metrics = trainer.train_step(state, trainer.to_device(fixed_batch(classes=100)),
+                                  jax.random.PRNGKey(1))
+  assert 'top5_accuracy' in metrics
+  assert float(metrics['top5_accuracy']) >= float(metrics['accuracy'])
+
+
+def test_learning_rate_schedules():
+  c = config_lib.base_config().optimizer
+  c.schedule, c.boundaries, c.learning_rate = 'piecewise', (32000, 48000), 0.1
+  s = optim.learning_rate_schedule(c, 64000)
+  assert np.isclose(s(0), 0.1) and np.isclose(s(32000), 0.01) and np.isclose(s(48000), 0.001)
+  c.warmup_steps, c.warmup_kind, c.warmup_learning_rate = 400, 'constant', 0.01
+  s = optim.learning_rate_schedule(c, 64000)  # ResNet-110's warm-up.
+  assert np.isclose(s(0), 0.01) and np.isclose(s(399), 0.01) and np.isclose(s(400), 0.1)
+  assert np.isclose(s(31999), 0.1) and np.isclose(s(32000), 0.01)
+  c.warmup_steps, c.schedule = 0, 'cosine'
+  s = optim.learning_rate_schedule(c, 1000)
+  assert np.isclose(s(0), 0.1) and np.isclose(s(1000), 0.0) and np.isclose(s(500), 0.05)
+  c.schedule = 'exponential'
+  with pytest.raises(ValueError, match='Unknown schedule'):
+    optim.learning_rate_schedule(c, 10)
+
+
+def test_weight_decay_on_kernels_or_all():
+  params = {'conv': {'kernel': jnp.ones(3)}, 'bn': {'scale': jnp.ones(3), 'bias': jnp.ones(3)}}
+  assert optim.decay_mask(params, 'kernels') == {
+      'conv': {'kernel': True}, 'bn': {'scale': False, 'bias': False}}
+  assert all(jax.tree_util.tree_leaves(optim.decay_mask(params, 'all')))
+  c = config_lib.base_config().optimizer
+  c.learning_rate, c.momentum, c.weight_decay, c.schedule = 1.0, 0.0, 0.1, 'constant'
+  for on, expected_bias in [('kernels', 1.0), ('all', 0.9)]:
+    c.weight_decay_on = on
+    tx, _ = optim.create_optimizer(c, 10)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    new = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+    np.testing.assert_allclose(new['conv']['kernel'], 0.9)
+    np.testing.assert_allclose(new['bn']['bias'], expected_bias)
+  c.name = 'lamb'
+  with pytest.raises(ValueError, match='Unknown optimizer'):
+    optim.create_optimizer(c, 10)
+
+
+def test_checkpoint_round_trip_gives_identical_state(tmp_path):
+  config = tiny_config()
+  trainer = make_trainer(config)
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  for i in range(2):
+    state, _ = trainer.train_step(state, trainer.to_device(fixed_batch(seed=i)),
+                                  jax.random.PRNGKey(1))
+  mngr = train.checkpoint_manager(str(tmp_path), config)
+  mngr.save(2, args=ocp.args.StandardSave(state))
+  mngr.wait_until_finished()
+  fresh = trainer.init_state(jax.random.PRNGKey(5))
+  restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(fresh))
+  leaves = jax.tree_util.tree_leaves(state)
+  assert len(leaves) == len(jax.tree_util.tree_leaves(restored))
+  for a, b in zip(leaves, jax.tree_util.tree_leaves(restored)):
+    np.testing.assert_array_equal(a, b)
+  assert int(restored.step) == 2
+  # And training continues identically from either.
+  batch = trainer.to_device(fixed_batch(seed=7))
+  _, m1 = trainer.train_step(state, batch, jax.random.PRNGKey(1))
+  _, m2 = trainer.train_step(restored, batch, jax.random.PRNGKey(1))
+  assert float(m1['loss']) == float(m2['loss'])
+
+
+DEVICE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {repo!r})
+    from tests.train_test import tiny_config, make_trainer, fixed_batch
+    config = tiny_config(**{{'data.augment': 'crop_flip'}})
+    trainer = make_trainer(config)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    losses = []
+    for i in range(3):
+      state, m = trainer.train_step(state, trainer.to_device(fixed_batch(seed=i)),
+                                    jax.random.PRNGKey(1))
+      losses.append(float(m['loss']))
+    kernel = np.asarray(state.params['stage2_block1']['conv1']['kernel']).ravel()[:20]
+    print(json.dumps({{'devices': jax.device_count(), 'losses': losses,
+                      'kernel': kernel.tolist()}}))
+''')
+
+
+def run_with_devices(n):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}',
+             JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  out = subprocess.run([sys.executable, '-c', DEVICE_SCRIPT.format(repo=REPO)], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_four_devices_equal_one_device():
+  one, four = run_with_devices(1), run_with_devices(4)
+  assert one['devices'] == 1 and four['devices'] == 4
+  np.testing.assert_allclose(four['losses'], one['losses'], rtol=1e-5)
+  np.testing.assert_allclose(four['kernel'], one['kernel'], rtol=1e-4, atol=1e-6)
+
+
+def test_batch_size_not_divisible_by_devices_is_refused(tmp_path, monkeypatch):
+  monkeypatch.setattr(jax, 'device_count', lambda: 3)
+  with pytest.raises(ValueError, match='not divisible by the 3 devices'):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
