@@ -11,16 +11,19 @@ def get_config(arg: str = ''):
   args = config_lib.parse_arg(arg, flags=('plain',), values=('depth',))
   c = config_lib.base_config()
   c.data.name = 'fashion_mnist'
-  c.data.augment = 'crop_flip'
-  c.data.pad = 2
+  # Short budgets favour no augmentation: in one epoch flips cost about two points
+  # of test accuracy, pad-and-crop more (measured here; the README has the table).
+  c.data.augment = 'none'
   c.model.depth = int(args.get('depth', 20))
   c.model.shortcut = 'none' if args.get('plain') else 'A'
   # On XLA:CPU an unrolled ResNet-20 steps ~1.4x faster than a scanned one; deep
   # nets should scan (model.scan_blocks=True) so that compile time stays flat.
   c.model.scan_blocks = False
-  c.optimizer.learning_rate = 0.1
+  c.optimizer.learning_rate = 0.05
+  c.optimizer.nesterov = True
   c.optimizer.schedule = 'cosine'
   c.optimizer.weight_decay = 5e-4
-  c.num_epochs = 7.0  # About 25 minutes on 2 CPU cores.
+  c.batch_size = 64
+  c.num_epochs = 6.0  # About 25 minutes on 2 CPU cores.
   c.eval_every_steps = 1000
   return c

@@ -1,7 +1,12 @@
 """Command line: python -m resnet_jax.main --config=configs/FILE.py[:ARGS] --workdir=DIR."""
 
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only feeds tf.data here.
+
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
@@ -13,6 +18,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Progress lines are printed; --verbosity=0 for INFO.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TF off the accelerators.
   from resnet_jax import train

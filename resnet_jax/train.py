@@ -87,8 +87,8 @@ def train_step(state: TrainState, batch, rng, *, schedule, data_cfg, mean, std,
   sums = classification_metrics(logits, labels, num_classes)
   count = sums.pop('count')
   metrics = {k: v / count for k, v in sums.items()}
-  metrics.update(learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(new_state.params))
+  metrics.update(learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads),
+                 param_norm=optax.tree.norm(new_state.params))
   return new_state, metrics
 
 
