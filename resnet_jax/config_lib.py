@@ -76,3 +76,105 @@ def parse_arg(arg: str, flags=(), values=()) -> dict:
       allowed = [*flags, *(f'{v}=...' for v in values)]
       raise ValueError(f'Unknown config argument {item!r}: use {", ".join(allowed)}.')
   return out
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+def _fail(message: str):
+  raise ConfigError(message)
+
+
+def validate(config, device_count: int = 1) -> None:
+  """Refuses a bad config with one sentence naming the key and the fix, before any work."""
+  # Imported here: models pulls in JAX, which a config file should not need.
+  from resnet_jax import input_pipeline
+  from resnet_jax import models
+  from resnet_jax import optim
+  from resnet_jax import streaming_input
+  from resnet_jax.models import resnet
+
+  if config.data.name not in datasets.DATASETS:
+    _fail(f'Unknown dataset {config.data.name!r} (data.name): use one of '
+          f'{", ".join(datasets.DATASETS)}.')
+  spec = datasets.get_spec(config.data.name)
+  m = config.model
+  if m.name not in models.MODELS:
+    _fail(f'Unknown model.name {m.name!r}: use one of {", ".join(models.MODELS)}.')
+  if m.name == 'cifar_resnet':
+    try:
+      resnet.cifar_stage_sizes(m.depth)
+    except ValueError as e:
+      _fail(f'model.depth: {e}')
+  if m.name == 'imagenet_resnet' and m.depth not in resnet.IMAGENET_DEPTHS:
+    _fail(f'model.depth {m.depth} is not an ImageNet ResNet depth: use one of '
+          f'{sorted(resnet.IMAGENET_DEPTHS)}.')
+  if 'shortcut' in m and m.shortcut not in models.SHORTCUTS:
+    _fail(f'Unknown model.shortcut {m.shortcut!r}: use one of {", ".join(models.SHORTCUTS)}.')
+  for key in ('dtype', 'param_dtype'):
+    if key in m and m[key] not in models.DTYPES:
+      _fail(f'Unknown model.{key} {m[key]!r}: use one of {", ".join(models.DTYPES)}.')
+  if 'conv_impl' in m and m.conv_impl not in ('fast', 'xla'):
+    _fail(f'Unknown model.conv_impl {m.conv_impl!r}: use "fast" or "xla".')
+
+  d = config.data
+  allowed = input_pipeline.AUGMENTATIONS if spec.in_memory else \
+      streaming_input.STREAM_AUGMENTATIONS
+  if d.augment not in allowed:
+    _fail(f'data.augment {d.augment!r} does not apply to {d.name}: use one of '
+          f'{", ".join(allowed)}.')
+  if d.normalize not in ('channel', 'unit'):
+    _fail(f'Unknown data.normalize {d.normalize!r}: use "channel" or "unit".')
+  if d.pad < 0:
+    _fail(f'data.pad must be >= 0, got {d.pad}.')
+  size = min(spec.image_shape[:2]) if spec.in_memory else d.image_size
+  stride = {'cifar_resnet': 4, 'imagenet_resnet': 32}.get(m.name, 1)
+  if size < stride:
+    _fail(f'{size}x{size} inputs are too small for {m.name}, which downsamples by '
+          f'{stride}: use images of at least {stride}x{stride}.')
+
+  o = config.optimizer
+  if o.name not in optim.OPTIMIZERS:
+    _fail(f'Unknown optimizer.name {o.name!r}: use one of {", ".join(optim.OPTIMIZERS)}.')
+  if o.schedule not in optim.SCHEDULES:
+    _fail(f'Unknown optimizer.schedule {o.schedule!r}: use one of '
+          f'{", ".join(optim.SCHEDULES)}.')
+  if o.warmup_kind not in ('linear', 'constant'):
+    _fail(f'Unknown optimizer.warmup_kind {o.warmup_kind!r}: use "linear" or "constant".')
+  if o.weight_decay_on not in ('all', 'kernels'):
+    _fail(f'Unknown optimizer.weight_decay_on {o.weight_decay_on!r}: use "all" or "kernels".')
+  if not o.learning_rate > 0:
+    _fail(f'optimizer.learning_rate must be positive, got {o.learning_rate}.')
+  if o.weight_decay < 0:
+    _fail(f'optimizer.weight_decay must be >= 0, got {o.weight_decay}.')
+  if not 0 <= o.momentum < 1:
+    _fail(f'optimizer.momentum must be in [0, 1), got {o.momentum}.')
+  if o.warmup_steps < 0:
+    _fail(f'optimizer.warmup_steps must be >= 0, got {o.warmup_steps}.')
+
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] <= 0:
+      _fail(f'{key} must be positive, got {config[key]}.')
+    if config[key] % device_count:
+      _fail(f'{key} {config[key]} is not divisible by the {device_count} devices: '
+            f'use a multiple of {device_count}.')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    _fail('The run has no length: set num_train_steps or num_epochs to a positive value.')
+  if config.log_every_steps <= 0:
+    _fail(f'log_every_steps must be positive, got {config.log_every_steps}.')
+  if config.checkpoints_to_keep <= 0:
+    _fail(f'checkpoints_to_keep must be positive, got {config.checkpoints_to_keep}.')
+
+  # Build the model abstractly (no compilation): shape errors surface now.
+  import jax
+  import jax.numpy as jnp
+  shape = spec.image_shape if spec.in_memory else (d.image_size, d.image_size, 3)
+  try:
+    model = models.create_model(num_classes=spec.num_classes, **m.to_dict())
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(shape)),
+                                      train=False))
+  except TypeError as e:
+    _fail(f'The model config does not fit {m.name}: {e}.')
+  except ValueError as e:
+    _fail(str(e))

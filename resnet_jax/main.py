@@ -1,6 +1,7 @@
 """Command line: python -m resnet_jax.main --config=configs/FILE.py[:ARGS] --workdir=DIR."""
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only feeds tf.data here.
 
@@ -22,8 +23,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed; --verbosity=0 for INFO.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TF off the accelerators.
+  from resnet_jax import config_lib
+  from resnet_jax import datasets
   from resnet_jax import train
-  train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  except (config_lib.ConfigError, datasets.DataMissingError, FloatingPointError) as e:
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from resnet_jax import config_lib
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
 from resnet_jax import metrics_io
@@ -213,15 +214,25 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options)
 
 
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` and makes sure it is writable, before any work is done."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise config_lib.ConfigError(f'The workdir {workdir} is not writable ({e.strerror}): '
+                     f'choose another --workdir.') from e
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains and evaluates one run in `workdir`; returns the final metrics."""
-  spec = datasets.get_spec(config.data.name)
   n_dev = jax.device_count()
-  for name in ('batch_size', 'eval_batch_size'):
-    if config[name] % n_dev:
-      raise ValueError(f'{name} {config[name]} is not divisible by the {n_dev} devices: '
-                       f'use a multiple of {n_dev}.')
-  os.makedirs(workdir, exist_ok=True)
+  config_lib.validate(config, n_dev)
+  spec = datasets.get_spec(config.data.name)
+  check_workdir(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))

@@ -1,0 +1,102 @@
+"""Bad input is refused before any compilation, with one sentence naming the problem."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resnet_jax import config_lib
+from resnet_jax import train
+from tests.conftest import REPO
+
+
+def config_with(**overrides):
+  c = config_lib.base_config()
+  c.model.depth = 8
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+BAD = [
+    ({'model.depth': 21}, '6n\\+2'),
+    ({'model.shortcut': 'D'}, 'Unknown model.shortcut'),
+    ({'model.name': 'vgg'}, 'Unknown model.name'),
+    ({'model.dtype': 'float8'}, 'Unknown model.dtype'),
+    ({'model.shortcut': 'identity'}, 'identity shortcut needs matching shapes'),
+    ({'model.name': 'imagenet_resnet', 'model.depth': 50}, 'too small'),
+    ({'model.name': 'imagenet_resnet', 'model.depth': 51}, 'not an ImageNet ResNet depth'),
+    ({'data.name': 'svhn'}, 'Unknown dataset'),
+    ({'data.augment': 'mixup'}, 'data.augment'),
+    ({'data.normalize': 'zca'}, 'data.normalize'),
+    ({'optimizer.name': 'lion'}, 'Unknown optimizer.name'),
+    ({'optimizer.schedule': 'exponential'}, 'Unknown optimizer.schedule'),
+    ({'optimizer.learning_rate': 0.0}, 'learning_rate must be positive'),
+    ({'optimizer.learning_rate': -0.1}, 'learning_rate must be positive'),
+    ({'optimizer.momentum': 1.5}, 'momentum'),
+    ({'batch_size': 0}, 'batch_size must be positive'),
+    ({'batch_size': -8}, 'batch_size must be positive'),
+    ({'eval_batch_size': 0}, 'eval_batch_size must be positive'),
+    ({'num_train_steps': 0, 'num_epochs': 0.0}, 'no length'),
+    ({'log_every_steps': 0}, 'log_every_steps'),
+]
+
+
+@pytest.mark.parametrize('overrides,message', BAD, ids=[str(o) for o, _ in BAD])
+def test_bad_config_is_refused(overrides, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config_with(**overrides))
+
+
+def test_batch_not_divisible_by_devices_is_refused():
+  with pytest.raises(config_lib.ConfigError, match='not divisible by the 3 devices'):
+    config_lib.validate(config_with(batch_size=128), device_count=3)
+
+
+def test_model_keys_that_do_not_fit_the_model_are_refused():
+  c = config_with()
+  c.model.name = 'seed_resnet'  # Has no depth, shortcut, ...
+  with pytest.raises(config_lib.ConfigError, match='does not fit seed_resnet'):
+    config_lib.validate(c)
+
+
+def test_the_shipped_configs_are_valid():
+  from ml_collections import config_flags
+  for name, arg in [('fashion_mnist.py', ''), ('cifar10.py', 'depth=110,plain'),
+                    ('seed_mnist.py', ''), ('imagenet_resnet50.py', '')]:
+    module = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
+        'config', os.path.join(REPO, 'configs', name))
+    config_lib.validate(module.get_config(arg))
+
+
+def test_unwritable_workdir_is_refused(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  with pytest.raises(config_lib.ConfigError, match='not writable'):
+    train.train_and_evaluate(config_with(), str(blocker / 'run'))
+
+
+def cli(*args):
+  return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refuses_bad_values_in_one_line(tmp_path):
+  out = cli('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}',
+            '--config.model.depth=21')
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: model.depth') and '6n+2' in last
+  assert not os.listdir(tmp_path)  # Nothing written.
+
+
+def test_cli_refuses_a_value_of_the_wrong_type(tmp_path):
+  out = cli('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}',
+            '--config.batch_size=lots')
+  assert out.returncode != 0
+  assert 'batch_size' in out.stderr
