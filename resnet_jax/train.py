@@ -33,6 +33,14 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+class DivergedError(FloatingPointError):
+  """The loss became NaN or Inf; `step` is the step at which it was seen."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
 class TrainState(train_state.TrainState):
   batch_stats: Any
 
@@ -280,9 +288,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  for k in pending[0]}
       pending = []
       if not np.isfinite(summary['loss']):
-        raise FloatingPointError(
+        mngr.wait_until_finished()
+        raise DivergedError(
             f'The training loss became {summary["loss"]} by step {done}: lower the '
-            f'learning rate; checkpoints up to step {mngr.latest_step()} are kept.')
+            f'learning rate; checkpoints up to step {mngr.latest_step()} are kept.', done)
       now = time.perf_counter()
       steps_per_s = (done - last_log_step) / (now - last_log_t)
       last_log_t, last_log_step = now, done

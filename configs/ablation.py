@@ -1,0 +1,64 @@
+"""The depth ablation of He et al. 2016 (section 4.2): depth x {plain, residual} x seeds.
+
+python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdir=runs/ablation
+Presets (the argument):
+  quick    Fashion-MNIST offline, width-8 nets, a budget of minutes on 2 CPU cores.
+  full     Fashion-MNIST at full width, long enough for deeper residual nets to win.
+  paper    CIFAR-10 exactly as the paper (configs/cifar10.py), 5 seeds.
+  extreme  ResNet-1202 and plain-110 on CIFAR-10.
+Each cell is an ordinary run of `run_config` called with 'depth=N[,plain|,shortcut=X]',
+then updated with `overrides`.
+"""
+
+import ml_collections
+
+PRESETS = ('quick', 'full', 'paper', 'extreme')
+
+
+def get_config(arg: str = 'quick'):
+  preset = arg or 'quick'
+  if preset not in PRESETS:
+    raise ValueError(f'Unknown ablation preset {preset!r}: use one of {", ".join(PRESETS)}.')
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.shortcuts = ('none', 'A')  # 'none' is the plain net; add 'B' or 'C' to compare options.
+  c.analysis_examples = 256  # Held-out images for the layer-response and gradient figures.
+  c.paper_table = False
+  c.exclude = ()  # Cells to leave out, as 'SHORTCUT-DEPTH' ('none-1202').
+  if preset == 'quick':
+    c.run_config = 'fashion_mnist.py'
+    c.depths = (8, 20, 32, 44, 56)
+    c.seeds = (0, 1)
+    c.overrides = ml_collections.ConfigDict({
+        'model': {'num_filters': 8, 'scan_blocks': False},
+        'data': {'augment': 'none'},
+        'optimizer': {'learning_rate': 0.1, 'nesterov': False, 'weight_decay': 1e-4},
+        'batch_size': 128, 'num_train_steps': 300, 'log_every_steps': 25,
+        'eval_every_steps': 100, 'checkpoint_every_steps': 100, 'eval_batch_size': 1000,
+    })
+  elif preset == 'full':
+    c.run_config = 'fashion_mnist.py'
+    c.depths = (20, 32, 44, 56)
+    c.seeds = (0, 1)
+    c.overrides = ml_collections.ConfigDict({
+        'model': {'scan_blocks': True},
+        'data': {'augment': 'crop_flip', 'pad': 2},
+        'optimizer': {'learning_rate': 0.1, 'nesterov': False, 'weight_decay': 1e-4},
+        'batch_size': 128, 'num_epochs': 20.0, 'log_every_steps': 100,
+        'eval_every_steps': 1000, 'checkpoint_every_steps': 1000,
+    })
+  elif preset == 'paper':
+    c.run_config = 'cifar10.py'
+    c.depths = (20, 32, 44, 56, 110)
+    c.seeds = (0, 1, 2, 3, 4)
+    c.paper_table = True
+    c.overrides = ml_collections.ConfigDict({'log_every_steps': 200})
+  else:  # extreme
+    c.run_config = 'cifar10.py'
+    c.depths = (110, 1202)
+    c.seeds = (0,)
+    c.exclude = ('none-1202',)
+    c.paper_table = True
+    c.overrides = ml_collections.ConfigDict({'model': {'remat': True},
+                                             'log_every_steps': 200})
+  return c

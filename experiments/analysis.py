@@ -1,0 +1,97 @@
+"""The layer analysis of the ablation: per-layer response std (Figure 7) and per-block
+gradient norms, computed from a finished cell's config and checkpoint."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import optax
+
+from resnet_jax import datasets
+from resnet_jax import input_pipeline
+from resnet_jax import optim
+from resnet_jax import train
+
+
+def block_order(tree) -> list:
+  """The blocks of a ResNet variable tree in network order; scanned blocks unstacked."""
+  out, i = [], 1
+  while f'stage{i}_block1' in tree:
+    out.append(tree[f'stage{i}_block1'])
+    if f'stage{i}_blocks' in tree:
+      stacked = tree[f'stage{i}_blocks']['block']
+      n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+      out.extend(jax.tree_util.tree_map(lambda x, k=k: x[k], stacked) for k in range(n))
+    else:
+      j = 2
+      while f'stage{i}_block{j}' in tree:
+        out.append(tree[f'stage{i}_block{j}'])
+        j += 1
+    i += 1
+  return out
+
+
+def layer_response_stds(model, variables, images) -> list[float]:
+  """Std of every 3x3 layer's response (after BN, before addition/ReLU), in layer order."""
+  _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
+  inter = state['intermediates']
+  stds = [float(jnp.std(r)) for r in inter.get('responses', ())]  # The stem.
+  for block in block_order(inter):
+    stds.extend(float(jnp.std(r)) for r in block['responses'])
+  return stds
+
+
+def block_gradient_norms(model, variables, images, labels) -> list[float]:
+  """The l2 norm of the loss gradient of each block's parameters, in block order."""
+  def loss(params):
+    logits, _ = model.apply({**variables, 'params': params}, images, train=True,
+                            mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  grads = jax.grad(loss)(variables['params'])
+  return [float(optax.tree.norm(b)) for b in block_order(grads)]
+
+
+_DATA_CACHE = {}
+
+
+def _data(config):
+  key = (config.data.name, config.data.data_dir, config.data.validation_size,
+         config.data.normalize)
+  if key not in _DATA_CACHE:
+    _DATA_CACHE[key] = train.Data(config)
+  return _DATA_CACHE[key]
+
+
+def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
+  """Response stds and gradient norms at initialisation and at the newest checkpoint."""
+  with open(os.path.join(celldir, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  data = _data(config)
+  spec = datasets.get_spec(config.data.name)
+  model = train.build_model(config, spec.num_classes)
+  total = train.steps_for(config, data.steps_per_epoch)
+  tx, schedule = optim.create_optimizer(config.optimizer, total)
+  trainer = train.Trainer(config, model, tx, schedule, data.image_shape, data.mean,
+                          data.std, spec.num_classes)
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_state = trainer.init_state(init_rng)
+  mngr = train.checkpoint_manager(celldir, config)
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{celldir} has no checkpoint to analyse.')
+  final = mngr.restore(step, args=ocp.args.StandardRestore(init_state))
+  mngr.close()
+  held_out = data.splits['validation'] if len(data.splits['validation']) else data.splits['test']
+  images = input_pipeline.preprocess(held_out.images[:num_examples], None, mean=data.mean,
+                                     std=data.std)
+  labels = jnp.asarray(held_out.labels[:num_examples])
+  out = {'step': int(step)}
+  for name, state in (('init', init_state), ('final', final)):
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    out[f'response_std_{name}'] = layer_response_stds(model, variables, images)
+    out[f'grad_norm_{name}'] = block_gradient_norms(model, variables, images, labels)
+  return out

@@ -1,0 +1,294 @@
+"""The ablation report: results.csv/.md, the figures and report.md, from the cell directories.
+
+python -m experiments.report --workdir=runs/ablation   (regenerates it alone)
+"""
+
+import csv
+import json
+import os
+import re
+
+import numpy as np
+
+# He et al. 2016, Table 6: CIFAR-10 test error (%) of ResNets with option A.
+PAPER_TABLE6 = {20: '8.75', 32: '7.51', 44: '7.17', 56: '6.97', 110: '6.43 (6.61 +- 0.16)',
+                1202: '7.93'}
+CELL_RE = re.compile(r'^(plain|resnet(?P<sc>\w+?))-(?P<depth>\d+)-seed(?P<seed>\d+)$')
+
+
+def read_cell(celldir: str) -> dict | None:
+  """Final numbers and curves of one cell, or None if it has no metrics yet."""
+  name = os.path.basename(celldir.rstrip('/'))
+  m = CELL_RE.match(name)
+  path = os.path.join(celldir, 'metrics.jsonl')
+  if not m or not os.path.exists(path):
+    return None
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  by = lambda split: [r for r in records if r['split'] == split]
+  train, val, test, run = by('train'), by('validation'), by('test'), by('run')
+  diverged = None
+  if os.path.exists(os.path.join(celldir, 'diverged.json')):
+    with open(os.path.join(celldir, 'diverged.json')) as f:
+      diverged = json.load(f)['step']
+  final_step = run[-1]['step'] if run else None
+  val_final = [r for r in val if r['step'] == final_step]
+  return {
+      'name': name, 'depth': int(m['depth']), 'shortcut': m['sc'] or 'none',
+      'seed': int(m['seed']), 'done': bool(run), 'diverged_step': diverged,
+      'params': int(run[-1]['params']) if run else None,
+      'steps': final_step,
+      'train_error': 1 - train[-1]['accuracy'] if run and train else np.nan,
+      'val_error': 1 - val_final[-1]['accuracy'] if val_final else np.nan,
+      'test_error': 1 - test[-1]['accuracy'] if run and test else np.nan,
+      'seconds': run[-1]['train_seconds'] + run[-1]['compile_seconds'] if run else np.nan,
+      'train_curve': [(r['step'], 1 - r['accuracy']) for r in train],
+      'val_curve': [(r['step'], 1 - r['accuracy']) for r in val],
+  }
+
+
+def read_cells(workdir: str) -> list[dict]:
+  cells = []
+  for name in sorted(os.listdir(workdir)):
+    if os.path.isdir(os.path.join(workdir, name)):
+      cell = read_cell(os.path.join(workdir, name))
+      if cell:
+        cells.append(cell)
+  return cells
+
+
+def kind(shortcut: str) -> str:
+  return 'plain' if shortcut == 'none' else f'residual ({shortcut})'
+
+
+def _mean_std(values):
+  values = [v for v in values if v is not None and np.isfinite(v)]
+  if not values:
+    return np.nan, np.nan
+  return float(np.mean(values)), float(np.std(values))
+
+
+def summarise(cells: list[dict]) -> list[dict]:
+  """One row per (depth, shortcut): mean and std over seeds of the finished cells."""
+  rows = []
+  keys = sorted({(c['depth'], c['shortcut']) for c in cells},
+                key=lambda k: (k[0], k[1] != 'none', k[1]))
+  for depth, shortcut in keys:
+    group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)]
+    ok = [c for c in group if c['done'] and c['diverged_step'] is None]
+    row = {'depth': depth, 'shortcut': shortcut, 'net': kind(shortcut),
+           'params': next((c['params'] for c in ok), None),
+           'seeds_done': len(ok), 'diverged': sum(c['diverged_step'] is not None
+                                                   for c in group),
+           'steps': max((c['steps'] for c in ok), default=None)}
+    for metric in ('train_error', 'val_error', 'test_error', 'seconds'):
+      row[f'{metric}_mean'], row[f'{metric}_std'] = _mean_std([c[metric] for c in ok])
+    rows.append(row)
+  return rows
+
+
+def _pct(mean, std):
+  if not np.isfinite(mean):
+    return '-'
+  return f'{100 * mean:.2f} +- {100 * std:.2f}'
+
+
+def results_markdown(rows, paper_table=False) -> str:
+  head = ['depth', 'net', 'params', 'train error %', 'val error %', 'test error %', 'steps',
+          'time / run (s)', 'seeds', 'diverged']
+  if paper_table:
+    head.append('paper test error %')
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    cells = [str(r['depth']), r['net'],
+             f'{r["params"]:,}' if r['params'] else '-',
+             _pct(r['train_error_mean'], r['train_error_std']),
+             _pct(r['val_error_mean'], r['val_error_std']),
+             _pct(r['test_error_mean'], r['test_error_std']),
+             str(r['steps'] or '-'),
+             f'{r["seconds_mean"]:.0f}' if np.isfinite(r['seconds_mean']) else '-',
+             str(r['seeds_done']), str(r['diverged'])]
+    if paper_table:
+      cells.append(PAPER_TABLE6.get(r['depth'], '-') if r['shortcut'] == 'A' else '-')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_csv(rows, path):
+  fields = ['depth', 'shortcut', 'net', 'params', 'seeds_done', 'diverged', 'steps',
+            'train_error_mean', 'train_error_std', 'val_error_mean', 'val_error_std',
+            'test_error_mean', 'test_error_std', 'seconds_mean', 'seconds_std']
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
+    w.writeheader()
+    w.writerows(rows)
+
+
+def _mean_curve(curves):
+  """Averages (step, value) curves over seeds on their common steps."""
+  common = sorted(set.intersection(*[set(s for s, _ in c) for c in curves])) if curves else []
+  return common, [np.mean([dict(c)[s] for c in curves]) for s in common]
+
+
+def _depth_colors(depths):
+  import matplotlib.pyplot as plt
+  cmap = plt.get_cmap('viridis')
+  depths = sorted(depths)
+  return {d: cmap(i / max(len(depths) - 1, 1) * 0.9) for i, d in enumerate(depths)}
+
+
+def plot_training_curves(cells, path):
+  import matplotlib.pyplot as plt
+  shortcuts = sorted({c['shortcut'] for c in cells}, key=lambda s: (s != 'none', s))
+  colors = _depth_colors({c['depth'] for c in cells})
+  fig, axes = plt.subplots(1, len(shortcuts), figsize=(6 * len(shortcuts), 4.5), sharey=True,
+                           squeeze=False)
+  for ax, shortcut in zip(axes[0], shortcuts):
+    for depth in sorted(colors):
+      group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)
+               and c['train_curve']]
+      if not group:
+        continue
+      steps, err = _mean_curve([c['train_curve'] for c in group])
+      ax.plot(steps, np.array(err) * 100, '--', color=colors[depth], alpha=0.8)
+      steps, err = _mean_curve([c['val_curve'] for c in group if c['val_curve']])
+      label = f'{"plain" if shortcut == "none" else "ResNet"}-{depth}'
+      ax.plot(steps, np.array(err) * 100, '-o', color=colors[depth], lw=2, ms=3, label=label)
+    ax.set_title(f'{kind(shortcut)} nets')
+    ax.set_xlabel('iterations')
+    ax.grid(alpha=0.3)
+    ax.legend(title='solid: held-out, dashed: training')
+  axes[0][0].set_ylabel('error (%)')
+  fig.suptitle('Training (dashed) and held-out validation (solid) error, mean over seeds')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_depth_vs_error(rows, path):
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for shortcut in sorted({r['shortcut'] for r in rows}, key=lambda s: (s != 'none', s)):
+    rs = sorted([r for r in rows if r['shortcut'] == shortcut and r['seeds_done']],
+                key=lambda r: r['depth'])
+    if not rs:
+      continue
+    color = 'tab:red' if shortcut == 'none' else 'tab:blue'
+    d = [r['depth'] for r in rs]
+    for metric, style, what in (('train_error', '--', 'training'), ('test_error', '-', 'test')):
+      ax.errorbar(d, [100 * r[f'{metric}_mean'] for r in rs],
+                  yerr=[100 * r[f'{metric}_std'] for r in rs], fmt=style + 'o', color=color,
+                  capsize=3, label=f'{kind(shortcut)}, {what}',
+                  alpha=1.0 if metric == 'test_error' else 0.6)
+  ax.set_xlabel('depth (layers)')
+  ax.set_ylabel('final error (%)')
+  ax.set_title('Final error against depth (mean +- std over seeds)')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=False,
+                     sort_right=False):
+  import matplotlib.pyplot as plt
+  colors = _depth_colors({a['depth'] for a in analyses})
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+  for ax, key, title in zip(axes, key_pair, titles):
+    for a in sorted(analyses, key=lambda a: (a['depth'], a['shortcut'])):
+      values = np.array(a[key])
+      if sort_right and key == key_pair[1]:
+        values = np.sort(values)[::-1]
+      style = '--' if a['shortcut'] == 'none' else '-'
+      name = 'plain' if a['shortcut'] == 'none' else f'ResNet({a["shortcut"]})'
+      ax.plot(np.arange(1, len(values) + 1), values, style, color=colors[a['depth']],
+              label=f'{name}-{a["depth"]}')
+    ax.set_title(title)
+    ax.set_xlabel('layer index' if 'response' in key else 'block index')
+    ax.set_ylabel(ylabel)
+    if log:
+      ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize=8, ncol=2)
+  fig.suptitle(suptitle)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict]:
+  """Writes results.csv/.md, the figures and report.md into `workdir`; returns the rows."""
+  import matplotlib
+  matplotlib.use('Agg')
+  cells = read_cells(workdir)
+  if not cells:
+    raise FileNotFoundError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
+  rows = summarise(cells)
+  paper = bool(ablation and ablation.get('paper_table', False))
+  table = results_markdown(rows, paper)
+  write_csv(rows, os.path.join(workdir, 'results.csv'))
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(table)
+  plot_training_curves(cells, os.path.join(workdir, 'training_curves.png'))
+  plot_depth_vs_error(rows, os.path.join(workdir, 'depth_vs_error.png'))
+  figures = ['training_curves.png', 'depth_vs_error.png']
+  if analyse:
+    from experiments import analysis
+    n = ablation.get('analysis_examples', 256) if ablation else 256
+    seed = min(c['seed'] for c in cells)
+    analyses = []
+    for c in cells:
+      if c['seed'] == seed and c['done'] and c['diverged_step'] is None:
+        a = analysis.analyse_cell(os.path.join(workdir, c['name']), n)
+        analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
+    if analyses:
+      with open(os.path.join(workdir, 'analysis.json'), 'w') as f:
+        json.dump(analyses, f)
+      _analysis_figure(analyses, ('response_std_final', 'response_std_final'),
+                       ('in layer order', 'sorted by magnitude'), 'std of response',
+                       os.path.join(workdir, 'layer_responses.png'),
+                       'Std of each 3x3 layer response (after BN, before addition/ReLU), '
+                       'trained nets, held-out images', sort_right=True)
+      _analysis_figure(analyses, ('grad_norm_init', 'grad_norm_final'),
+                       ('at initialisation', f'after training (step {analyses[0]["step"]})'),
+                       'gradient l2 norm', os.path.join(workdir, 'gradient_norms.png'),
+                       'Gradient norm of each block (plain dashed, residual solid)', log=True)
+      figures += ['layer_responses.png', 'gradient_norms.png']
+  preset = ablation.get('preset', '?') if ablation else '?'
+  lines = [f'# Depth ablation: plain versus residual ({preset} preset)', '',
+           'Errors are in %, mean +- std over seeds. Training error: the last logging '
+           'interval of training; validation: the held-out part of the training set; '
+           'test: the test split, evaluated once at the end.', '', table, '']
+  lines += [f'![{f}]({f})\n' for f in figures]
+  with open(os.path.join(workdir, 'report.md'), 'w') as f:
+    f.write('\n'.join(lines))
+  print(f'Wrote the report into {workdir}: report.md, results.csv, results.md, '
+        f'{", ".join(figures)}.', flush=True)
+  return rows
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  import ml_collections
+  workdir = flags.FLAGS.workdir
+  ablation = None
+  path = os.path.join(workdir, 'ablation.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      ablation = ml_collections.ConfigDict(json.load(f))
+  write_report(workdir, ablation, analyse=not flags.FLAGS.no_analysis)
+
+
+if __name__ == '__main__':
+  from absl import app
+  from absl import flags as _flags
+  _flags.DEFINE_string('workdir', None, 'The sweep directory.', required=True)
+  _flags.DEFINE_bool('no_analysis', False, 'Skip the layer and gradient analysis.')
+  app.run(main)

@@ -1,0 +1,149 @@
+"""The depth ablation: the grid, shards, the report on known metrics, a tiny sweep end to end."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import depth_ablation
+from experiments import report
+from resnet_jax import config_lib
+from tests.conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, 'configs'))
+import ablation as ablation_config  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def test_quick_grid_and_shards():
+  ab = ablation_config.get_config('quick')
+  cells = depth_ablation.grid(ab)
+  assert len(cells) == len(ab.depths) * len(ab.seeds) * 2
+  assert len({c.name for c in cells}) == len(cells)
+  shards = [depth_ablation.shard(cells, i, 3) for i in range(3)]
+  assert sorted(c.name for s in shards for c in s) == sorted(c.name for c in cells)
+  with pytest.raises(config_lib.ConfigError, match='shard_index'):
+    depth_ablation.shard(cells, 3, 3)
+  config = depth_ablation.cell_config(ab, depth_ablation.Cell(56, 'none', 1))
+  assert (config.model.depth, config.model.shortcut, config.seed) == (56, 'none', 1)
+  assert config.model.num_filters == 8 and config.num_train_steps == 300
+
+
+def test_paper_preset_cells_are_the_paper_recipe():
+  ab = ablation_config.get_config('paper')
+  cells = depth_ablation.grid(ab)
+  assert len(cells) == 5 * 5 * 2
+  for cell in cells:
+    c = depth_ablation.cell_config(ab, cell)
+    config_lib.validate(c)
+    assert c.data.name == 'cifar10' and c.data.validation_size == 5000
+    assert (c.batch_size, c.num_train_steps, c.optimizer.learning_rate) == (128, 64000, 0.1)
+    assert tuple(c.optimizer.boundaries) == (32000, 48000)
+    assert c.model.shortcut == ('none' if cell.shortcut == 'none' else 'A')
+    assert c.optimizer.warmup_steps == (400 if cell.depth >= 110 else 0)
+  extreme = [c.name for c in depth_ablation.grid(ablation_config.get_config('extreme'))]
+  assert 'resnetA-1202-seed0' in extreme and 'plain-110-seed0' in extreme
+  assert 'plain-1202-seed0' not in extreme
+
+
+def test_paper_cells_train_on_mock_cifar10(tmp_path):
+  import tensorflow_datasets as tfds
+  from resnet_jax import train
+  ab = ablation_config.get_config('paper')
+  for cell in (depth_ablation.Cell(20, 'none', 0), depth_ablation.Cell(110, 'A', 0)):
+    c = depth_ablation.cell_config(ab, cell)
+    c.data.validation_size, c.num_train_steps, c.eval_batch_size = 64, 2, 64
+    c.data.data_dir = str(tmp_path / 'tfds')
+    with tfds.testing.mock_data(num_examples=192):
+      out = train.train_and_evaluate(c, str(tmp_path / cell.name))
+    assert np.isfinite(out['test']['loss'])
+
+
+def write_cell(root, name, train_acc, val_acc, test_acc, steps=100, diverged=None):
+  d = os.path.join(root, name)
+  os.makedirs(d)
+  recs = [{'step': s, 'split': 'train', 'accuracy': train_acc - (steps - s) / 1000,
+           'loss': 1.0} for s in range(25, steps + 1, 25)]
+  if diverged is None:
+    recs += [{'step': steps, 'split': 'validation', 'accuracy': val_acc, 'loss': 1.0},
+             {'step': steps, 'split': 'test', 'accuracy': test_acc, 'loss': 1.0},
+             {'step': steps, 'split': 'run', 'params': 1234, 'train_seconds': 10.0,
+              'compile_seconds': 2.0}]
+  else:
+    with open(os.path.join(d, 'diverged.json'), 'w') as f:
+      json.dump({'step': diverged}, f)
+  with open(os.path.join(d, 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in recs)
+
+
+def test_report_on_known_metrics(tmp_path):
+  root = str(tmp_path)
+  write_cell(root, 'plain-20-seed0', 0.90, 0.88, 0.87)
+  write_cell(root, 'plain-20-seed1', 0.80, 0.86, 0.85)
+  write_cell(root, 'resnetA-20-seed0', 0.95, 0.92, 0.91)
+  write_cell(root, 'plain-56-seed0', 0.50, 0.40, 0.40, diverged=None)
+  write_cell(root, 'plain-56-seed1', 0.0, 0.0, 0.0, diverged=60)
+  rows = report.write_report(root, None, analyse=False)
+  by = {(r['depth'], r['shortcut']): r for r in rows}
+  p20 = by[(20, 'none')]
+  assert p20['seeds_done'] == 2 and p20['params'] == 1234
+  np.testing.assert_allclose(p20['train_error_mean'], 0.15)
+  np.testing.assert_allclose(p20['train_error_std'], 0.05)
+  np.testing.assert_allclose(p20['test_error_mean'], 0.14)
+  assert by[(56, 'none')]['diverged'] == 1 and by[(56, 'none')]['seeds_done'] == 1
+  np.testing.assert_allclose(by[(20, 'A')]['val_error_mean'], 0.08)
+  with open(tmp_path / 'results.csv') as f:
+    csv_rows = list(csv.DictReader(f))
+  assert len(csv_rows) == 3 and csv_rows[0]['net'] == 'plain'
+  md = (tmp_path / 'results.md').read_text()
+  assert '| 20 | plain | 1,234 | 15.00 +- 5.00 |' in md
+  assert '![training_curves.png]' in (tmp_path / 'report.md').read_text()
+  for fig in ('training_curves.png', 'depth_vs_error.png'):
+    assert (tmp_path / fig).stat().st_size > 10_000  # A real picture, not an empty canvas.
+
+
+def test_paper_table_column():
+  rows = [{'depth': 56, 'shortcut': 'A', 'net': 'residual (A)', 'params': 853018,
+           'train_error_mean': 0.01, 'train_error_std': 0.0, 'val_error_mean': 0.07,
+           'val_error_std': 0.0, 'test_error_mean': 0.07, 'test_error_std': 0.001,
+           'steps': 64000, 'seconds_mean': 100.0, 'seeds_done': 5, 'diverged': 0}]
+  assert '| 6.97 |' in report.results_markdown(rows, paper_table=True)
+
+
+def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
+  cfg = tmp_path / 'tiny_ablation.py'
+  cfg.write_text(f'''
+import ml_collections
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.preset, c.run_config, c.depths, c.shortcuts, c.seeds = 'tiny', 'fashion_mnist.py', (8,), ('none', 'A'), (0,)
+  c.analysis_examples, c.paper_table, c.exclude = 32, False, ()
+  c.overrides = ml_collections.ConfigDict({{
+      'model': {{'num_filters': 4}}, 'data': {{'data_dir': {fashion_data_dir!r}, 'validation_size': 100}},
+      'batch_size': 32, 'eval_batch_size': 100, 'num_train_steps': 4, 'log_every_steps': 2,
+      'eval_every_steps': 2, 'checkpoint_every_steps': 2}})
+  return c
+''')
+  workdir = str(tmp_path / 'sweep')
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  cmd = [sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
+         f'--workdir={workdir}']
+  dry = subprocess.run(cmd + ['--dry_run'], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert dry.returncode == 0, dry.stderr[-2000:]
+  assert 'plain-8-seed0' in dry.stdout and 'resnetA-8-seed0' in dry.stdout
+  out = subprocess.run(cmd + ['--parallel=2'], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  for f in ('results.csv', 'results.md', 'report.md', 'training_curves.png',
+            'depth_vs_error.png', 'layer_responses.png', 'gradient_norms.png'):
+    assert os.path.exists(os.path.join(workdir, f)), f
+  analyses = json.load(open(os.path.join(workdir, 'analysis.json')))
+  assert len(analyses[0]['response_std_final']) == 7  # Stem + 2 per block, depth 8.
+  assert len(analyses[0]['grad_norm_init']) == 3
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert '2 finished, 0 to run' in again.stdout
