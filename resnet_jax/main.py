@@ -13,7 +13,23 @@ from ml_collections import config_flags
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
 config_flags.DEFINE_config_file('config', None, 'A config file under configs/.',
                                 lock_config=True)
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for a multi-process run '
+    '(with --num_processes and --process_id); on TPU VMs and SLURM use --distributed.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0 writes logs).')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() '
+                                 'and let it find the cluster (TPU pod slices, SLURM).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def init_distributed():
+  """Joins a multi-process run when asked to; a single process needs nothing."""
+  if not (_COORDINATOR.value or _DISTRIBUTED.value):
+    return
+  import jax
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes only.
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
 def main(argv):
@@ -23,6 +39,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed; --verbosity=0 for INFO.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TF off the accelerators.
+  init_distributed()
   from resnet_jax import config_lib
   from resnet_jax import datasets
   from resnet_jax import train

@@ -9,6 +9,8 @@ split at the end, checkpoints with Orbax, and writes TensorBoard events,
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -109,6 +111,11 @@ def eval_step(state: TrainState, batch, *, mean, std, num_classes: int):
   return classification_metrics(logits, batch['label'], num_classes, batch['mask'])
 
 
+def to_host(tree):
+  """Replicated device values as numpy, on every process (each holds a full copy)."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
 def steps_for(config, steps_per_epoch: int) -> int:
   """The run's length in steps: `num_train_steps` if positive, else `num_epochs`."""
   if config.num_train_steps > 0:
@@ -149,7 +156,7 @@ class Trainer:
     for batch in batches:
       sums = self.eval_step(state, self.to_device(batch))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+    totals = to_host(totals)
     count = totals.pop('count')
     return {k: float(v / count) for k, v in totals.items()}
 
@@ -210,6 +217,32 @@ class Data:
                                          self.image_size, self.pi, self.pc)
 
 
+class StopSignal:
+  """Notes SIGTERM (how a preemptible VM is told it will stop) instead of dying on it."""
+
+  def __init__(self):
+    self.received, self._old = None, None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def say(*args):
+  """Prints on process 0 only, so a multi-process run reports once."""
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
@@ -231,8 +264,8 @@ def check_workdir(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise config_lib.ConfigError(f'The workdir {workdir} is not writable ({e.strerror}): '
-                     f'choose another --workdir.') from e
+    raise config_lib.ConfigError(f'The workdir {workdir} is not writable '
+                                 f'({e.strerror}): choose another --workdir.') from e
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -260,56 +293,73 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = mngr.latest_step() or 0
   if start:
     state = mngr.restore(start, args=ocp.args.StandardRestore(state))
-    print(f'Resumed from the checkpoint of step {start} in {workdir}.', flush=True)
+    say(f'Resumed from the checkpoint of step {start} in {workdir}.')
   log = metrics_io.MetricsLog(workdir, resume_step=start)
   if start == 0:
     log.write_hparams(metrics_io.flat_hparams(config))
 
-  print(f'{config.model.name} depth {config.model.get("depth", "-")} '
-        f'shortcut {config.model.get("shortcut", "-")}: {n_params:,} parameters; '
-        f'{config.data.name} {data.sizes["train"]}/{data.sizes["validation"]}/'
-        f'{data.sizes["test"]}; {total_steps} steps of batch {config.batch_size} on '
-        f'{n_dev} {jax.devices()[0].platform} device(s).', flush=True)
+  arch = ' '.join(f'{k}={config.model[k]}' for k in ('depth', 'shortcut', 'residual')
+                  if k in config.model)
+  say(f'{config.model.name} {arch}: {n_params:,} parameters; {config.data.name} '
+      f'{data.sizes["train"]}/{data.sizes["validation"]}/{data.sizes["test"]}; '
+      f'{total_steps} steps of batch {config.batch_size} on {n_dev} '
+      f'{jax.devices()[0].platform} device(s).')
 
   t0 = time.perf_counter()
   example = trainer.to_device(data.train_batch(start))
   compiled = trainer.train_step.lower(state, example, step_rng).compile()
   compile_s = time.perf_counter() - t0
-  print(f'Compiled the train step in {compile_s:.1f} s.', flush=True)
+  say(f'Compiled the train step in {compile_s:.1f} s.')
 
-  pending, last_log_t, last_log_step = [], time.perf_counter(), start
+  pending, last_log = [], [time.perf_counter(), start]
+
+  def write_summary(done):
+    """Averages the metrics of the steps since the last summary; stops on NaN/Inf."""
+    summary = {k: float(np.mean([m[k] for m in to_host(pending)])) for k in pending[0]}
+    pending.clear()
+    if not np.isfinite(summary['loss']):
+      mngr.wait_until_finished()
+      raise DivergedError(
+          f'The training loss became {summary["loss"]} by step {done}: lower the '
+          f'learning rate; checkpoints up to step {mngr.latest_step()} are kept.', done)
+    now = time.perf_counter()
+    steps_per_s = (done - last_log[1]) / (now - last_log[0])
+    last_log[:] = [now, done]
+    summary.update(steps_per_second=steps_per_s,
+                   images_per_second=steps_per_s * config.batch_size)
+    log.write(done, 'train', summary)
+    say(f'step {done}/{total_steps} | loss {summary["loss"]:.4f} | '
+        f'acc {summary["accuracy"]:.4f} | {steps_per_s:.2f} steps/s | '
+        f'{summary["images_per_second"]:.0f} img/s | '
+        f'ETA {_format_eta((total_steps - done) / steps_per_s)}')
+
   t_train = time.perf_counter()
-  for step in range(start, total_steps):
-    state, metrics = compiled(state, trainer.to_device(data.train_batch(step)), step_rng)
-    pending.append(metrics)
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == total_steps:
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
-                 for k in pending[0]}
-      pending = []
-      if not np.isfinite(summary['loss']):
+  with StopSignal() as stop:
+    for step in range(start, total_steps):
+      state, metrics = compiled(state, trainer.to_device(data.train_batch(step)), step_rng)
+      pending.append(metrics)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == total_steps:
+        write_summary(done)
+      if config.eval_every_steps > 0 and done % config.eval_every_steps == 0 \
+          and done != total_steps:
+        val = trainer.evaluate(state, data.eval_batches('validation'))
+        log.write(done, 'validation', val)
+        say(f'step {done}: validation loss {val["loss"]:.4f} accuracy '
+            f'{val["accuracy"]:.4f}')
+      if config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0:
+        mngr.save(done, args=ocp.args.StandardSave(state))
+      if stop.received and done < total_steps:
+        if pending:
+          write_summary(done)
+        if mngr.latest_step() != done:
+          mngr.save(done, args=ocp.args.StandardSave(state), force=True)
         mngr.wait_until_finished()
-        raise DivergedError(
-            f'The training loss became {summary["loss"]} by step {done}: lower the '
-            f'learning rate; checkpoints up to step {mngr.latest_step()} are kept.', done)
-      now = time.perf_counter()
-      steps_per_s = (done - last_log_step) / (now - last_log_t)
-      last_log_t, last_log_step = now, done
-      summary.update(steps_per_second=steps_per_s,
-                     images_per_second=steps_per_s * config.batch_size)
-      log.write(done, 'train', summary)
-      print(f'step {done}/{total_steps} | loss {summary["loss"]:.4f} | '
-            f'acc {summary["accuracy"]:.4f} | {steps_per_s:.2f} steps/s | '
-            f'{summary["images_per_second"]:.0f} img/s | '
-            f'ETA {_format_eta((total_steps - done) / steps_per_s)}', flush=True)
-    if config.eval_every_steps > 0 and done % config.eval_every_steps == 0 \
-        and done != total_steps:
-      val = trainer.evaluate(state, data.eval_batches('validation'))
-      log.write(done, 'validation', val)
-      print(f'step {done}: validation loss {val["loss"]:.4f} accuracy '
-            f'{val["accuracy"]:.4f}', flush=True)
-    if config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0:
-      mngr.save(done, args=ocp.args.StandardSave(state))
+        mngr.close()
+        log.close()
+        say(f'Stopped by {stop.received} after step {done}: saved a checkpoint; run the '
+            f'same command to continue.')
+        return {'stopped_at': done, 'state': state}
 
   final = {}
   if data.sizes['validation']:
@@ -326,8 +376,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                  'train_seconds': train_s, 'params': n_params})
   log.close()
   val_acc = final.get('validation', {}).get('accuracy', float('nan'))
-  print(f'Final (step {total_steps}): validation accuracy {val_acc:.4f}, '
+  say(f'Final (step {total_steps}): validation accuracy {val_acc:.4f}, '
         f'test accuracy {final["test"]["accuracy"]:.4f}, test loss '
-        f'{final["test"]["loss"]:.4f}; trained in {train_s:.0f} s.', flush=True)
+        f'{final["test"]["loss"]:.4f}; trained in {train_s:.0f} s.')
   final['state'] = state
   return final

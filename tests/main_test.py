@@ -97,3 +97,31 @@ def test_unknown_config_argument_fails_clearly(tmp_path):
   out = run_cli(['--config=configs/cifar10.py:depth=56,plian', f'--workdir={tmp_path}'])
   assert out.returncode != 0
   assert "Unknown config argument 'plian'" in out.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(fashion_data_dir,
+                                                                   tmp_path):
+  import signal
+  workdir = str(tmp_path / 'preempted')
+  args = [sys.executable, '-m', 'resnet_jax.main', '--config=configs/fashion_mnist.py',
+          f'--workdir={workdir}', f'--config.data.data_dir={fashion_data_dir}',
+          '--config.num_train_steps=400', '--config.checkpoint_every_steps=0', *SMALL]
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:
+    if line.startswith('step 2/400'):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'Stopped by SIGTERM after step' in out
+  stopped = int(out.split('Stopped by SIGTERM after step ')[1].split(':')[0])
+  assert 2 <= stopped < 400
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
+  again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'Resumed from the checkpoint of step {stopped}' in again.stdout
+  assert 'Final (step 400)' in again.stdout
+  steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
+  assert steps == sorted(steps) and steps[-1] == 400 and stopped in steps

@@ -7,6 +7,9 @@ convs with bias and no BatchNorm, flatten, dense: 288,202 parameters for
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
+
+from resnet_jax.models import fast_conv
 
 
 class SeedResNet(nn.Module):
@@ -14,11 +17,15 @@ class SeedResNet(nn.Module):
   filters: int = 32
   num_blocks: int = 2
   residual: bool = True  # False: the plain twin, the same layers without the addition.
+  conv_impl: str = 'fast'  # 'fast': fast_conv (CPU gradients); 'xla'.
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train  # No BatchNorm or dropout: train and eval are the same function.
-    conv = lambda name: nn.Conv(self.filters, (3, 3), padding='SAME', name=name)
+    impl = fast_conv.conv_general_dilated if self.conv_impl == 'fast' else \
+        lax.conv_general_dilated
+    conv = lambda name: nn.Conv(self.filters, (3, 3), padding='SAME', name=name,
+                                conv_general_dilated=impl)
     x = nn.relu(conv('stem_conv')(x.astype(jnp.float32)))
     for i in range(self.num_blocks):
       y = nn.relu(conv(f'block{i + 1}_conv1')(x))
