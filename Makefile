@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORKDIR ?= runs/fashion_mnist
 
-.PHONY: setup data run test
+.PHONY: setup data run test ablation
 setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
@@ -27,6 +27,9 @@ data:
 
 run: setup
 	$(VENV)/bin/python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=$(WORKDIR)
+
+ablation: setup
+	$(VENV)/bin/python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdir=runs/ablation --parallel=2
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

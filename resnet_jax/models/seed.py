@@ -24,8 +24,9 @@ class SeedResNet(nn.Module):
     del train  # No BatchNorm or dropout: train and eval are the same function.
     impl = fast_conv.conv_general_dilated if self.conv_impl == 'fast' else \
         lax.conv_general_dilated
+    keras_init = nn.initializers.glorot_uniform()  # Keras' default for Conv2D and Dense.
     conv = lambda name: nn.Conv(self.filters, (3, 3), padding='SAME', name=name,
-                                conv_general_dilated=impl)
+                                kernel_init=keras_init, conv_general_dilated=impl)
     x = nn.relu(conv('stem_conv')(x.astype(jnp.float32)))
     for i in range(self.num_blocks):
       y = nn.relu(conv(f'block{i + 1}_conv1')(x))
@@ -34,4 +35,4 @@ class SeedResNet(nn.Module):
       x = nn.relu(y + x if self.residual else y)
       self.sow('intermediates', 'block_out', x)
     x = x.reshape(x.shape[0], -1)
-    return nn.Dense(self.num_classes, name='head')(x)
+    return nn.Dense(self.num_classes, kernel_init=keras_init, name='head')(x)
