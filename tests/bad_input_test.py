@@ -8,19 +8,13 @@ import pytest
 
 from resnet_jax import config_lib
 from resnet_jax import train
-from tests.conftest import REPO
+from tests.conftest import REPO, override
 
 
 def config_with(**overrides):
   c = config_lib.base_config()
   c.model.depth = 8
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  return override(c, **overrides)
 
 
 BAD = [

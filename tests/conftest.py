@@ -21,3 +21,14 @@ def fashion_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   datasets.import_fashion_mnist(FASHION_MNIST_DIR, data_dir, max_examples=SUBSET)
   return data_dir
+
+
+def override(config, **overrides):
+  """Sets dotted keys ('model.depth': 8) in a config; returns it."""
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config

@@ -16,7 +16,7 @@ import pytest
 from resnet_jax import config_lib
 from resnet_jax import optim
 from resnet_jax import train
-from tests.conftest import REPO
+from tests.conftest import REPO, override
 
 
 def tiny_config(**overrides):
@@ -25,13 +25,7 @@ def tiny_config(**overrides):
   c.model.num_filters = 4
   c.batch_size = 16
   c.data.augment = 'none'
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  return override(c, **overrides)
 
 
 def make_trainer(config, num_classes=10, shape=(8, 8, 3), total_steps=100):

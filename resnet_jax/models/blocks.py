@@ -53,8 +53,8 @@ def apply_shortcut(x, out_channels: int, strides: int, kind: str,
   return norm(name='proj_bn')(x)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions: conv-BN-ReLU-conv-BN, add, ReLU (or BN-ReLU-conv twice)."""
+class _Block(nn.Module):
+  """The fields shared by both blocks; `conv` and `norm` are injected partials."""
   filters: int
   conv: ModuleDef
   norm: ModuleDef
@@ -63,6 +63,10 @@ class BasicBlock(nn.Module):
   preact: bool = False
   zero_init_last_bn: bool = False
   act: Callable = nn.relu
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions: conv-BN-ReLU-conv-BN, add, ReLU (or BN-ReLU-conv twice)."""
   expansion = 1
 
   @nn.compact
@@ -71,16 +75,8 @@ class BasicBlock(nn.Module):
     return _run_block(self, x, specs)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
   """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4: the ResNet-50 block."""
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  strides: int = 1
-  shortcut: str = 'B'
-  preact: bool = False
-  zero_init_last_bn: bool = False
-  act: Callable = nn.relu
   expansion = 4
 
   @nn.compact
