@@ -39,8 +39,10 @@ class TrainBatches:
 
   def __call__(self, step: int):
     epoch, i = divmod(step, self.steps_per_epoch)
-    start = i * self.global_batch_size + self.offset
-    idx = np.sort(self.permutation(epoch)[start:start + self.local_batch_size])
+    start = i * self.global_batch_size
+    # Sorted for locality, then sliced: every process count sees the same global batch.
+    batch = np.sort(self.permutation(epoch)[start:start + self.global_batch_size])
+    idx = batch[self.offset:self.offset + self.local_batch_size]
     return {'image': self.split.images[idx], 'label': self.split.labels[idx]}
 
 

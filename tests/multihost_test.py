@@ -21,8 +21,8 @@ def free_port() -> int:
 def command(data_dir, workdir, *extra):
   return [sys.executable, '-m', 'resnet_jax.main', '--config=configs/fashion_mnist.py',
           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-          '--config.num_train_steps=3', '--config.log_every_steps=1',
-          '--config.data.augment=crop_flip', *SMALL, *extra]
+          '--config.num_train_steps=3', '--config.data.augment=crop_flip', *SMALL,
+          '--config.log_every_steps=1', *extra]
 
 
 def env_with_devices(n):
@@ -49,6 +49,7 @@ def test_two_processes_match_one_process_with_four_devices(fashion_data_dir, tmp
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert 'on 4 cpu device(s)' in outs[0][0]  # Process 0 reports for the whole run...
-  assert outs[1][0].strip() == ''  # ...and process 1 stays quiet.
+  quiet = [l for l in outs[1][0].splitlines() if l.startswith(('step ', 'Final', 'Compiled'))]
+  assert not quiet  # ...and process 1 stays quiet.
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
   assert len(losses(tmp_path / 'one')) == 3
