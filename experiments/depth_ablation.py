@@ -17,6 +17,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 import ml_collections
 
@@ -140,7 +141,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int):
       log = open(os.path.join(workdir, f'{cell.name}.log'), 'a')
       running[cell] = (subprocess.Popen(cell_command(cell), stdout=log,
                                         stderr=subprocess.STDOUT), log, time.perf_counter())
-      print(f'[{len(todo) - len(queue) - len(running) + 1}/{len(todo)}] started '
+      print(f'[{len(todo) - len(queue)}/{len(todo)}] started '
             f'{cell.name} (log: {cell.name}.log)', flush=True)
     time.sleep(1)
     for cell, (proc, log, t0) in list(running.items()):
@@ -163,6 +164,9 @@ def run_sweep(ablation, workdir: str, cells, parallel: int):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Progress lines are printed.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from experiments import report
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
   cells = grid(ablation)
