@@ -133,7 +133,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int):
           ('done', 'diverged')]
   print(f'{len(cells)} cells in this shard: {len(cells) - len(todo)} finished, '
         f'{len(todo)} to run.', flush=True)
-  running, started, done_times = {}, time.perf_counter(), []
+  running, started, done_times, finished_depth = {}, time.perf_counter(), [], 0
   queue = list(todo)
   while queue or running:
     while queue and len(running) < parallel:
@@ -155,8 +155,10 @@ def run_sweep(ablation, workdir: str, cells, parallel: int):
         raise RuntimeError(f'{cell.name} failed (exit {proc.returncode}): see '
                            f'{os.path.join(workdir, cell.name + ".log")}.')
       left = len(queue) + len(running)
-      elapsed = time.perf_counter() - started
-      eta = elapsed / (len(todo) - left) * left
+      finished_depth += cell.depth
+      # Cost grows with depth: extrapolate wall time per layer to the layers left.
+      left_depth = sum(c.depth for c in queue) + sum(c.depth for c in running) / 2
+      eta = (time.perf_counter() - started) / finished_depth * left_depth
       print(f'{cell.name}: {status} in {done_times[-1]:.0f} s; '
             f'{len(todo) - left}/{len(todo)} done, ETA {eta / 60:.1f} min', flush=True)
 
