@@ -39,6 +39,10 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           'configs')
 
 
+class CellFailed(RuntimeError):
+  """A cell's process failed for a reason other than divergence."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
   depth: int
@@ -152,7 +156,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int):
       done_times.append(time.perf_counter() - t0)
       status = cell_status(os.path.join(workdir, cell.name))
       if proc.returncode != 0 and status != 'diverged':
-        raise RuntimeError(f'{cell.name} failed (exit {proc.returncode}): see '
+        raise CellFailed(f'{cell.name} failed (exit {proc.returncode}): see '
                            f'{os.path.join(workdir, cell.name + ".log")}.')
       left = len(queue) + len(running)
       finished_depth += cell.depth
@@ -194,7 +198,7 @@ def main(argv):
     if not _REPORT_ONLY.value:
       run_sweep(ablation, workdir, mine, _PARALLEL.value)
     report.write_report(workdir, ablation)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, CellFailed) as e:
     sys.exit(f'error: {e}')
 
 
