@@ -37,7 +37,8 @@ def block_order(tree) -> list:
 
 def layer_response_stds(model, variables, images) -> list[float]:
   """Std of every 3x3 layer's response (after BN, before addition/ReLU), in layer order."""
-  _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))
+  _, state = apply(variables, images)
   inter = state['intermediates']
   stds = [float(jnp.std(r)) for r in inter.get('responses', ())]  # The stem.
   for block in block_order(inter):
@@ -51,7 +52,7 @@ def block_gradient_norms(model, variables, images, labels) -> list[float]:
     logits, _ = model.apply({**variables, 'params': params}, images, train=True,
                             mutable=['batch_stats'])
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  grads = jax.grad(loss)(variables['params'])
+  grads = jax.jit(jax.grad(loss))(variables['params'])  # One compiled call, not op by op.
   return [float(optax.tree.norm(b)) for b in block_order(grads)]
 
 

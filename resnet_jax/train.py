@@ -192,11 +192,9 @@ class Data:
       self.image_shape = (cfg.image_size, cfg.image_size, self.spec.image_shape[-1])
       self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
       self._stream, self._next_step = None, None
-    if cfg.normalize == 'unit':
+    if cfg.normalize == 'unit':  # config_lib.validate has refused any other value.
       self.mean = np.zeros_like(self.mean)
       self.std = np.ones_like(self.std)
-    elif cfg.normalize != 'channel':
-      raise ValueError(f'Unknown data.normalize {cfg.normalize!r}: use "channel" or "unit".')
 
   def train_batch(self, step: int):
     if self.spec.in_memory:
