@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import optax
 
+from resnet_jax import checkpoints
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
 from resnet_jax import optim
@@ -84,7 +84,7 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   step = mngr.latest_step()
   if step is None:
     raise FileNotFoundError(f'{celldir} has no checkpoint to analyse.')
-  final = mngr.restore(step, args=ocp.args.StandardRestore(init_state))
+  final, _ = checkpoints.restore(mngr, step, init_state)
   mngr.close()
   held_out = data.splits['validation'] if len(data.splits['validation']) else data.splits['test']
   images = input_pipeline.preprocess(held_out.images[:num_examples], None, mean=data.mean,

@@ -1,5 +1,7 @@
 """The base config every experiment file starts from, and its checks."""
 
+import os
+
 import ml_collections
 
 from resnet_jax import datasets
@@ -59,7 +61,36 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000  # <= 0: only at the end.
   c.checkpoint_every_steps = 1000
   c.checkpoints_to_keep = 2
+  c.init_from = ''  # Another run's workdir or checkpoint: start from its weights.
   return c
+
+
+# Keys that change how a run is watched or where it reads from, not what it computes:
+# a workdir accepts them changed without asking.
+RUN_CONTROL_KEYS = frozenset({
+    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+    'checkpoints_to_keep', 'eval_batch_size', 'init_from', 'data.data_dir',
+    'data.manual_dir', 'data.fashion_mnist_dir'})
+
+
+def _flatten(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+  """'key: old -> new' for every key (outside RUN_CONTROL_KEYS) that differs."""
+  old, new = _flatten(old), _flatten(new)
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    if key not in RUN_CONTROL_KEYS and old.get(key, '<unset>') != new.get(key, '<unset>'):
+      changes.append(f'{key}: {old.get(key, "<unset>")} -> {new.get(key, "<unset>")}')
+  return changes
 
 
 def parse_arg(arg: str, flags=(), values=()) -> dict:
@@ -165,6 +196,9 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'log_every_steps must be positive, got {config.log_every_steps}.')
   if config.checkpoints_to_keep <= 0:
     _fail(f'checkpoints_to_keep must be positive, got {config.checkpoints_to_keep}.')
+  if config.init_from and not os.path.exists(config.init_from):
+    _fail(f'init_from {config.init_from} does not exist: give another run\'s workdir or '
+          f'checkpoint directory.')
 
   # Build the model abstractly (no compilation): shape errors surface now.
   import jax

@@ -20,6 +20,9 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the r
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0 writes logs).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() '
                                  'and let it find the cluster (TPU pod slices, SLURM).')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Continue the run in --workdir although its config.json '
+    'differs from --config (the old one is kept as config.<time>.json).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -40,12 +43,15 @@ def main(argv):
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TF off the accelerators.
   init_distributed()
+  from resnet_jax import checkpoints
   from resnet_jax import config_lib
   from resnet_jax import datasets
   from resnet_jax import train
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  except (config_lib.ConfigError, datasets.DataMissingError, FloatingPointError) as e:
+    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
+                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (config_lib.ConfigError, checkpoints.CheckpointError, datasets.DataMissingError,
+          FloatingPointError) as e:
     sys.exit(f'error: {e}')
 
 

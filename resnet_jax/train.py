@@ -17,12 +17,12 @@ from typing import Any
 from absl import logging
 from flax.training import train_state
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-
+from resnet_jax import checkpoints
 from resnet_jax import config_lib
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
@@ -113,7 +113,8 @@ def eval_step(state: TrainState, batch, *, mean, std, num_classes: int):
 
 def to_host(tree):
   """Replicated device values as numpy, on every process (each holds a full copy)."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), tree)
 
 
 def steps_for(config, steps_per_epoch: int) -> int:
@@ -216,19 +217,31 @@ class Data:
 
 
 class StopSignal:
-  """Notes SIGTERM (how a preemptible VM is told it will stop) instead of dying on it."""
+  """Notes SIGTERM (how a preemptible VM is told it will stop) instead of dying on it.
+
+  With several processes, JAX's preemption service (started by
+  `jax.distributed.initialize`) catches the signal on any of them and names one step
+  at which every process stops together.
+  """
 
   def __init__(self):
     self.received, self._old = None, None
+    self.multi_process = jax.process_count() > 1
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if not self.multi_process and threading.current_thread() is threading.main_thread():
       self._old = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
     self.received = signal.Signals(signum).name
+
+  def should_stop(self, step: int) -> bool:
+    """Called after every step, on every process."""
+    if self.multi_process and multihost_utils.reached_preemption_sync_point(step):
+      self.received = 'SIGTERM'
+    return self.received is not None
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -246,11 +259,8 @@ def _format_eta(seconds: float) -> str:
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep,
-                                         create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options)
+def checkpoint_manager(workdir: str, config):
+  return checkpoints.manager(workdir, config.checkpoints_to_keep)
 
 
 def check_workdir(workdir: str) -> None:
@@ -266,15 +276,44 @@ def check_workdir(workdir: str) -> None:
                                  f'({e.strerror}): choose another --workdir.') from e
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains and evaluates one run in `workdir`; returns the final metrics."""
+def remember_config(workdir: str, config, allow_change: bool) -> None:
+  """Writes `config.json`; refuses a workdir that holds a run of another config.
+
+  With `allow_change` the old config is kept beside it as `config.<time>.json`.
+  """
+  path = os.path.join(workdir, 'config.json')
+  new = config.to_json_best_effort(indent=2)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    try:
+      changes = config_lib.config_changes(json.loads(old), json.loads(new))
+    except ValueError:
+      changes = ['config.json: unreadable']
+    if changes and not allow_change:
+      shown = '; '.join(changes[:3]) + ('; ...' if len(changes) > 3 else '')
+      raise config_lib.ConfigError(
+          f'The workdir {workdir} holds a run of another config ({shown}): use a new '
+          f'--workdir, or pass --allow_config_change to continue that run with this one.')
+    if changes and jax.process_index() == 0:
+      os.replace(path, os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'))
+  if jax.process_index() == 0:
+    with open(path + '.tmp', 'w') as f:
+      f.write(new)
+    os.replace(path + '.tmp', path)
+
+
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:
+  """Trains and evaluates one run in `workdir`; returns the final metrics.
+
+  A workdir with checkpoints resumes from the newest; one that holds a run of another
+  config is refused unless `allow_config_change`.
+  """
   n_dev = jax.device_count()
   config_lib.validate(config, n_dev)
   spec = datasets.get_spec(config.data.name)
   check_workdir(workdir)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  remember_config(workdir, config, allow_config_change)
 
   data = Data(config)
   total_steps = steps_for(config, data.steps_per_epoch)
@@ -288,10 +327,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   n_params = models.count_params(state.params)
 
   mngr = checkpoint_manager(workdir, config)
-  start = mngr.latest_step() or 0
+  start, pending = mngr.latest_step() or 0, []
   if start:
-    state = mngr.restore(start, args=ocp.args.StandardRestore(state))
+    state, pending = checkpoints.restore(mngr, start, state)
     say(f'Resumed from the checkpoint of step {start} in {workdir}.')
+  elif config.init_from:
+    state = checkpoints.load_weights(config.init_from, state)
+    say(f'Starting from the weights of {config.init_from}.')
   log = metrics_io.MetricsLog(workdir, resume_step=start)
   if start == 0:
     log.write_hparams(metrics_io.flat_hparams(config))
@@ -309,7 +351,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   compile_s = time.perf_counter() - t0
   say(f'Compiled the train step in {compile_s:.1f} s.')
 
-  pending, last_log = [], [time.perf_counter(), start]
+  last_log = [time.perf_counter(), start]
 
   def write_summary(done):
     """Averages the metrics of the steps since the last summary; stops on NaN/Inf."""
@@ -346,12 +388,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         say(f'step {done}: validation loss {val["loss"]:.4f} accuracy '
             f'{val["accuracy"]:.4f}')
       if config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0:
-        mngr.save(done, args=ocp.args.StandardSave(state))
-      if stop.received and done < total_steps:
-        if pending:
-          write_summary(done)
-        if mngr.latest_step() != done:
-          mngr.save(done, args=ocp.args.StandardSave(state), force=True)
+        checkpoints.save(mngr, done, state, to_host(pending))
+      if stop.should_stop(done) and done < total_steps:
+        if mngr.latest_step() != done:  # Un-logged metrics go with it: resume is exact.
+          checkpoints.save(mngr, done, state, to_host(pending), force=True)
         mngr.wait_until_finished()
         mngr.close()
         log.close()
@@ -367,7 +407,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log.write(total_steps, split, values)
   train_s = time.perf_counter() - t_train
   if mngr.latest_step() != total_steps:
-    mngr.save(total_steps, args=ocp.args.StandardSave(state), force=True)
+    checkpoints.save(mngr, total_steps, state, force=True)
   mngr.wait_until_finished()
   mngr.close()
   log.write(total_steps, 'run', {'compile_seconds': compile_s,

@@ -1,6 +1,8 @@
-"""Two processes (2 fake CPU devices each, localhost coordinator) train like one with 4."""
+"""Two processes (2 fake CPU devices each, localhost coordinator) train like one with 4,
+and stop together on SIGTERM to either, to continue from their shared checkpoint."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import numpy as np
 from resnet_jax import metrics_io
 from tests.conftest import REPO
 from tests.main_test import SMALL
+
+STEPS = 40
 
 
 def free_port() -> int:
@@ -21,7 +25,7 @@ def free_port() -> int:
 def command(data_dir, workdir, *extra):
   return [sys.executable, '-m', 'resnet_jax.main', '--config=configs/fashion_mnist.py',
           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-          '--config.num_train_steps=3', '--config.data.augment=crop_flip', *SMALL,
+          f'--config.num_train_steps={STEPS}', '--config.data.augment=crop_flip', *SMALL,
           '--config.log_every_steps=1', *extra]
 
 
@@ -34,22 +38,46 @@ def losses(workdir):
   return [r['loss'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
 
 
-def test_two_processes_match_one_process_with_four_devices(fashion_data_dir, tmp_path):
+def start_two(data_dir, workdir):
+  port = free_port()
+  return [subprocess.Popen(
+      command(data_dir, workdir, f'--coordinator_address=127.0.0.1:{port}',
+              '--num_processes=2', f'--process_id={i}'),
+      cwd=REPO, env=env_with_devices(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+
+
+def test_two_processes_match_one_process_with_four_devices_through_a_preemption(
+    fashion_data_dir, tmp_path):
   single = subprocess.run(command(fashion_data_dir, tmp_path / 'one'), cwd=REPO,
                           env=env_with_devices(4), capture_output=True, text=True,
                           timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
-  port = free_port()
-  procs = [subprocess.Popen(
-      command(fashion_data_dir, tmp_path / 'two', f'--coordinator_address=127.0.0.1:{port}',
-              '--num_processes=2', f'--process_id={i}'),
-      cwd=REPO, env=env_with_devices(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
+
+  # SIGTERM reaches process 1 only: both stop at one agreed step and save together.
+  procs = start_two(fashion_data_dir, tmp_path / 'two')
+  first_lines = []
+  for line in procs[0].stdout:
+    first_lines.append(line)
+    if line.startswith('step 2/'):
+      procs[1].send_signal(signal.SIGTERM)
+      break
   outs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  assert 'on 4 cpu device(s)' in outs[0][0]  # Process 0 reports for the whole run...
+  out0 = ''.join(first_lines) + outs[0][0]
+  assert 'on 4 cpu device(s)' in out0  # Process 0 reports for the whole run...
   quiet = [l for l in outs[1][0].splitlines() if l.startswith(('step ', 'Final', 'Compiled'))]
   assert not quiet  # ...and process 1 stays quiet.
+  assert 'Stopped by SIGTERM after step' in out0
+  stopped = int(out0.split('Stopped by SIGTERM after step ')[1].split(':')[0])
+  assert 2 <= stopped < STEPS
+  assert os.listdir(tmp_path / 'two' / 'checkpoints') == [str(stopped)]
+
+  procs = start_two(fashion_data_dir, tmp_path / 'two')
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert f'Resumed from the checkpoint of step {stopped}' in outs[0][0]
+  assert len(losses(tmp_path / 'one')) == len(losses(tmp_path / 'two')) == STEPS
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
-  assert len(losses(tmp_path / 'one')) == 3

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from resnet_jax import checkpoints
 from resnet_jax import config_lib
 from resnet_jax import optim
 from resnet_jax import train
@@ -113,10 +113,12 @@ def test_checkpoint_round_trip_gives_identical_state(tmp_path):
     state, _ = trainer.train_step(state, trainer.to_device(fixed_batch(seed=i)),
                                   jax.random.PRNGKey(1))
   mngr = train.checkpoint_manager(str(tmp_path), config)
-  mngr.save(2, args=ocp.args.StandardSave(state))
+  pending = [{'loss': np.float32(2.3456789)}]
+  checkpoints.save(mngr, 2, state, pending)
   mngr.wait_until_finished()
   fresh = trainer.init_state(jax.random.PRNGKey(5))
-  restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(fresh))
+  restored, restored_pending = checkpoints.restore(mngr, mngr.latest_step(), fresh)
+  assert restored_pending == pending and restored_pending[0]['loss'].dtype == np.float32
   leaves = jax.tree_util.tree_leaves(state)
   assert len(leaves) == len(jax.tree_util.tree_leaves(restored))
   for a, b in zip(leaves, jax.tree_util.tree_leaves(restored)):

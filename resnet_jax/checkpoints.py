@@ -1,0 +1,138 @@
+"""Orbax checkpoints of a run: save, check-then-restore, and warm starts from another run.
+
+A checkpoint holds the train state and the per-step metrics not yet averaged into a
+log line, so a resumed run writes exactly the `metrics.jsonl` an uninterrupted one
+would. Orbax writes each step into a temporary directory and renames it when
+complete, so a checkpoint cut short by a kill is never taken for a finished one.
+"""
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read, or that does not fit the run's model."""
+
+
+def manager(workdir: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'pending': ocp.JsonCheckpointHandler()})
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, pending=(), force=False):
+  """Saves `state` and the un-logged metrics `pending` (a list of {name: float32})."""
+  pending = [{k: float(v) for k, v in m.items()} for m in pending]
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          pending=ocp.args.JsonSave(pending)),
+            force=force)
+
+
+def _describe(path) -> str:
+  return '.'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+                  for k in path)
+
+
+def mismatch(stored: Any, target: Any) -> str | None:
+  """The first difference of structure or shape between a stored tree and `target`."""
+  stored_leaves = {_describe(p): v for p, v in jax.tree_util.tree_leaves_with_path(stored)}
+  target_leaves = {_describe(p): v for p, v in jax.tree_util.tree_leaves_with_path(target)}
+  missing = sorted(set(target_leaves) - set(stored_leaves))
+  if missing:
+    return f'it has no {missing[0]} (the model needs {len(missing)} arrays it lacks)'
+  extra = sorted(set(stored_leaves) - set(target_leaves))
+  if extra:
+    return f'it holds {extra[0]}, which the model does not have'
+  for name, value in target_leaves.items():
+    have, want = tuple(stored_leaves[name].shape), tuple(np.shape(value))
+    if have != want:
+      return f'{name} has shape {have} there but {want} in this model'
+  return None
+
+
+RESUME_FIX = ('move that step directory away to resume from an earlier one, or use a new '
+              '--workdir')
+
+
+def _unreadable(where: str, error: Exception, fix: str = RESUME_FIX) -> CheckpointError:
+  first = (str(error).strip().splitlines() or [''])[0][:200]
+  return CheckpointError(
+      f'The checkpoint {where} cannot be read ({type(error).__name__}: {first}): {fix}.')
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, state):
+  """Returns (state, pending) of checkpoint `step`, after checking it fits `state`."""
+  where = f'of step {step} in {mngr.directory}'
+  try:
+    stored = mngr.item_metadata(step)['state'].tree
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(where, e) from e
+  problem = mismatch(stored, state)
+  if problem:
+    raise CheckpointError(
+        f'The checkpoint {where} belongs to another model: {problem}. Use a new '
+        f'--workdir for this config, or the config that wrote it.')
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state), pending=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(where, e) from e
+  pending = [{k: np.float32(v) for k, v in m.items()} for m in restored['pending'] or []]
+  return restored['state'], pending
+
+
+def resolve_source(path: str) -> tuple[str, int]:
+  """Turns a run's workdir, its `checkpoints` dir, or one step's dir into (dir, step)."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.isdir(path):
+    return os.path.dirname(path), int(base)
+  if not os.path.isdir(path):
+    raise CheckpointError(f'init_from={path} does not exist: give a run\'s workdir, its '
+                          f'checkpoints directory or one step\'s directory.')
+  steps = ocp.utils.checkpoint_steps(path)
+  if not steps:
+    raise CheckpointError(f'init_from={path} holds no complete checkpoint: give a run\'s '
+                          f'workdir, its checkpoints directory or one step\'s directory.')
+  return path, max(steps)
+
+
+def load_weights(source: str, state):
+  """`state` with the parameters and BatchNorm statistics of another run's checkpoint.
+
+  The step and optimizer state stay fresh: a warm start, not a resume.
+  """
+  directory, step = resolve_source(source)
+  where = f'of step {step} in {directory}'
+  mngr = ocp.CheckpointManager(directory, item_handlers={
+      'state': ocp.PyTreeCheckpointHandler()})
+  try:
+    stored = mngr.item_metadata(step)['state'].tree
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(where, e, 'give init_from another checkpoint') from e
+  weights = {'params': state.params, 'batch_stats': state.batch_stats}
+  problem = mismatch({k: stored.get(k, {}) for k in weights}, weights)
+  if problem:
+    raise CheckpointError(f'init_from: the checkpoint {where} does not fit this model: '
+                          f'{problem}.')
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=weights,
+            restore_args=jax.tree_util.tree_map(
+                lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), weights),
+            partial_restore=True)))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(where, e, 'give init_from another checkpoint') from e
+  finally:
+    mngr.close()
+  weights = restored['state']
+  return state.replace(params=weights['params'], batch_stats=weights['batch_stats'])

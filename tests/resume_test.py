@@ -1,0 +1,209 @@
+"""Exact resume after SIGKILL, determinism, checkpoints refused clearly, config memory."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from resnet_jax import checkpoints
+from resnet_jax import config_lib
+from resnet_jax import metrics_io
+from resnet_jax import train
+from tests.conftest import REPO
+from tests.main_test import small_run_config
+
+TIMING_KEYS = {'time', 'steps_per_second', 'images_per_second'}
+STEPS = 160
+ARGS = ['--config=configs/fashion_mnist.py', '--config.model.depth=8',
+        '--config.model.num_filters=4', '--config.batch_size=32',
+        '--config.eval_batch_size=100', '--config.data.validation_size=100',
+        '--config.data.augment=crop_flip', f'--config.num_train_steps={STEPS}',
+        '--config.log_every_steps=7', '--config.eval_every_steps=50',
+        '--config.checkpoint_every_steps=10', '--config.checkpoints_to_keep=3']
+ENV = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+
+
+def command(workdir, data_dir, *extra):
+  return [sys.executable, '-m', 'resnet_jax.main', f'--workdir={workdir}', *ARGS,
+          f'--config.data.data_dir={data_dir}', *extra]
+
+
+def kill_after(cmd, step):
+  """Starts `cmd` and SIGKILLs it once it reports training step >= `step`."""
+  proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:
+    if line.startswith('step ') and int(line.split()[1].split('/')[0].rstrip(':')) >= step:
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.communicate(timeout=300)
+  return proc.returncode
+
+
+def finish(cmd):
+  out = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+def comparable_metrics(workdir):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+          for r in metrics_io.read_metrics(workdir) if r['split'] != 'run']
+
+
+def final_arrays(workdir):
+  mngr = checkpoints.manager(workdir)
+  step = mngr.latest_step()
+  tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  mngr.close()
+  return step, jax.tree_util.tree_leaves(tree['state'])
+
+
+def test_sigkill_at_any_point_then_the_same_command_gives_identical_results(
+    fashion_data_dir, tmp_path):
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  finish(command(straight, fashion_data_dir))
+
+  cmd = command(killed, fashion_data_dir)
+  assert kill_after(cmd, 1) == -signal.SIGKILL  # Before its first checkpoint.
+  assert kill_after(cmd, 40) == -signal.SIGKILL  # Mid-run, between checkpoints.
+  # Saving every step, a kill lands while a checkpoint is being written.
+  assert kill_after(cmd + ['--config.checkpoint_every_steps=1'], 80) == -signal.SIGKILL
+  ckpt_dir = os.path.join(killed, 'checkpoints')
+  resumed_from = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  assert 40 <= resumed_from < STEPS
+  out = finish(cmd)
+  assert f'Resumed from the checkpoint of step {resumed_from}' in out
+
+  assert comparable_metrics(killed) == comparable_metrics(straight)
+  step_a, leaves_a = final_arrays(straight)
+  step_b, leaves_b = final_arrays(killed)
+  assert step_a == step_b == STEPS and len(leaves_a) == len(leaves_b)
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(a, b)  # Bitwise.
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_differs(fashion_data_dir,
+                                                                    tmp_path):
+  runs = {}
+  for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+    config = small_run_config(fashion_data_dir, 6)
+    config.seed = seed
+    train.train_and_evaluate(config, str(tmp_path / name))
+    runs[name] = comparable_metrics(str(tmp_path / name))
+  assert runs['a'] == runs['b']
+  losses = lambda r: [m['loss'] for m in r if m['split'] == 'train']
+  assert all(x != y for x, y in zip(losses(runs['a']), losses(runs['c'])))
+
+
+def test_a_workdir_refuses_another_config_unless_asked(fashion_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(small_run_config(fashion_data_dir, 2), workdir)
+  other = small_run_config(fashion_data_dir, 2)
+  other.optimizer.learning_rate = 0.5
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'another config \(optimizer.learning_rate: 0.1 -> 0.5\).*'
+                           r'--allow_config_change'):
+    train.train_and_evaluate(other, workdir)
+  # How often to log or save is not a different experiment.
+  same = small_run_config(fashion_data_dir, 2)
+  same.log_every_steps = 1
+  train.train_and_evaluate(same, workdir)
+  # Asked explicitly: continues, and the old config is kept beside the new one.
+  other.num_train_steps = 4
+  train.train_and_evaluate(other, workdir, allow_config_change=True)
+  kept = [f for f in os.listdir(workdir) if f.startswith('config.') and f != 'config.json']
+  assert len(kept) == 1
+
+
+def test_cli_refuses_another_config_in_one_line(fashion_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  config = small_run_config(fashion_data_dir, 2)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort())
+  out = subprocess.run(command(workdir, fashion_data_dir), cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: The workdir') and 'another config' in last
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
+
+def corrupt(step_dir):
+  """Overwrites every array file of a checkpoint with junk of the same size."""
+  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+    for name in files:
+      path = os.path.join(root, name)
+      size = os.path.getsize(path)
+      with open(path, 'wb') as f:
+        f.write(b'\x07' * max(size, 16))
+
+
+def snapshot(directory):
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      with open(os.path.join(root, name), 'rb') as f:
+        out[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+  return out
+
+
+def test_a_corrupt_checkpoint_is_refused_and_left_alone(fashion_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(small_run_config(fashion_data_dir, 4), workdir)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  corrupt(os.path.join(ckpt_dir, '4'))
+  before = snapshot(ckpt_dir)
+  config = small_run_config(fashion_data_dir, 6)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'checkpoint of step 4 .* cannot be read .*move that step'):
+    train.train_and_evaluate(config, workdir, allow_config_change=True)
+  assert snapshot(ckpt_dir) == before
+
+
+def test_a_checkpoint_of_another_model_is_refused(fashion_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(small_run_config(fashion_data_dir, 2), workdir)
+  wider = small_run_config(fashion_data_dir, 4)
+  wider.model.num_filters = 8
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'belongs to another model: .* has shape \(16, 10\) there '
+                           r'but \(32, 10\)'):
+    train.train_and_evaluate(wider, workdir, allow_config_change=True)
+  deeper = small_run_config(fashion_data_dir, 4)
+  deeper.model.depth = 14
+  deeper.model.scan_blocks = False
+  with pytest.raises(checkpoints.CheckpointError, match='belongs to another model: it has no'):
+    train.train_and_evaluate(deeper, workdir, allow_config_change=True)
+
+
+def test_a_run_can_start_from_another_runs_weights(fashion_data_dir, tmp_path, capsys):
+  source = str(tmp_path / 'source')
+  first = train.train_and_evaluate(small_run_config(fashion_data_dir, 4), source)
+  config = small_run_config(fashion_data_dir, 2)
+  config.init_from = source
+  trainer_state = first['state']
+  warm = checkpoints.load_weights(source, trainer_state.replace(
+      params=jax.tree_util.tree_map(jnp.zeros_like, trainer_state.params)))
+  for a, b in zip(jax.tree_util.tree_leaves(warm.params),
+                  jax.tree_util.tree_leaves(trainer_state.params)):
+    np.testing.assert_array_equal(a, b)
+  train.train_and_evaluate(config, str(tmp_path / 'warm'))
+  assert f'Starting from the weights of {source}' in capsys.readouterr().out
+
+  wider = small_run_config(fashion_data_dir, 2)
+  wider.model.num_filters = 8
+  wider.init_from = os.path.join(source, 'checkpoints', '4')
+  with pytest.raises(checkpoints.CheckpointError, match='does not fit this model'):
+    train.train_and_evaluate(wider, str(tmp_path / 'wider'))
+  missing = small_run_config(fashion_data_dir, 2)
+  missing.init_from = str(tmp_path / 'nowhere')
+  with pytest.raises(config_lib.ConfigError, match='init_from .* does not exist'):
+    train.train_and_evaluate(missing, str(tmp_path / 'missing'))
