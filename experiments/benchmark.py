@@ -1,0 +1,336 @@
+"""Benchmark of the train step: compile s, step ms, images/s, FLOP/s, memory; the pipeline.
+
+  python -m experiments.benchmark --models=resnet20,plain20,resnet1202 --batch_sizes=128
+
+Each (model, batch size, remat) row runs in its own process, so its peak memory is
+its own. Prints a table, the issue's targets as ratios within this one run, and
+writes everything as JSON. Models: `resnetN` / `plainN` (CIFAR family, 32x32x3),
+`resnet50` / `plain50` (ImageNet family at 64x64x3). A PyTorch column is added where
+torch is installed.
+"""
+
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_MODELS = flags.DEFINE_list(
+    'models', 'resnet20,plain20,resnet56,plain56,resnet110,plain110,resnet1202,plain1202,'
+    'resnet50', 'Models to time: resnetN / plainN (CIFAR, N = 6n+2), resnet50 / plain50 '
+    '(ImageNet family at 64x64).')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['128'], 'Global batch sizes.')
+_REMAT = flags.DEFINE_list('remat_models', ['resnet1202'],
+                           'Models also measured with model.remat=True (memory).')
+_UNROLLED = flags.DEFINE_list('unrolled_models', ['resnet20'],
+                              'Models also measured with model.scan_blocks=False.')
+_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per row (the median is reported).')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
+_DTYPE = flags.DEFINE_string('dtype', 'float32', 'model.dtype: float32 or bfloat16.')
+_CONV = flags.DEFINE_string('conv_impl', 'fast', 'model.conv_impl: fast or xla.')
+_TORCH = flags.DEFINE_bool('torch', True, 'Add the PyTorch column where torch is installed.')
+_PIPELINE = flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline on its own.')
+_PEAK = flags.DEFINE_float('peak_gflops', 0.0, 'The machine\'s peak GFLOP/s (0: estimated '
+                           'for CPUs from cores x clock x FMA width).')
+_OUTPUT = flags.DEFINE_string('output', 'runs/benchmark/benchmark.json', 'The JSON file.')
+_ROW = flags.DEFINE_string('row', None, 'Internal: measure one row (JSON) and print it.')
+
+COMPILE_RATIO_TARGET, PIPELINE_RATIO_TARGET, MEMORY_TARGET_GIB = 3.0, 5.0, 24.0
+
+
+def parse_model(name: str) -> tuple[dict, tuple, int]:
+  """'resnet56' -> (model kwargs, image shape, classes)."""
+  match = re.fullmatch(r'(resnet|plain)(\d+)', name)
+  if not match:
+    raise ValueError(f'Unknown benchmark model {name!r}: use resnetN or plainN.')
+  residual, depth = match.group(1) == 'resnet', int(match.group(2))
+  if depth in (18, 34, 50, 101, 152):
+    return (dict(name='imagenet_resnet', depth=depth,
+                 shortcut='B' if residual else 'none'), (64, 64, 3), 1000)
+  return (dict(name='cifar_resnet', depth=depth, shortcut='A' if residual else 'none'),
+          (32, 32, 3), 10)
+
+
+def _train_step_flops(model_kwargs, image_shape, num_classes, batch_size) -> float:
+  """FLOPs of one train step from XLA's cost analysis of the unrolled XLA-conv twin.
+
+  XLA counts a loop body once, so the scanned model cannot be analysed directly.
+  For the CIFAR family each extra block per stage adds the same cost, so depths 8 and
+  14 give every depth exactly, without tracing 1202 layers.
+  """
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from resnet_jax import models
+
+  def cost(kwargs):
+    kwargs = dict(kwargs, scan_blocks=False, conv_impl='xla', remat=False)
+    model = models.create_model(num_classes=num_classes, **kwargs)
+    x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1,) + tuple(image_shape)),
+                                                  train=False))
+
+    def loss(params, batch_stats, x, y):
+      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, x,
+                              train=True, mutable=['batch_stats'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    lowered = jax.jit(jax.grad(loss)).lower(variables['params'], variables['batch_stats'],
+                                            x, y)
+    return float(lowered.cost_analysis()['flops'])
+
+  if model_kwargs['name'] != 'cifar_resnet':
+    return cost(model_kwargs)
+  n = (model_kwargs['depth'] - 2) // 6
+  c1, c2 = cost(dict(model_kwargs, depth=8)), cost(dict(model_kwargs, depth=14))
+  return c1 + (n - 1) * (c2 - c1)
+
+
+def measure_row(row: dict) -> dict:
+  """Compiles and times one train step configuration in this process."""
+  import jax
+  import numpy as np
+  from resnet_jax import config_lib
+  from resnet_jax import models
+  from resnet_jax import optim
+  from resnet_jax import train
+
+  model_kwargs, image_shape, num_classes = parse_model(row['model'])
+  config = config_lib.base_config()
+  config.model.update(model_kwargs)
+  config.model.remat = row['remat']
+  config.model.scan_blocks = row['scan']
+  config.model.dtype = row['dtype']
+  config.model.conv_impl = row['conv_impl']
+  config.batch_size = row['batch_size']
+  config.data.augment = 'crop_flip'
+  model = train.build_model(config, num_classes)
+  tx, schedule = optim.create_optimizer(config.optimizer, 1000)
+  trainer = train.Trainer(config, model, tx, schedule, image_shape,
+                          np.zeros(image_shape[-1], np.float32),
+                          np.ones(image_shape[-1], np.float32), num_classes)
+  t = time.perf_counter()
+  state = jax.block_until_ready(trainer.init_state(jax.random.PRNGKey(0)))
+  init_s = time.perf_counter() - t
+  rng = np.random.default_rng(0)
+  batch = trainer.to_device({
+      'image': rng.integers(0, 256, (row['batch_size'],) + image_shape, dtype=np.uint8),
+      'label': rng.integers(0, num_classes, (row['batch_size'],), dtype=np.int32)})
+  key = jax.random.PRNGKey(1)
+  t = time.perf_counter()
+  compiled = trainer.train_step.lower(state, batch, key).compile()
+  compile_s = time.perf_counter() - t
+  mem = compiled.memory_analysis()
+  xla_bytes = None
+  if mem is not None:
+    xla_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                 - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+  times = []
+  for i in range(row['warmup'] + row['steps']):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch, key)
+    jax.block_until_ready(metrics)
+    if i >= row['warmup']:
+      times.append(time.perf_counter() - t)
+  loss = float(metrics['loss'])
+  step_s = statistics.median(times)
+  flops = _train_step_flops(model_kwargs, image_shape, num_classes, row['batch_size'])
+  device = jax.devices()[0]
+  return dict(row, params=models.count_params(state.params), init_s=init_s,
+              compile_s=compile_s, step_ms=step_s * 1e3,
+              images_per_second=row['batch_size'] / step_s, gflop_per_step=flops / 1e9,
+              gflops=flops / step_s / 1e9, xla_memory_gib=(xla_bytes or 0) / 2**30,
+              peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+              loss=loss, finite=bool(np.isfinite(loss)), platform=device.platform,
+              device_kind=device.device_kind, devices=jax.device_count())
+
+
+def pipeline_images_per_second(batch_size: int, steps: int = 200) -> dict:
+  """The in-memory pipeline alone: host batch, transfer, jitted seeded crop + flip."""
+  import jax
+  import numpy as np
+  from resnet_jax import datasets
+  from resnet_jax import input_pipeline
+  from resnet_jax import train
+
+  rng = np.random.default_rng(0)
+  split = datasets.ArraySplit(rng.integers(0, 256, (45000, 32, 32, 3), dtype=np.uint8),
+                              rng.integers(0, 10, (45000,), dtype=np.int32))
+  batches = input_pipeline.TrainBatches(split, batch_size, seed=0)
+  mesh_sharding = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec('data'))
+  mean, std = input_pipeline.channel_stats(split.images[:1000])
+  prep = jax.jit(lambda images, step: input_pipeline.preprocess(
+      images, jax.random.fold_in(jax.random.PRNGKey(0), step), mean=mean, std=std,
+      kind='crop_flip'))
+
+  def one(step):
+    batch = batches(step)
+    images = jax.device_put(batch['image'], mesh_sharding)
+    return prep(images, step)
+
+  jax.block_until_ready(one(0))
+  t = time.perf_counter()
+  for step in range(1, steps + 1):
+    out = one(step)
+  jax.block_until_ready(out)
+  seconds = time.perf_counter() - t
+  return {'pipeline_images_per_second': steps * batch_size / seconds,
+          'pipeline_batch_size': batch_size}
+
+
+def machine_peak_gflops() -> float | None:
+  """cores x clock x FP32 FLOPs per cycle (FMA: 2 units x vector width x 2), for CPUs."""
+  if _PEAK.value > 0:
+    return _PEAK.value
+  try:
+    with open('/proc/cpuinfo') as f:
+      info = f.read()
+  except OSError:
+    return None
+  mhz = [float(m) for m in re.findall(r'cpu MHz\s*:\s*([\d.]+)', info)]
+  if not mhz:
+    return None
+  flags_line = re.search(r'flags\s*:(.*)', info).group(1).split()
+  width = 16 if 'avx512f' in flags_line else 8 if 'avx2' in flags_line else 4
+  per_cycle = width * 2 * (2 if 'fma' in flags_line else 1)
+  return os.cpu_count() * statistics.mean(mhz) / 1e3 * per_cycle
+
+
+def run_row_isolated(row: dict) -> dict:
+  out = subprocess.run([sys.executable, '-m', 'experiments.benchmark',
+                        f'--row={json.dumps(row)}'], capture_output=True, text=True)
+  if out.returncode != 0:
+    tail = (out.stderr.strip().splitlines() or ['(no output)'])[-1]
+    return dict(row, error=tail)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fmt(value, spec):
+  return '-' if value is None else format(value, spec)
+
+
+def _blocks(row) -> str:
+  return ('scan' if row['scan'] else 'unrolled') + (' + remat' if row['remat'] else '')
+
+
+def table(rows: list[dict], peak: float | None) -> str:
+  head = ('| model | batch | blocks | params | compile s | step ms | img/s | GFLOP/step | '
+          'GFLOP/s | % of peak | XLA mem GiB | peak RSS GiB | torch img/s |')
+  lines = [head, '|' + '---|' * (head.count('|') - 1)]
+  for r in rows:
+    if 'error' in r:
+      lines.append(f'| {r["model"]} | {r["batch_size"]} | {_blocks(r)} | error: '
+                   f'{r["error"]} |')
+      continue
+    share = r['gflops'] / peak * 100 if peak else None
+    lines.append(
+        f'| {r["model"]} | {r["batch_size"]} | {_blocks(r)} | '
+        f'{r["params"]:,} | {r["compile_s"]:.1f} | {r["step_ms"]:.0f} | '
+        f'{r["images_per_second"]:.0f} | {r["gflop_per_step"]:.1f} | {r["gflops"]:.1f} | '
+        f'{_fmt(share, ".1f")} | {r["xla_memory_gib"]:.2f} | {r["peak_rss_gib"]:.2f} | '
+        f'{_fmt(r.get("torch_images_per_second"), ".0f")} |')
+  return '\n'.join(lines)
+
+
+def targets(rows: list[dict], pipeline: dict | None) -> list[str]:
+  """The performance issue's targets, as ratios within this run."""
+  ok = {(r['model'], r['batch_size'], r['remat'], r['scan']): r
+        for r in rows if 'error' not in r}
+  out = []
+  for b in sorted({r['batch_size'] for r in rows}):
+    small, big = ok.get(('resnet20', b, False, True)), ok.get(('resnet1202', b, False, True))
+    fastest = max((r for r in (small, ok.get(('resnet20', b, False, False))) if r),
+                  key=lambda r: r['images_per_second'], default=None)
+    if small and big:
+      ratio = big['compile_s'] / small['compile_s']
+      out.append(f'compile ResNet-1202 / ResNet-20 (batch {b}): {ratio:.2f}x '
+                 f'(target <= {COMPILE_RATIO_TARGET:g}x: '
+                 f'{"met" if ratio <= COMPILE_RATIO_TARGET else "NOT met"})')
+    if fastest and small.get('torch_images_per_second'):
+      ratio = fastest['images_per_second'] / small['torch_images_per_second']
+      out.append(f'ResNet-20 batch {b} images/s, JAX ({_blocks(fastest)}) / PyTorch: '
+                 f'{ratio:.2f} ({fastest["images_per_second"]:.0f} vs '
+                 f'{small["torch_images_per_second"]:.0f}; target >= 1: '
+                 f'{"met" if ratio >= 1 else "NOT met"})')
+    if fastest and pipeline:
+      ratio = pipeline['pipeline_images_per_second'] / fastest['images_per_second']
+      out.append(f'pipeline / ResNet-20 train step images/s: {ratio:.1f}x (target >= '
+                 f'{PIPELINE_RATIO_TARGET:g}x: '
+                 f'{"met" if ratio >= PIPELINE_RATIO_TARGET else "NOT met"})')
+    for remat in (False, True):
+      r = ok.get(('resnet1202', b, remat, True))
+      if r:
+        mem = max(r['peak_rss_gib'], r['xla_memory_gib'])
+        out.append(f'ResNet-1202 batch {b} {"with" if remat else "without"} remat: peak '
+                   f'{mem:.1f} GiB, loss {"finite" if r["finite"] else "NOT finite"} '
+                   f'(target <= {MEMORY_TARGET_GIB:g} GiB with remat: '
+                   f'{"met" if mem <= MEMORY_TARGET_GIB else "NOT met"})')
+  return out
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  if _ROW.value:
+    print(json.dumps(measure_row(json.loads(_ROW.value))))
+    return
+  for name in _MODELS.value + _REMAT.value:
+    parse_model(name)  # Bad names fail before anything runs.
+  try:
+    import torch  # pylint: disable=unused-import
+    have_torch = _TORCH.value
+  except ImportError:
+    have_torch = False
+  plan = [dict(model=m, batch_size=int(b), remat=remat, scan=scan, steps=_STEPS.value,
+               warmup=_WARMUP.value, dtype=_DTYPE.value, conv_impl=_CONV.value)
+          for b in _BATCH_SIZES.value for m in _MODELS.value
+          for remat, scan in ([(False, True)] + [(True, True)] * (m in _REMAT.value)
+                              + [(False, False)] * (m in _UNROLLED.value))]
+  rows = []
+  for i, row in enumerate(plan, 1):
+    print(f'[{i}/{len(plan)}] {row["model"]} batch {row["batch_size"]}'
+          f'{" remat" if row["remat"] else ""}{"" if row["scan"] else " unrolled"} ...',
+          end=' ', flush=True)
+    result = run_row_isolated(row)
+    if have_torch and not row['remat'] and row['scan'] and 'error' not in result \
+        and parse_model(row['model'])[0]['name'] == 'cifar_resnet':
+      from experiments import torch_reference
+      result.update(torch_reference.train_step_ms(
+          parse_model(row['model'])[0]['depth'], row['model'].startswith('resnet'),
+          row['batch_size'], steps=_STEPS.value, warmup=_WARMUP.value))
+    rows.append(result)
+    print(result.get('error') or f'compile {result["compile_s"]:.1f} s, step '
+          f'{result["step_ms"]:.0f} ms, {result["images_per_second"]:.0f} img/s', flush=True)
+  pipeline = None
+  if _PIPELINE.value:
+    print('input pipeline ...', end=' ', flush=True)
+    pipeline = pipeline_images_per_second(int(_BATCH_SIZES.value[0]))
+    print(f'{pipeline["pipeline_images_per_second"]:.0f} img/s', flush=True)
+  peak = machine_peak_gflops()
+  print()
+  print(table(rows, peak))
+  print(f'\nPeak FP32 GFLOP/s assumed: {_fmt(peak, ".0f")} ({platform.processor() or "cpu"}, '
+        f'{os.cpu_count()} cores).')
+  for line in targets(rows, pipeline):
+    print(line)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  with open(_OUTPUT.value, 'w') as f:
+    json.dump({'rows': rows, 'pipeline': pipeline, 'peak_gflops': peak,
+               'targets': targets(rows, pipeline)}, f, indent=2)
+  print(f'Wrote {_OUTPUT.value}.')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,75 @@
+"""The CIFAR ResNet (option A) in PyTorch, for the benchmark's optional comparison column.
+
+Only imported where torch is installed (`pip install torch`); never a dependency.
+"""
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class _Block(nn.Module):
+  """conv-BN-ReLU-conv-BN, + the option-A shortcut unless plain, ReLU."""
+
+  def __init__(self, cin, cout, stride, residual):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(cout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.stride, self.pad, self.residual = stride, cout - cin, residual
+
+  def forward(self, x):
+    y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+    if self.residual:
+      s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+      if self.pad:
+        s = F.pad(s, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+      y = y + s
+    return F.relu(y)
+
+
+class CifarResNet(nn.Module):
+
+  def __init__(self, depth, residual=True, width=16, in_channels=3, num_classes=10):
+    super().__init__()
+    n = (depth - 2) // 6
+    self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                              nn.BatchNorm2d(width), nn.ReLU())
+    blocks, cin = [], width
+    for i in range(3):
+      cout = width * 2**i
+      for j in range(n):
+        blocks.append(_Block(cin, cout, 2 if (i and not j) else 1, residual))
+        cin = cout
+    self.blocks = nn.Sequential(*blocks)
+    self.head = nn.Linear(cin, num_classes)
+
+  def forward(self, x):
+    return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def train_step_ms(depth: int, residual: bool, batch_size: int, image_size: int = 32,
+                  steps: int = 5, warmup: int = 2) -> dict:
+  """Median ms of a full SGD step (forward, backward, update, BN statistics)."""
+  torch.manual_seed(0)
+  model = CifarResNet(depth, residual)
+  model.train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+  x = torch.randn(batch_size, 3, image_size, image_size)
+  y = torch.randint(0, 10, (batch_size,))
+  times = []
+  for i in range(warmup + steps):
+    t = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    if i >= warmup:
+      times.append(time.perf_counter() - t)
+  ms = float(np.median(times)) * 1e3
+  return {'torch_step_ms': ms, 'torch_images_per_second': batch_size / ms * 1e3,
+          'torch_threads': torch.get_num_threads(), 'torch_version': torch.__version__}
