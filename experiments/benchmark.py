@@ -38,12 +38,14 @@ _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per row (the median is re
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'model.dtype: float32 or bfloat16.')
 _CONV = flags.DEFINE_string('conv_impl', 'fast', 'model.conv_impl: fast or xla.')
-_TORCH = flags.DEFINE_bool('torch', True, 'Add the PyTorch column where torch is installed.')
+_TORCH = flags.DEFINE_integer('torch_max_depth', 110, 'Add the PyTorch column (where torch '
+                              'is installed) for CIFAR models up to this depth; 0: never.')
 _PIPELINE = flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline on its own.')
 _PEAK = flags.DEFINE_float('peak_gflops', 0.0, 'The machine\'s peak GFLOP/s (0: estimated '
                            'for CPUs from cores x clock x FMA width).')
 _OUTPUT = flags.DEFINE_string('output', 'runs/benchmark/benchmark.json', 'The JSON file.')
 _ROW = flags.DEFINE_string('row', None, 'Internal: measure one row (JSON) and print it.')
+_TORCH_ROW = flags.DEFINE_string('torch_row', None, 'Internal: time one PyTorch row.')
 
 COMPILE_RATIO_TARGET, PIPELINE_RATIO_TARGET, MEMORY_TARGET_GIB = 3.0, 5.0, 24.0
 
@@ -208,9 +210,13 @@ def machine_peak_gflops() -> float | None:
   return os.cpu_count() * statistics.mean(mhz) / 1e3 * per_cycle
 
 
-def run_row_isolated(row: dict) -> dict:
+def run_row_isolated(row: dict, flag: str = 'row') -> dict:
+  """Measures `row` in a fresh process: its peak memory is its own, and a row that
+  runs out of memory cannot take the whole benchmark down."""
   out = subprocess.run([sys.executable, '-m', 'experiments.benchmark',
-                        f'--row={json.dumps(row)}'], capture_output=True, text=True)
+                        f'--{flag}={json.dumps(row)}'], capture_output=True, text=True)
+  if out.returncode == -9:
+    return dict(row, error='killed (SIGKILL): out of memory?')
   if out.returncode != 0:
     tail = (out.stderr.strip().splitlines() or ['(no output)'])[-1]
     return dict(row, error=tail)
@@ -286,11 +292,18 @@ def main(argv):
   if _ROW.value:
     print(json.dumps(measure_row(json.loads(_ROW.value))))
     return
+  if _TORCH_ROW.value:
+    from experiments import torch_reference
+    row = json.loads(_TORCH_ROW.value)
+    print(json.dumps(torch_reference.train_step_ms(
+        parse_model(row['model'])[0]['depth'], row['model'].startswith('resnet'),
+        row['batch_size'], steps=row['steps'], warmup=row['warmup'])))
+    return
   for name in _MODELS.value + _REMAT.value:
     parse_model(name)  # Bad names fail before anything runs.
   try:
     import torch  # pylint: disable=unused-import
-    have_torch = _TORCH.value
+    have_torch = _TORCH.value > 0
   except ImportError:
     have_torch = False
   plan = [dict(model=m, batch_size=int(b), remat=remat, scan=scan, steps=_STEPS.value,
@@ -304,15 +317,16 @@ def main(argv):
           f'{" remat" if row["remat"] else ""}{"" if row["scan"] else " unrolled"} ...',
           end=' ', flush=True)
     result = run_row_isolated(row)
+    kwargs = parse_model(row['model'])[0]
     if have_torch and not row['remat'] and row['scan'] and 'error' not in result \
-        and parse_model(row['model'])[0]['name'] == 'cifar_resnet':
-      from experiments import torch_reference
-      result.update(torch_reference.train_step_ms(
-          parse_model(row['model'])[0]['depth'], row['model'].startswith('resnet'),
-          row['batch_size'], steps=_STEPS.value, warmup=_WARMUP.value))
+        and kwargs['name'] == 'cifar_resnet' and kwargs['depth'] <= _TORCH.value:
+      torch_result = run_row_isolated(row, 'torch_row')
+      result.update({k: v for k, v in torch_result.items() if k.startswith('torch')})
     rows.append(result)
     print(result.get('error') or f'compile {result["compile_s"]:.1f} s, step '
-          f'{result["step_ms"]:.0f} ms, {result["images_per_second"]:.0f} img/s', flush=True)
+          f'{result["step_ms"]:.0f} ms, {result["images_per_second"]:.0f} img/s, '
+          f'peak {result["peak_rss_gib"]:.1f} GiB', flush=True)
+    save(rows, None, None)
   pipeline = None
   if _PIPELINE.value:
     print('input pipeline ...', end=' ', flush=True)
@@ -325,11 +339,17 @@ def main(argv):
         f'{os.cpu_count()} cores).')
   for line in targets(rows, pipeline):
     print(line)
+  save(rows, pipeline, peak)
+  print(f'Wrote {_OUTPUT.value}.')
+
+
+def save(rows, pipeline, peak):
+  """Writes the JSON (after every row, so a long benchmark keeps what it measured)."""
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, 'w') as f:
+  with open(_OUTPUT.value + '.tmp', 'w') as f:
     json.dump({'rows': rows, 'pipeline': pipeline, 'peak_gflops': peak,
                'targets': targets(rows, pipeline)}, f, indent=2)
-  print(f'Wrote {_OUTPUT.value}.')
+  os.replace(_OUTPUT.value + '.tmp', _OUTPUT.value)
 
 
 if __name__ == '__main__':

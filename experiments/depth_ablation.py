@@ -32,7 +32,11 @@ _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Into how many slices to cut
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once, each in its own process '
                                  '(2 is ~1.3x faster on a 2-core CPU).')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only (re)write the report.')
-_CELL = flags.DEFINE_string('cell', None, 'Run this one cell in this process (internal).')
+_VMAP_SEEDS = flags.DEFINE_bool(
+    'vmap_seeds', False, 'Train the seeds of each (depth, net) in one program with jax.vmap '
+    '(faster on GPUs and TPUs; slower on CPUs, so off by default).')
+_CELLS = flags.DEFINE_list('cells', None, 'Run these cells (seeds of one depth and net) in '
+                           'this process (internal).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -112,59 +116,80 @@ def cell_status(workdir: str) -> str:
   return 'partial' if os.path.isdir(os.path.join(workdir, 'checkpoints')) else 'new'
 
 
-def run_cell(ablation, cell: Cell, workdir: str) -> str:
-  """Trains one cell in this process; records divergence instead of raising it."""
+def run_cells(ablation, cells: list[Cell], workdir: str):
+  """Trains cells that differ only in seed in this process, together (vmap) when several;
+  records a diverged seed instead of raising."""
   from resnet_jax import train
-  config = cell_config(ablation, cell)
-  try:
-    train.train_and_evaluate(config, workdir)
-  except train.DivergedError as e:
-    with open(os.path.join(workdir, 'diverged.json'), 'w') as f:
-      json.dump({'step': e.step, 'message': str(e)}, f)
-    print(f'{cell.name} diverged at step {e.step}; the sweep goes on.', flush=True)
-    return 'diverged'
-  return 'done'
+  config = cell_config(ablation, cells[0])
+  results = train.train_seeds(config, {c.seed: os.path.join(workdir, c.name) for c in cells})
+  for cell in cells:
+    result = results[cell.seed]
+    if 'diverged_at' in result:
+      with open(os.path.join(workdir, cell.name, 'diverged.json'), 'w') as f:
+        json.dump({'step': result['diverged_at'], 'message': result['message']}, f)
+      print(f'{cell.name} diverged at step {result["diverged_at"]}; the sweep goes on.',
+            flush=True)
 
 
-def cell_command(cell: Cell) -> list[str]:
+def units(todo: list[Cell], together: bool) -> list[list[Cell]]:
+  """The processes to run: one per cell, or one per (depth, net) with its seeds."""
+  if not together:
+    return [[c] for c in todo]
+  groups = {}
+  for cell in todo:
+    groups.setdefault((cell.depth, cell.shortcut), []).append(cell)
+  return list(groups.values())
+
+
+def unit_name(unit: list[Cell]) -> str:
+  if len(unit) == 1:
+    return unit[0].name
+  return unit[0].name.rsplit('-seed', 1)[0] + '-seeds' + '+'.join(str(c.seed) for c in unit)
+
+
+def unit_command(unit: list[Cell]) -> list[str]:
   argv = [a for a in sys.argv[1:] if not a.startswith(('--parallel', '--dry_run',
-                                                       '--shard_', '--num_shards'))]
-  return [sys.executable, '-m', 'experiments.depth_ablation', *argv, f'--cell={cell.name}']
+                                                       '--shard_', '--num_shards',
+                                                       '--vmap_seeds', '--novmap_seeds'))]
+  return [sys.executable, '-m', 'experiments.depth_ablation', *argv,
+          f'--cells={",".join(c.name for c in unit)}']
 
 
-def run_sweep(ablation, workdir: str, cells, parallel: int):
+def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False):
   todo = [c for c in cells if cell_status(os.path.join(workdir, c.name)) not in
           ('done', 'diverged')]
   print(f'{len(cells)} cells in this shard: {len(cells) - len(todo)} finished, '
         f'{len(todo)} to run.', flush=True)
-  running, started, done_times, finished_depth = {}, time.perf_counter(), [], 0
-  queue = list(todo)
+  queue = units(todo, together)
+  n_units = len(queue)
+  running, started, finished_depth = {}, time.perf_counter(), 0
+  cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
   while queue or running:
     while queue and len(running) < parallel:
-      cell = queue.pop(0)
-      log = open(os.path.join(workdir, f'{cell.name}.log'), 'a')
-      running[cell] = (subprocess.Popen(cell_command(cell), stdout=log,
-                                        stderr=subprocess.STDOUT), log, time.perf_counter())
-      print(f'[{len(todo) - len(queue)}/{len(todo)}] started '
-            f'{cell.name} (log: {cell.name}.log)', flush=True)
+      unit = queue.pop(0)
+      name = unit_name(unit)
+      log = open(os.path.join(workdir, f'{name}.log'), 'a')
+      running[name] = (unit, subprocess.Popen(unit_command(unit), stdout=log,
+                                              stderr=subprocess.STDOUT),
+                       log, time.perf_counter())
+      print(f'[{n_units - len(queue)}/{n_units}] started {name} (log: {name}.log)',
+            flush=True)
     time.sleep(1)
-    for cell, (proc, log, t0) in list(running.items()):
+    for name, (unit, proc, log, t0) in list(running.items()):
       if proc.poll() is None:
         continue
       log.close()
-      del running[cell]
-      done_times.append(time.perf_counter() - t0)
-      status = cell_status(os.path.join(workdir, cell.name))
-      if proc.returncode != 0 and status != 'diverged':
-        raise CellFailed(f'{cell.name} failed (exit {proc.returncode}): see '
-                           f'{os.path.join(workdir, cell.name + ".log")}.')
-      left = len(queue) + len(running)
-      finished_depth += cell.depth
-      # Cost grows with depth: extrapolate wall time per layer to the layers left.
-      left_depth = sum(c.depth for c in queue) + sum(c.depth for c in running) / 2
-      eta = (time.perf_counter() - started) / finished_depth * left_depth
-      print(f'{cell.name}: {status} in {done_times[-1]:.0f} s; '
-            f'{len(todo) - left}/{len(todo)} done, ETA {eta / 60:.1f} min', flush=True)
+      del running[name]
+      statuses = [cell_status(os.path.join(workdir, c.name)) for c in unit]
+      if proc.returncode != 0 and 'diverged' not in statuses:
+        raise CellFailed(f'{name} failed (exit {proc.returncode}): see '
+                         f'{os.path.join(workdir, name + ".log")}.')
+      finished_depth += cost(unit)
+      left = sum(cost(u) for u in queue) + sum(cost(u) for u, *_ in running.values()) / 2
+      eta = (time.perf_counter() - started) / finished_depth * left
+      print(f'{name}: {"/".join(sorted(set(statuses)))} in {time.perf_counter() - t0:.0f} s; '
+            f'{n_units - len(queue) - len(running)}/{n_units} done, ETA {eta / 60:.1f} min',
+            flush=True)
 
 
 def main(argv):
@@ -177,26 +202,26 @@ def main(argv):
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
   cells = grid(ablation)
   try:
-    if _CELL.value:
-      cell = {c.name: c for c in cells}.get(_CELL.value)
-      if cell is None:
-        raise config_lib.ConfigError(f'No cell named {_CELL.value!r} in this grid.')
-      os.makedirs(os.path.join(workdir, cell.name), exist_ok=True)
-      run_cell(ablation, cell, os.path.join(workdir, cell.name))
+    if _CELLS.value:
+      by_name = {c.name: c for c in cells}
+      unknown = [n for n in _CELLS.value if n not in by_name]
+      if unknown:
+        raise config_lib.ConfigError(f'No cell named {unknown[0]!r} in this grid.')
+      run_cells(ablation, [by_name[n] for n in _CELLS.value], workdir)
       return
     mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value)
     for cell in cells:  # Check every cell's config before anything runs.
       config_lib.validate(cell_config(ablation, cell))
     if _DRY_RUN.value:
-      for cell in mine:
-        status = cell_status(os.path.join(workdir, cell.name))
-        print(f'{cell.name:28s} {status:8s} {" ".join(cell_command(cell)[1:])}')
+      for unit in units(mine, _VMAP_SEEDS.value):
+        status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)
+        print(f'{unit_name(unit):28s} {status:8s} {" ".join(unit_command(unit)[1:])}')
       return
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
       f.write(ablation.to_json_best_effort(indent=2))
     if not _REPORT_ONLY.value:
-      run_sweep(ablation, workdir, mine, _PARALLEL.value)
+      run_sweep(ablation, workdir, mine, _PARALLEL.value, _VMAP_SEEDS.value)
     report.write_report(workdir, ablation)
   except (config_lib.ConfigError, CellFailed) as e:
     sys.exit(f'error: {e}')

@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.pad = 4
   c.data.normalize = 'channel'  # 'channel': per-channel mean/std of train; 'unit': x / 255.
   c.data.image_size = 224  # Streamed data sets (ImageNet) only.
+  c.data.on_device = False  # Keep the train split in device memory (in-memory data sets).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cifar_resnet'
@@ -150,6 +151,9 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'Unknown model.conv_impl {m.conv_impl!r}: use "fast" or "xla".')
 
   d = config.data
+  if d.on_device and not spec.in_memory:
+    _fail(f'data.on_device applies to in-memory data sets, not the streamed {d.name}: '
+          f'set it to False.')
   allowed = input_pipeline.AUGMENTATIONS if spec.in_memory else \
       streaming_input.STREAM_AUGMENTATIONS
   if d.augment not in allowed:

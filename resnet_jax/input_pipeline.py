@@ -37,12 +37,16 @@ class TrainBatches:
       self._epoch, self._perm = epoch, rng.permutation(len(self.split))
     return self._perm
 
-  def __call__(self, step: int):
+  def indices(self, step: int) -> np.ndarray:
+    """This process's slice of the training examples of global batch `step`."""
     epoch, i = divmod(step, self.steps_per_epoch)
     start = i * self.global_batch_size
     # Sorted for locality, then sliced: every process count sees the same global batch.
     batch = np.sort(self.permutation(epoch)[start:start + self.global_batch_size])
-    idx = batch[self.offset:self.offset + self.local_batch_size]
+    return batch[self.offset:self.offset + self.local_batch_size].astype(np.int32)
+
+  def __call__(self, step: int):
+    idx = self.indices(step)
     return {'image': self.split.images[idx], 'label': self.split.labels[idx]}
 
 

@@ -103,6 +103,13 @@ def train_step(state: TrainState, batch, rng, *, schedule, data_cfg, mean, std,
   return new_state, metrics
 
 
+def gather_train_step(state: TrainState, batch, rng, images, labels, **kwargs):
+  """`train_step` on the examples `batch['index']` of a split held in device memory."""
+  batch = {'image': jnp.take(images, batch['index'], axis=0),
+           'label': jnp.take(labels, batch['index'], axis=0)}
+  return train_step(state, batch, rng, **kwargs)
+
+
 def eval_step(state: TrainState, batch, *, mean, std, num_classes: int):
   """Summed metrics of one padded eval batch (`mask` marks real examples)."""
   images = input_pipeline.preprocess(batch['image'], None, mean=mean, std=std)
@@ -125,32 +132,64 @@ def steps_for(config, steps_per_epoch: int) -> int:
 
 
 class Trainer:
-  """Holds the compiled steps and shardings of one run."""
+  """Holds the compiled steps and shardings of one run, or of `num_seeds` runs at once.
 
-  def __init__(self, config, model, tx, schedule, image_shape, mean, std, num_classes):
+  With `resident` (a split's images and labels) the split is copied to every device
+  once and the train step takes `{'index': ...}` batches, gathering on the device.
+  With `num_seeds` > 1 the train step is vmapped: states, batches and rngs carry a
+  leading seed axis (`stack` and `pick` convert).
+  """
+
+  def __init__(self, config, model, tx, schedule, image_shape, mean, std, num_classes,
+               resident=None, num_seeds: int = 1):
     self.mesh = make_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P('data'))
     self.model, self.image_shape = model, image_shape
-    self.tx = tx
-    step = functools.partial(train_step, schedule=schedule, data_cfg=config.data,
-                             mean=mean, std=std, num_classes=num_classes)
-    self.train_step = jax.jit(step, in_shardings=(self.replicated, self.data_sharding,
-                                                  self.replicated),
-                              out_shardings=(self.replicated, self.replicated),
-                              donate_argnums=0)
+    self.tx, self.num_seeds = tx, num_seeds
+    kwargs = dict(schedule=schedule, data_cfg=config.data, mean=mean, std=std,
+                  num_classes=num_classes)
+    self.resident = ()
+    if resident is not None:
+      self.resident = tuple(
+          jax.make_array_from_callback(a.shape, self.replicated, lambda i, a=a: a[i])
+          for a in resident)
+    step = functools.partial(gather_train_step if self.resident else train_step, **kwargs)
+    self.batch_sharding = self.data_sharding
+    if num_seeds > 1:
+      step = jax.vmap(step, in_axes=(0, 0, 0) + (None,) * len(self.resident))
+      self.batch_sharding = NamedSharding(self.mesh, P(None, 'data'))
+    self.train_step = jax.jit(
+        step, in_shardings=(self.replicated, self.batch_sharding, self.replicated)
+        + (self.replicated,) * len(self.resident),
+        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.eval_step = jax.jit(
         functools.partial(eval_step, mean=mean, std=std, num_classes=num_classes),
         in_shardings=(self.replicated, self.data_sharding), out_shardings=self.replicated)
+    self._stack = jax.jit(lambda *trees: jax.tree_util.tree_map(
+        lambda *x: jnp.stack(x), *trees), out_shardings=self.replicated)
+    self._pick = jax.jit(lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree),
+                         out_shardings=self.replicated)
+
+  def stack(self, trees: list):
+    """Per-seed trees (states, rngs) as one tree with a leading seed axis."""
+    return trees[0] if self.num_seeds == 1 else self._stack(*trees)
+
+  def pick(self, tree, i: int):
+    """Seed `i`'s part of a stacked tree."""
+    return tree if self.num_seeds == 1 else self._pick(tree, i)
 
   def init_state(self, rng) -> TrainState:
     init = functools.partial(create_train_state, model=self.model, tx=self.tx,
                              image_shape=self.image_shape)
     return jax.jit(init, out_shardings=self.replicated)(rng)
 
-  def to_device(self, local_batch):
+  def to_device(self, local_batch, train: bool = False):
+    """This process's part of a batch as a global array (a train batch of several
+    seeds has a leading seed axis)."""
+    sharding = self.batch_sharding if train else self.data_sharding
     return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), local_batch)
+        lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
   def evaluate(self, state, batches) -> dict:
     totals = None
@@ -173,13 +212,13 @@ class Data:
     val = self.spec.validation_size if cfg.validation_size < 0 else cfg.validation_size
     self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
     self.seed, self.image_size = config.seed, cfg.image_size
+    self.on_device = bool(cfg.on_device) and self.spec.in_memory
     self.pi, self.pc = jax.process_index(), jax.process_count()
     if self.spec.in_memory:
       self.splits = datasets.load_arrays(cfg.name, self.builder, val)
       self.sizes = {k: len(v) for k, v in self.splits.items()}
-      self.batches = input_pipeline.TrainBatches(self.splits['train'], config.batch_size,
-                                                 config.seed, self.pi, self.pc)
-      self.steps_per_epoch = self.batches.steps_per_epoch
+      self._batches = {}
+      self.steps_per_epoch = self.batches(config.seed).steps_per_epoch
       self.image_shape = self.splits['train'].images.shape[1:]
       self.mean, self.std = input_pipeline.channel_stats(self.splits['train'].images)
     else:
@@ -197,9 +236,25 @@ class Data:
       self.mean = np.zeros_like(self.mean)
       self.std = np.ones_like(self.std)
 
-  def train_batch(self, step: int):
+  def resident(self):
+    """The arrays to keep in device memory, or None when batches come from the host."""
+    if not self.on_device:
+      return None
+    return self.splits['train'].images, self.splits['train'].labels
+
+  def batches(self, seed: int) -> input_pipeline.TrainBatches:
+    if seed not in self._batches:
+      self._batches[seed] = input_pipeline.TrainBatches(
+          self.splits['train'], self.batch_size, seed, self.pi, self.pc)
+    return self._batches[seed]
+
+  def train_batch(self, step: int, seed: int | None = None):
+    """This process's part of training batch `step` (of run `seed`, default the config's)."""
+    seed = self.seed if seed is None else seed
+    if self.on_device:
+      return {'index': self.batches(seed).indices(step)}
     if self.spec.in_memory:
-      return self.batches(step)
+      return self.batches(seed)(step)
     if self._stream is None or step != self._next_step:
       self._stream = streaming_input.train_iterator(
           self.builder, self.split_names['train'], self.batch_size // self.pc,
@@ -307,115 +362,217 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
   """Trains and evaluates one run in `workdir`; returns the final metrics.
 
   A workdir with checkpoints resumes from the newest; one that holds a run of another
-  config is refused unless `allow_config_change`.
+  config is refused unless `allow_config_change`. A NaN/Inf loss raises DivergedError.
   """
+  result = train_seeds(config, {config.seed: workdir}, allow_config_change)[config.seed]
+  if 'diverged_at' in result:
+    raise DivergedError(result['message'], result['diverged_at'])
+  return result
+
+
+class SeedRun:
+  """One seed's run in a group trained together: its config, workdir, log, checkpoints."""
+
+  def __init__(self, config, workdir: str, allow_config_change: bool):
+    self.config, self.workdir = config, workdir
+    check_workdir(workdir)
+    remember_config(workdir, config, allow_config_change)
+    self.mngr = checkpoint_manager(workdir, config)
+    self.log = None
+    self.result = {}
+
+  @property
+  def active(self) -> bool:
+    return 'diverged_at' not in self.result
+
+  def close(self):
+    self.mngr.wait_until_finished()
+    self.mngr.close()
+    if self.log is not None:
+      self.log.close()
+
+
+def _pick(tree, i: int, k: int):
+  """Run `i` of a group of `k`: leaves carry a leading seed axis only when k > 1."""
+  return tree if k == 1 else jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def _stack(trees: list):
+  """Host trees (batches, restored metrics) stacked on a new leading seed axis."""
+  if len(trees) == 1:
+    return trees[0]
+  return jax.tree_util.tree_map(lambda *x: np.stack(x), *trees)
+
+
+def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> dict:
+  """Trains `config` under each seed of `workdirs` ({seed: workdir}) in one program.
+
+  With several seeds the train step is `jax.vmap`ped over them: one compilation, and
+  on accelerators one device program for all. Every seed's run is an ordinary run in
+  its own workdir (config, metrics, checkpoints) that follows its single-seed
+  trajectory to float tolerance. A seed whose loss turns NaN is marked diverged and
+  the others go on. Returns {seed: final metrics, or 'diverged_at' and 'message'}.
+  """
+  seeds = list(workdirs)
+  k = len(seeds)
   n_dev = jax.device_count()
   config_lib.validate(config, n_dev)
   spec = datasets.get_spec(config.data.name)
-  check_workdir(workdir)
-  remember_config(workdir, config, allow_config_change)
+  if k > 1 and not spec.in_memory:
+    raise config_lib.ConfigError(f'Several seeds in one program need an in-memory data '
+                                 f'set, not the streamed {config.data.name}: run one '
+                                 f'seed per process.')
+  configs = []
+  for seed in seeds:
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    configs.append(c)
+  runs = [SeedRun(c, workdirs[c.seed], allow_config_change) for c in configs]
 
   data = Data(config)
   total_steps = steps_for(config, data.steps_per_epoch)
   model = build_model(config, spec.num_classes)
   tx, schedule = optim.create_optimizer(config.optimizer, total_steps)
   trainer = Trainer(config, model, tx, schedule, data.image_shape, data.mean, data.std,
-                    spec.num_classes)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  state = trainer.init_state(init_rng)
-  n_params = models.count_params(state.params)
+                    spec.num_classes, resident=data.resident(), num_seeds=k)
+  rngs = [jax.random.split(jax.random.PRNGKey(seed)) for seed in seeds]
+  states = [trainer.init_state(r[0]) for r in rngs]
+  n_params = models.count_params(states[0].params)
 
-  mngr = checkpoint_manager(workdir, config)
-  start, pending = mngr.latest_step() or 0, []
+  # Resume from the newest step every seed has saved (the same one, unless a group was
+  # killed between its seeds' saves: then the later ones are dropped, to train again).
+  start = max(set.intersection(*(set(r.mngr.all_steps()) for r in runs)), default=0)
+  pendings = [[] for _ in runs]
+  for i, run in enumerate(runs):
+    for later in [s for s in run.mngr.all_steps() if s > start]:
+      run.mngr.delete(later)
+    if start:
+      states[i], pendings[i] = checkpoints.restore(run.mngr, start, states[i])
+    elif config.init_from:
+      states[i] = checkpoints.load_weights(config.init_from, states[i])
+    run.log = metrics_io.MetricsLog(run.workdir, resume_step=start)
+    if start == 0:
+      run.log.write_hparams(metrics_io.flat_hparams(run.config))
   if start:
-    state, pending = checkpoints.restore(mngr, start, state)
-    say(f'Resumed from the checkpoint of step {start} in {workdir}.')
+    say(f'Resumed from the checkpoint of step {start} in {", ".join(workdirs.values())}.')
   elif config.init_from:
-    state = checkpoints.load_weights(config.init_from, state)
     say(f'Starting from the weights of {config.init_from}.')
-  log = metrics_io.MetricsLog(workdir, resume_step=start)
-  if start == 0:
-    log.write_hparams(metrics_io.flat_hparams(config))
+  state = trainer.stack(states)
+  step_rng = trainer.stack([jnp.asarray(r[1]) for r in rngs])
+  pending = [_stack([p[j] for p in pendings]) for j in range(len(pendings[0]))]
 
-  arch = ' '.join(f'{k}={config.model[k]}' for k in ('depth', 'shortcut', 'residual')
-                  if k in config.model)
+  arch = ' '.join(f'{key}={config.model[key]}' for key in ('depth', 'shortcut', 'residual')
+                  if key in config.model)
+  together = f' x {k} seeds in one program (vmap)' if k > 1 else ''
   say(f'{config.model.name} {arch}: {n_params:,} parameters; {config.data.name} '
       f'{data.sizes["train"]}/{data.sizes["validation"]}/{data.sizes["test"]}; '
-      f'{total_steps} steps of batch {config.batch_size} on {n_dev} '
+      f'{total_steps} steps of batch {config.batch_size}{together} on {n_dev} '
       f'{jax.devices()[0].platform} device(s).')
 
+  def feed(step):
+    return trainer.to_device(_stack([data.train_batch(step, seed) for seed in seeds]),
+                             train=True)
+
   t0 = time.perf_counter()
-  example = trainer.to_device(data.train_batch(start))
-  compiled = trainer.train_step.lower(state, example, step_rng).compile()
+  compiled = trainer.train_step.lower(state, feed(start), step_rng,
+                                      *trainer.resident).compile()
   compile_s = time.perf_counter() - t0
   say(f'Compiled the train step in {compile_s:.1f} s.')
 
   last_log = [time.perf_counter(), start]
 
-  def write_summary(done):
-    """Averages the metrics of the steps since the last summary; stops on NaN/Inf."""
-    summary = {k: float(np.mean([m[k] for m in to_host(pending)])) for k in pending[0]}
+  def run_pending(i, host):
+    return [_pick(m, i, k) for m in host]
+
+  def write_summaries(done):
+    """Averages each run's metrics since the last summary; marks NaN/Inf runs diverged."""
+    host = to_host(pending)
     pending.clear()
-    if not np.isfinite(summary['loss']):
-      mngr.wait_until_finished()
-      raise DivergedError(
-          f'The training loss became {summary["loss"]} by step {done}: lower the '
-          f'learning rate; checkpoints up to step {mngr.latest_step()} are kept.', done)
     now = time.perf_counter()
     steps_per_s = (done - last_log[1]) / (now - last_log[0])
     last_log[:] = [now, done]
-    summary.update(steps_per_second=steps_per_s,
-                   images_per_second=steps_per_s * config.batch_size)
-    log.write(done, 'train', summary)
-    say(f'step {done}/{total_steps} | loss {summary["loss"]:.4f} | '
-        f'acc {summary["accuracy"]:.4f} | {steps_per_s:.2f} steps/s | '
-        f'{summary["images_per_second"]:.0f} img/s | '
-        f'ETA {_format_eta((total_steps - done) / steps_per_s)}')
+    shown = []
+    for i, run in enumerate(runs):
+      if not run.active:
+        continue
+      mine = run_pending(i, host)
+      summary = {key: float(np.mean([m[key] for m in mine])) for key in mine[0]}
+      if not np.isfinite(summary['loss']):
+        run.mngr.wait_until_finished()
+        run.result = {'diverged_at': done, 'message': (
+            f'The training loss became {summary["loss"]} by step {done}: lower the '
+            f'learning rate; checkpoints up to step {run.mngr.latest_step()} are kept.')}
+        say(f'seed {run.config.seed}: {run.result["message"]}')
+        continue
+      summary.update(steps_per_second=steps_per_s,
+                     images_per_second=steps_per_s * config.batch_size)
+      run.log.write(done, 'train', summary)
+      shown.append(summary)
+    if shown:
+      losses = ' '.join(f'{m["loss"]:.4f}' for m in shown)
+      accuracies = ' '.join(f'{m["accuracy"]:.4f}' for m in shown)
+      say(f'step {done}/{total_steps} | loss {losses} | acc {accuracies} | '
+          f'{steps_per_s:.2f} steps/s | {steps_per_s * config.batch_size * k:.0f} img/s | '
+          f'ETA {_format_eta((total_steps - done) / steps_per_s)}')
+
+  def save_all(done, force=False):
+    host = to_host(pending)
+    for i, run in enumerate(runs):
+      if run.active and run.mngr.latest_step() != done:
+        checkpoints.save(run.mngr, done, trainer.pick(state, i), run_pending(i, host),
+                         force=force)
 
   t_train = time.perf_counter()
   with StopSignal() as stop:
     for step in range(start, total_steps):
-      state, metrics = compiled(state, trainer.to_device(data.train_batch(step)), step_rng)
+      state, metrics = compiled(state, feed(step), step_rng, *trainer.resident)
       pending.append(metrics)
       done = step + 1
       if done % config.log_every_steps == 0 or done == total_steps:
-        write_summary(done)
+        write_summaries(done)
+        if not any(run.active for run in runs):
+          break
       if config.eval_every_steps > 0 and done % config.eval_every_steps == 0 \
           and done != total_steps:
-        val = trainer.evaluate(state, data.eval_batches('validation'))
-        log.write(done, 'validation', val)
-        say(f'step {done}: validation loss {val["loss"]:.4f} accuracy '
-            f'{val["accuracy"]:.4f}')
+        for i, run in enumerate(runs):
+          if run.active:
+            val = trainer.evaluate(trainer.pick(state, i), data.eval_batches('validation'))
+            run.log.write(done, 'validation', val)
+            say(f'step {done}: validation loss {val["loss"]:.4f} accuracy '
+                f'{val["accuracy"]:.4f}' + (f' (seed {run.config.seed})' if k > 1 else ''))
       if config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0:
-        checkpoints.save(mngr, done, state, to_host(pending))
+        save_all(done)
       if stop.should_stop(done) and done < total_steps:
-        if mngr.latest_step() != done:  # Un-logged metrics go with it: resume is exact.
-          checkpoints.save(mngr, done, state, to_host(pending), force=True)
-        mngr.wait_until_finished()
-        mngr.close()
-        log.close()
+        save_all(done, force=True)  # Un-logged metrics go with it: resume is exact.
+        for run in runs:
+          run.close()
         say(f'Stopped by {stop.received} after step {done}: saved a checkpoint; run the '
             f'same command to continue.')
-        return {'stopped_at': done, 'state': state}
+        return {run.config.seed: {'stopped_at': done, 'state': trainer.pick(state, i)}
+                for i, run in enumerate(runs)}
 
-  final = {}
-  if data.sizes['validation']:
-    final['validation'] = trainer.evaluate(state, data.eval_batches('validation'))
-  final['test'] = trainer.evaluate(state, data.eval_batches('test'))
-  for split, values in final.items():
-    log.write(total_steps, split, values)
   train_s = time.perf_counter() - t_train
-  if mngr.latest_step() != total_steps:
-    checkpoints.save(mngr, total_steps, state, force=True)
-  mngr.wait_until_finished()
-  mngr.close()
-  log.write(total_steps, 'run', {'compile_seconds': compile_s,
-                                 'train_seconds': train_s, 'params': n_params})
-  log.close()
-  val_acc = final.get('validation', {}).get('accuracy', float('nan'))
-  say(f'Final (step {total_steps}): validation accuracy {val_acc:.4f}, '
-        f'test accuracy {final["test"]["accuracy"]:.4f}, test loss '
-        f'{final["test"]["loss"]:.4f}; trained in {train_s:.0f} s.')
-  final['state'] = state
-  return final
+  for i, run in enumerate(runs):
+    if not run.active:
+      run.close()
+      continue
+    mine = trainer.pick(state, i)
+    final = {}
+    if data.sizes['validation']:
+      final['validation'] = trainer.evaluate(mine, data.eval_batches('validation'))
+    final['test'] = trainer.evaluate(mine, data.eval_batches('test'))
+    for split, values in final.items():
+      run.log.write(total_steps, split, values)
+    if run.mngr.latest_step() != total_steps:
+      checkpoints.save(run.mngr, total_steps, mine, force=True)
+    run.log.write(total_steps, 'run', {'compile_seconds': compile_s,
+                                       'train_seconds': train_s, 'params': n_params,
+                                       'seeds_together': k})
+    run.close()
+    val_acc = final.get('validation', {}).get('accuracy', float('nan'))
+    say(f'Final (step {total_steps}{f", seed {run.config.seed}" if k > 1 else ""}): '
+        f'validation accuracy {val_acc:.4f}, test accuracy '
+        f'{final["test"]["accuracy"]:.4f}, test loss {final["test"]["loss"]:.4f}; '
+        f'trained in {train_s:.0f} s.')
+    run.result = dict(final, state=mine)
+  return {run.config.seed: run.result for run in runs}

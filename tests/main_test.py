@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from resnet_jax import metrics_io
@@ -126,3 +128,52 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(fashion_data_
   assert 'Final (step 400)' in again.stdout
   steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
   assert steps == list(range(2, 401, 2))  # No extra line at the stop: resume is exact.
+
+
+def test_data_on_device_trains_exactly_as_data_from_the_host(fashion_data_dir, tmp_path):
+  runs = {}
+  for on_device in (False, True):
+    config = small_run_config(fashion_data_dir, 4)
+    config.data.on_device = on_device
+    workdir = str(tmp_path / f'on_device_{on_device}')
+    train.train_and_evaluate(config, workdir)
+    runs[on_device] = [{k: v for k, v in r.items()
+                        if k not in ('time', 'steps_per_second', 'images_per_second')}
+                       for r in metrics_io.read_metrics(workdir) if r['split'] != 'run']
+  assert runs[True] == runs[False]
+
+
+def test_seeds_trained_together_follow_their_single_seed_runs(fashion_data_dir, tmp_path):
+  """jax.vmap over seeds: each seed's run equals its own single-seed run to tolerance."""
+  config = small_run_config(fashion_data_dir, 6)
+  together = train.train_seeds(config, {0: str(tmp_path / 'v0'), 1: str(tmp_path / 'v1')})
+  for seed in (0, 1):
+    single = small_run_config(fashion_data_dir, 6)
+    single.seed = seed
+    alone = train.train_and_evaluate(single, str(tmp_path / f's{seed}'))
+    for a, b in zip(jax.tree_util.tree_leaves(together[seed]['state'].params),
+                    jax.tree_util.tree_leaves(alone['state'].params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    rows = {}
+    for name in (f'v{seed}', f's{seed}'):
+      rows[name] = [(r['step'], r['split'], r['loss'], r['accuracy'])
+                    for r in metrics_io.read_metrics(str(tmp_path / name))
+                    if r['split'] in ('train', 'validation', 'test')]
+    assert [r[:2] for r in rows[f'v{seed}']] == [r[:2] for r in rows[f's{seed}']]
+    np.testing.assert_allclose([r[2:] for r in rows[f'v{seed}']],
+                               [r[2:] for r in rows[f's{seed}']], rtol=1e-4, atol=1e-6)
+    with open(tmp_path / f'v{seed}' / 'config.json') as f:
+      assert json.load(f)['seed'] == seed
+  # The two seeds are different runs.
+  assert together[0]['test']['loss'] != together[1]['test']['loss']
+
+
+def test_seeds_trained_together_resume_together(fashion_data_dir, tmp_path, capsys):
+  dirs = {0: str(tmp_path / 'a'), 1: str(tmp_path / 'b')}
+  train.train_seeds(small_run_config(fashion_data_dir, 4), dirs)
+  longer = small_run_config(fashion_data_dir, 6)
+  result = train.train_seeds(longer, dirs, allow_config_change=True)
+  assert 'Resumed from the checkpoint of step 4' in capsys.readouterr().out
+  for seed, workdir in dirs.items():
+    steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
+    assert steps == [2, 4, 6] and np.isfinite(result[seed]['test']['loss'])

@@ -170,3 +170,26 @@ def test_batch_size_not_divisible_by_devices_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, 'device_count', lambda: 3)
   with pytest.raises(ValueError, match='not divisible by the 3 devices'):
     train.train_and_evaluate(tiny_config(), str(tmp_path))
+
+
+def test_bfloat16_compute_keeps_float32_parameters_optimizer_state_and_loss():
+  losses, states = {}, {}
+  for dtype in ('float32', 'bfloat16'):
+    config = tiny_config(**{'model.dtype': dtype, 'optimizer.schedule': 'constant',
+                            'optimizer.learning_rate': 0.05})
+    trainer = make_trainer(config)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    batch = trainer.to_device(fixed_batch())
+    losses[dtype] = []
+    for _ in range(4):
+      state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(1))
+      assert metrics['loss'].dtype == jnp.float32
+      losses[dtype].append(float(metrics['loss']))
+    states[dtype] = state
+  for tree in (states['bfloat16'].params, states['bfloat16'].opt_state,
+               states['bfloat16'].batch_stats):
+    floats = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats)
+  # The same trajectory within bfloat16's precision (8 bits of mantissa).
+  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=0.03)
+  assert losses['bfloat16'][-1] < losses['bfloat16'][0]

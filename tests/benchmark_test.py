@@ -1,0 +1,59 @@
+"""The benchmark's pieces: model names, FLOP counts from XLA, one measured row, targets."""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from experiments import benchmark
+from resnet_jax import models
+
+
+def test_model_names():
+  assert benchmark.parse_model('plain56')[0] == dict(name='cifar_resnet', depth=56,
+                                                     shortcut='none')
+  kwargs, shape, classes = benchmark.parse_model('resnet50')
+  assert kwargs['name'] == 'imagenet_resnet' and shape == (64, 64, 3) and classes == 1000
+  with pytest.raises(ValueError, match='resnetN or plainN'):
+    benchmark.parse_model('vgg16')
+
+
+def test_flops_extrapolated_from_two_depths_equal_xla_on_the_whole_model():
+  kwargs = dict(name='cifar_resnet', depth=20, shortcut='A', num_filters=4)
+  extrapolated = benchmark._train_step_flops(kwargs, (8, 8, 3), 10, 2)
+  # Depth 20 analysed whole (unrolled) by the same XLA cost analysis.
+  model = models.create_model(num_classes=10, **dict(kwargs, scan_blocks=False,
+                                                     conv_impl='xla'))
+  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)),
+                                        train=False))
+
+  def loss(p, bs, x, y):
+    logits, _ = model.apply({'params': p, 'batch_stats': bs}, x, train=True,
+                            mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  flops = jax.jit(jax.grad(loss)).lower(
+      v['params'], v['batch_stats'], jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32),
+      jax.ShapeDtypeStruct((2,), jnp.int32)).cost_analysis()['flops']
+  assert extrapolated == pytest.approx(flops, rel=1e-6)
+
+
+def test_one_row_is_measured_and_the_targets_read_it():
+  row = benchmark.measure_row(dict(model='resnet8', batch_size=8, remat=False, scan=True,
+                                   steps=1, warmup=0, dtype='float32', conv_impl='fast'))
+  assert row['params'] == 75_290 and row['finite']
+  assert row['compile_s'] > 0 and row['step_ms'] > 0 and row['gflop_per_step'] > 0
+  assert row['images_per_second'] == pytest.approx(8 / row['step_ms'] * 1e3)
+  big = dict(row, model='resnet1202', compile_s=row['compile_s'] * 2, xla_memory_gib=30.0)
+  small = dict(row, model='resnet20', torch_images_per_second=row['images_per_second'] * 2)
+  lines = benchmark.targets([small, big], {'pipeline_images_per_second':
+                                           row['images_per_second'] * 10})
+  assert any('compile ResNet-1202 / ResNet-20 (batch 8): 2.00x' in l and '(target <= 3x: met)'
+             in l for l in lines)
+  assert any('JAX (scan) / PyTorch: 0.50' in l and 'NOT met' in l for l in lines)
+  assert any('pipeline / ResNet-20 train step images/s: 10.0x' in l and 'met)' in l
+             for l in lines)
+  assert any('ResNet-1202 batch 8 without remat: peak 30.0 GiB' in l and 'NOT met' in l
+             for l in lines)
+  table = benchmark.table([small], peak=100.0)
+  assert '| resnet20 | 8 | scan | 75,290 |' in table
