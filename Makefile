@@ -1,4 +1,5 @@
-# Two commands: `make run` (set up, then train on Fashion-MNIST) and `make test`.
+# Two commands: `make run` (set up, then the quick depth ablation on Fashion-MNIST)
+# and `make test`. `make train` trains the single default ResNet-20 run instead.
 # Both set up first: a virtual environment with the package, and the Debian
 # package dataset-fashion-mnist where apt-get is available. A second call is fast.
 
@@ -7,9 +8,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-WORKDIR ?= runs/fashion_mnist
+WORKDIR ?= runs/ablation
 
-.PHONY: setup data run test ablation
+.PHONY: setup data run train test ablation benchmark
 setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
@@ -26,10 +27,15 @@ data:
 	fi
 
 run: setup
-	$(VENV)/bin/python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=$(WORKDIR)
+	$(VENV)/bin/python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdir=$(WORKDIR) --parallel=2
 
-ablation: setup
-	$(VENV)/bin/python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdir=runs/ablation --parallel=2
+ablation: run
+
+train: setup
+	$(VENV)/bin/python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
+
+benchmark: setup
+	$(VENV)/bin/python -m experiments.benchmark
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

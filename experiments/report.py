@@ -269,7 +269,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   lines += [f'![{f}]({f})\n' for f in figures]
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
-  print(f'Wrote the report into {workdir}: report.md, results.csv, results.md, '
+  print(f'\n{table}\nWrote the report into {workdir}: report.md, results.csv, results.md, '
         f'{", ".join(figures)}.', flush=True)
   return rows
 

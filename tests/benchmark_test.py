@@ -11,7 +11,7 @@ from resnet_jax import models
 
 def test_model_names():
   assert benchmark.parse_model('plain56')[0] == dict(name='cifar_resnet', depth=56,
-                                                     shortcut='none')
+                                                     num_filters=16, shortcut='none')
   kwargs, shape, classes = benchmark.parse_model('resnet50')
   assert kwargs['name'] == 'imagenet_resnet' and shape == (64, 64, 3) and classes == 1000
   with pytest.raises(ValueError, match='resnetN or plainN'):
@@ -53,7 +53,10 @@ def test_one_row_is_measured_and_the_targets_read_it():
   assert any('JAX (scan) / PyTorch: 0.50' in l and 'NOT met' in l for l in lines)
   assert any('pipeline / ResNet-20 train step images/s: 10.0x' in l and 'met)' in l
              for l in lines)
-  assert any('ResNet-1202 batch 8 without remat: peak 30.0 GiB' in l and 'NOT met' in l
+  assert any('ResNet-1202 batch 8 without remat: peak 30.0 GiB' in l and 'comparison' in l
              for l in lines)
+  remat = dict(big, remat=True, xla_memory_gib=30.0)
+  assert any('with remat: peak 30.0 GiB' in l and 'NOT met' in l
+             for l in benchmark.targets([small, remat], None))
   table = benchmark.table([small], peak=100.0)
   assert '| resnet20 | 8 | scan | 75,290 |' in table
