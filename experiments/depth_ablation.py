@@ -162,6 +162,11 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
         f'{len(todo)} to run.', flush=True)
   queue = units(todo, together)
   n_units = len(queue)
+  # Cells of one architecture compile the same programs: JAX's persistent cache
+  # compiles them once for the sweep.
+  env = dict(os.environ)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(workdir),
+                                                           '.jax_cache'))
   running, started, finished_depth = {}, time.perf_counter(), 0
   cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
   while queue or running:
@@ -170,7 +175,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
       name = unit_name(unit)
       log = open(os.path.join(workdir, f'{name}.log'), 'a')
       running[name] = (unit, subprocess.Popen(unit_command(unit), stdout=log,
-                                              stderr=subprocess.STDOUT),
+                                              stderr=subprocess.STDOUT, env=env),
                        log, time.perf_counter())
       print(f'[{n_units - len(queue)}/{n_units}] started {name} (log: {name}.log)',
             flush=True)
