@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from resnet_jax import checkpoints
 from resnet_jax import datasets
@@ -95,4 +96,26 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     out[f'response_std_{name}'] = layer_response_stds(model, variables, images)
     out[f'grad_norm_{name}'] = block_gradient_norms(model, variables, images, labels)
+  return out
+
+
+def cell_analysis(celldir: str, num_examples: int = 256) -> dict:
+  """`analyse_cell`, kept in CELL/analysis.json: computed once per checkpoint (the
+  sweep does it in each cell's own process, in parallel with other cells)."""
+  path = os.path.join(celldir, 'analysis.json')
+  step = max(ocp.utils.checkpoint_steps(os.path.join(celldir, 'checkpoints')), default=None)
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        saved = json.load(f)
+      except ValueError:
+        saved = {}
+    if saved.get('step') == step and saved.get('examples') == num_examples:
+      return saved
+  out = dict(analyse_cell(celldir, num_examples), examples=num_examples)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(out, f)
+  os.replace(path + '.tmp', path)
+  print(f'Analysed {os.path.basename(celldir)} (layer responses, gradient norms).',
+        flush=True)
   return out

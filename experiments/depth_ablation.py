@@ -129,6 +129,11 @@ def run_cells(ablation, cells: list[Cell], workdir: str):
         json.dump({'step': result['diverged_at'], 'message': result['message']}, f)
       print(f'{cell.name} diverged at step {result["diverged_at"]}; the sweep goes on.',
             flush=True)
+    elif 'stopped_at' not in result and cell.seed == min(ablation.seeds):
+      # The report's layer analysis, here while the data are loaded, beside other cells.
+      from experiments import analysis
+      analysis.cell_analysis(os.path.join(workdir, cell.name),
+                             ablation.get('analysis_examples', 256))
 
 
 def units(todo: list[Cell], together: bool) -> list[list[Cell]]:

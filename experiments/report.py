@@ -245,9 +245,8 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
     analyses = []
     for c in cells:
       if c['seed'] == seed and c['done'] and c['diverged_step'] is None:
-        a = analysis.analyse_cell(os.path.join(workdir, c['name']), n)
+        a = analysis.cell_analysis(os.path.join(workdir, c['name']), n)
         analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
-        print(f'Analysed {c["name"]} (layer responses, gradient norms).', flush=True)
     if analyses:
       with open(os.path.join(workdir, 'analysis.json'), 'w') as f:
         json.dump(analyses, f)

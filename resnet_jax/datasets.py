@@ -9,6 +9,7 @@ data dir as a real TFDS dataset, once.
 """
 
 import dataclasses
+import glob
 import gzip
 import hashlib
 import json
@@ -182,14 +183,42 @@ class ArraySplit:
     return len(self.labels)
 
 
+def _split_signature(builder, split: str) -> str:
+  """Names, sizes and times of the files a prepared split is read from."""
+  files = sorted(glob.glob(os.path.join(builder.data_dir, f'*-{split}.*')))
+  return ';'.join(f'{os.path.basename(f)}:{os.path.getsize(f)}:{os.path.getmtime(f)}'
+                  for f in files)
+
+
 def load_split_arrays(builder, split: str) -> ArraySplit:
+  """A split decoded into memory; cached as .npz beside a local prepared dataset, so
+  later runs skip decoding (the cache is ignored if its files changed)."""
   import tensorflow_datasets as tfds
+  data_dir = str(builder.data_dir)
+  local = os.path.exists(os.path.join(data_dir, 'dataset_info.json'))
+  cache = os.path.join(data_dir, f'{split}.arrays.npz')
+  signature = _split_signature(builder, split) if local else ''
+  if local and signature and os.path.exists(cache):
+    try:
+      with np.load(cache) as f:
+        if str(f['signature']) == signature:
+          return ArraySplit(f['images'], f['labels'])
+    except (OSError, ValueError, KeyError):
+      pass  # Unreadable: decode again and rewrite it.
   ds = builder.as_dataset(split=split, shuffle_files=False).batch(10000)
   parts = list(tfds.as_numpy(ds))
   if not parts:
     raise DataMissingError(f'The {split} split of {builder.name} is empty.')
-  return ArraySplit(np.concatenate([p['image'] for p in parts]).astype(np.uint8),
-                    np.concatenate([p['label'] for p in parts]).astype(np.int32))
+  out = ArraySplit(np.concatenate([p['image'] for p in parts]).astype(np.uint8),
+                   np.concatenate([p['label'] for p in parts]).astype(np.int32))
+  if local and signature:
+    try:
+      tmp = f'{cache}.{os.getpid()}.tmp.npz'
+      np.savez(tmp, images=out.images, labels=out.labels, signature=signature)
+      os.replace(tmp, cache)
+    except OSError:
+      pass  # A read-only data dir: decode every time.
+  return out
 
 
 def load_arrays(name: str, builder, validation_size: int | None = None):

@@ -35,6 +35,22 @@ def test_fashion_mnist_import_is_a_real_tfds_dataset(fashion_data_dir):
       datasets.read_idx(os.path.join(FASHION_MNIST_DIR, 't10k-labels-idx1-ubyte.gz')))
 
 
+def test_decoded_splits_are_cached_and_a_bad_cache_is_ignored(fashion_data_dir):
+  builder = datasets.get_builder('fashion_mnist', fashion_data_dir, download=False)
+  first = datasets.load_split_arrays(builder, 'test')
+  cache = os.path.join(str(builder.data_dir), 'test.arrays.npz')
+  assert os.path.exists(cache)
+  again = datasets.load_split_arrays(builder, 'test')
+  np.testing.assert_array_equal(again.images, first.images)
+  np.testing.assert_array_equal(again.labels, first.labels)
+  with open(cache, 'wb') as f:
+    f.write(b'not an npz file')
+  rebuilt = datasets.load_split_arrays(builder, 'test')
+  np.testing.assert_array_equal(rebuilt.images, first.images)
+  with np.load(cache) as f:  # Rewritten whole.
+    assert f['images'].shape == first.images.shape
+
+
 def test_missing_data_says_how_to_get_it(tmp_path):
   with pytest.raises(datasets.DataMissingError, match='dataset-fashion-mnist'):
     datasets.get_builder('fashion_mnist', str(tmp_path), fashion_mnist_dir=str(tmp_path / 'no'),
