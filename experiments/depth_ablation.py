@@ -32,9 +32,10 @@ _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Into how many slices to cut
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once, each in its own process '
                                  '(2 is ~1.3x faster on a 2-core CPU).')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only (re)write the report.')
-_VMAP_SEEDS = flags.DEFINE_bool(
-    'vmap_seeds', False, 'Train the seeds of each (depth, net) in one program with jax.vmap '
-    '(faster on GPUs and TPUs; slower on CPUs, so off by default).')
+_VMAP_SEEDS = flags.DEFINE_enum(
+    'vmap_seeds', 'auto', ['auto', 'on', 'off'], 'Train the seeds of each (depth, net) in '
+    'one program with jax.vmap: faster on GPUs and TPUs, slower on CPUs; auto = on where '
+    'the default JAX backend is not the CPU.')
 _CELLS = flags.DEFINE_list('cells', None, 'Run these cells (seeds of one depth and net) in '
                            'this process (internal).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -136,6 +137,17 @@ def run_cells(ablation, cells: list[Cell], workdir: str):
                              ablation.get('analysis_examples', 256))
 
 
+def seeds_together(choice: str) -> bool:
+  """Resolves --vmap_seeds; 'auto' asks JAX for its backend in a short-lived process,
+  so that this driver never holds the accelerator its cells need."""
+  if choice != 'auto':
+    return choice == 'on'
+  out = subprocess.run([sys.executable, '-c', 'import jax; print(jax.default_backend())'],
+                       capture_output=True, text=True, timeout=300)
+  backend = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else 'cpu'
+  return backend not in ('cpu', '')
+
+
 def units(todo: list[Cell], together: bool) -> list[list[Cell]]:
   """The processes to run: one per cell, or one per (depth, net) with its seeds."""
   if not together:
@@ -155,7 +167,7 @@ def unit_name(unit: list[Cell]) -> str:
 def unit_command(unit: list[Cell]) -> list[str]:
   argv = [a for a in sys.argv[1:] if not a.startswith(('--parallel', '--dry_run',
                                                        '--shard_', '--num_shards',
-                                                       '--vmap_seeds', '--novmap_seeds'))]
+                                                       '--vmap_seeds'))]
   return [sys.executable, '-m', 'experiments.depth_ablation', *argv,
           f'--cells={",".join(c.name for c in unit)}']
 
@@ -223,7 +235,7 @@ def main(argv):
     for cell in cells:  # Check every cell's config before anything runs.
       config_lib.validate(cell_config(ablation, cell))
     if _DRY_RUN.value:
-      for unit in units(mine, _VMAP_SEEDS.value):
+      for unit in units(mine, seeds_together(_VMAP_SEEDS.value)):
         status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)
         print(f'{unit_name(unit):28s} {status:8s} {" ".join(unit_command(unit)[1:])}')
       return
@@ -231,7 +243,7 @@ def main(argv):
     with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
       f.write(ablation.to_json_best_effort(indent=2))
     if not _REPORT_ONLY.value:
-      run_sweep(ablation, workdir, mine, _PARALLEL.value, _VMAP_SEEDS.value)
+      run_sweep(ablation, workdir, mine, _PARALLEL.value, seeds_together(_VMAP_SEEDS.value))
     report.write_report(workdir, ablation)
   except (config_lib.ConfigError, CellFailed) as e:
     sys.exit(f'error: {e}')

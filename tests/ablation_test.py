@@ -186,6 +186,8 @@ def test_units_group_seeds_only_when_asked():
   groups = depth_ablation.units(cells, True)
   assert [[c.name for c in u] for u in groups][0] == ['plain-20-seed0', 'plain-20-seed1']
   assert len(groups) == 4 and depth_ablation.unit_name(groups[-1]) == 'resnetA-56-seeds0+1'
+  assert depth_ablation.seeds_together('on') and not depth_ablation.seeds_together('off')
+  assert not depth_ablation.seeds_together('auto')  # This machine's JAX backend is the CPU.
 
 
 def test_sweep_with_vmapped_seeds(fashion_data_dir, tmp_path):
@@ -205,7 +207,7 @@ def get_config():
   workdir = str(tmp_path / 'sweep')
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
   out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
-                        f'--workdir={workdir}', '--vmap_seeds'], cwd=REPO, env=env,
+                        f'--workdir={workdir}', '--vmap_seeds=on'], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   assert 'started resnetA-8-seeds0+1' in out.stdout
