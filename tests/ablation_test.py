@@ -126,20 +126,28 @@ def test_paper_table_column():
   assert '| 6.97 |' in report.results_markdown(rows, paper_table=True)
 
 
-def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
+def tiny_ablation(tmp_path, data_dir, shortcuts, seeds, steps, eval_every):
+  """Writes an ablation config of depth-8, width-4 cells on the small Fashion-MNIST."""
   cfg = tmp_path / 'tiny_ablation.py'
   cfg.write_text(f'''
 import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
-  c.preset, c.run_config, c.depths, c.shortcuts, c.seeds = 'tiny', 'fashion_mnist.py', (8,), ('none', 'A'), (0,)
+  c.preset, c.run_config, c.depths = 'tiny', 'fashion_mnist.py', (8,)
+  c.shortcuts, c.seeds = {shortcuts!r}, {seeds!r}
   c.analysis_examples, c.paper_table, c.exclude = 32, False, ()
   c.overrides = ml_collections.ConfigDict({{
-      'model': {{'num_filters': 4}}, 'data': {{'data_dir': {fashion_data_dir!r}, 'validation_size': 100}},
-      'batch_size': 32, 'eval_batch_size': 100, 'num_train_steps': 4, 'log_every_steps': 2,
-      'eval_every_steps': 2, 'checkpoint_every_steps': 2}})
+      'model': {{'num_filters': 4}}, 'data': {{'data_dir': {data_dir!r}, 'validation_size': 100}},
+      'batch_size': 32, 'eval_batch_size': 100, 'num_train_steps': {steps}, 'log_every_steps': 2,
+      'eval_every_steps': {eval_every}, 'checkpoint_every_steps': 2}})
   return c
 ''')
+  return cfg
+
+
+def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('none', 'A'), seeds=(0,),
+                      steps=4, eval_every=2)
   workdir = str(tmp_path / 'sweep')
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
   cmd = [sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
@@ -191,19 +199,8 @@ def test_units_group_seeds_only_when_asked():
 
 
 def test_sweep_with_vmapped_seeds(fashion_data_dir, tmp_path):
-  cfg = tmp_path / 'two_seeds.py'
-  cfg.write_text(f'''
-import ml_collections
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.preset, c.run_config, c.depths, c.shortcuts, c.seeds = 'two', 'fashion_mnist.py', (8,), ('A',), (0, 1)
-  c.analysis_examples, c.paper_table, c.exclude = 32, False, ()
-  c.overrides = ml_collections.ConfigDict({{
-      'model': {{'num_filters': 4}}, 'data': {{'data_dir': {fashion_data_dir!r}, 'validation_size': 100}},
-      'batch_size': 32, 'eval_batch_size': 100, 'num_train_steps': 2, 'log_every_steps': 2,
-      'eval_every_steps': 0, 'checkpoint_every_steps': 2}})
-  return c
-''')
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), seeds=(0, 1), steps=2,
+                      eval_every=0)
   workdir = str(tmp_path / 'sweep')
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
   out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
