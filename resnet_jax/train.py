@@ -502,7 +502,8 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
         run.result = {'diverged_at': done, 'message': (
             f'The training loss became {summary["loss"]} by step {done}: lower the '
             f'learning rate; checkpoints up to step {run.mngr.latest_step()} are kept.')}
-        say(f'seed {run.config.seed}: {run.result["message"]}')
+        if k > 1:  # A single run raises it (train_and_evaluate).
+          say(f'seed {run.config.seed}: {run.result["message"]}')
         continue
       summary.update(steps_per_second=steps_per_s,
                      images_per_second=steps_per_s * config.batch_size)

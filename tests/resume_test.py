@@ -207,3 +207,17 @@ def test_a_run_can_start_from_another_runs_weights(fashion_data_dir, tmp_path, c
   missing.init_from = str(tmp_path / 'nowhere')
   with pytest.raises(config_lib.ConfigError, match='init_from .* does not exist'):
     train.train_and_evaluate(missing, str(tmp_path / 'missing'))
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_checkpoints(fashion_data_dir,
+                                                                         tmp_path):
+  config = small_run_config(fashion_data_dir, 40)
+  config.optimizer.learning_rate = 1e12
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(train.DivergedError, match=r'loss became (nan|inf) by step \d+: lower '
+                                                r'the learning rate') as e:
+    train.train_and_evaluate(config, workdir)
+  assert 0 < e.value.step < 40
+  kept = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
+  assert kept and max(kept) <= e.value.step
+  assert not any(r['split'] == 'run' for r in metrics_io.read_metrics(workdir))
