@@ -60,29 +60,27 @@ RESUME_FIX = ('move that step directory away to resume from an earlier one, or u
               '--workdir')
 
 
-def _unreadable(where: str, error: Exception, fix: str = RESUME_FIX) -> CheckpointError:
-  first = (str(error).strip().splitlines() or [''])[0][:200]
-  return CheckpointError(
-      f'The checkpoint {where} cannot be read ({type(error).__name__}: {first}): {fix}.')
+def _read(read, where: str, fix: str = RESUME_FIX):
+  """`read()`, with any failure turned into one sentence naming the checkpoint."""
+  try:
+    return read()
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [''])[0][:200]
+    raise CheckpointError(f'The checkpoint {where} cannot be read ({type(e).__name__}: '
+                          f'{first}): {fix}.') from e
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, state):
   """Returns (state, pending) of checkpoint `step`, after checking it fits `state`."""
   where = f'of step {step} in {mngr.directory}'
-  try:
-    stored = mngr.item_metadata(step)['state'].tree
-  except Exception as e:  # pylint: disable=broad-except
-    raise _unreadable(where, e) from e
+  stored = _read(lambda: mngr.item_metadata(step)['state'].tree, where)
   problem = mismatch(stored, state)
   if problem:
     raise CheckpointError(
         f'The checkpoint {where} belongs to another model: {problem}. Use a new '
         f'--workdir for this config, or the config that wrote it.')
-  try:
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state), pending=ocp.args.JsonRestore()))
-  except Exception as e:  # pylint: disable=broad-except
-    raise _unreadable(where, e) from e
+  restored = _read(lambda: mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(state), pending=ocp.args.JsonRestore())), where)
   pending = [{k: np.float32(v) for k, v in m.items()} for m in restored['pending'] or []]
   return restored['state'], pending
 
@@ -114,24 +112,20 @@ def load_weights(source: str, state):
   where = f'of step {step} in {directory}'
   mngr = ocp.CheckpointManager(directory, item_handlers={
       'state': ocp.PyTreeCheckpointHandler()})
-  try:
-    stored = mngr.item_metadata(step)['state'].tree
-  except Exception as e:  # pylint: disable=broad-except
-    raise _unreadable(where, e, 'give init_from another checkpoint') from e
+  fix = 'give init_from another checkpoint'
+  stored = _read(lambda: mngr.item_metadata(step)['state'].tree, where, fix)
   weights = {'params': state.params, 'batch_stats': state.batch_stats}
   problem = mismatch({k: stored.get(k, {}) for k in weights}, weights)
   if problem:
     raise CheckpointError(f'init_from: the checkpoint {where} does not fit this model: '
                           f'{problem}.')
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(
+    restored = _read(lambda: mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item=weights,
             restore_args=jax.tree_util.tree_map(
                 lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), weights),
-            partial_restore=True)))
-  except Exception as e:  # pylint: disable=broad-except
-    raise _unreadable(where, e, 'give init_from another checkpoint') from e
+            partial_restore=True))), where, fix)
   finally:
     mngr.close()
   weights = restored['state']
