@@ -12,6 +12,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from resnet_jax import checkpoints
+from resnet_jax import compile_options
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
 from resnet_jax import optim
@@ -38,7 +39,8 @@ def block_order(tree) -> list:
 
 def layer_response_stds(model, variables, images) -> list[float]:
   """Std of every 3x3 layer's response (after BN, before addition/ReLU), in layer order."""
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']),
+                  compiler_options=compile_options.for_jit())
   _, state = apply(variables, images)
   inter = state['intermediates']
   stds = [float(jnp.std(r)) for r in inter.get('responses', ())]  # The stem.
@@ -53,7 +55,8 @@ def block_gradient_norms(model, variables, images, labels) -> list[float]:
     logits, _ = model.apply({**variables, 'params': params}, images, train=True,
                             mutable=['batch_stats'])
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  grads = jax.jit(jax.grad(loss))(variables['params'])  # One compiled call, not op by op.
+  grads = jax.jit(jax.grad(loss), compiler_options=compile_options.for_jit())(
+      variables['params'])  # One compiled call, not op by op.
   return [float(optax.tree.norm(b)) for b in block_order(grads)]
 
 

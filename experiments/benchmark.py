@@ -38,6 +38,8 @@ _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per row (the median is re
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'model.dtype: float32 or bfloat16.')
 _CONV = flags.DEFINE_string('conv_impl', 'fast', 'model.conv_impl: fast or xla.')
+_CPU_CONV = flags.DEFINE_enum('cpu_convolutions', 'eigen', ['eigen', 'default'],
+                              "config.cpu_convolutions: XLA:CPU's Eigen kernels or jaxlib's choice.")
 _TORCH = flags.DEFINE_integer('torch_max_depth', 110, 'Add the PyTorch column (where torch '
                               'is installed) for CIFAR models up to this depth; 0: never.')
 _PIPELINE = flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline on its own.')
@@ -116,6 +118,7 @@ def measure_row(row: dict) -> dict:
   config.model.scan_blocks = row['scan']
   config.model.dtype = row['dtype']
   config.model.conv_impl = row['conv_impl']
+  config.cpu_convolutions = row.get('cpu_convolutions', 'eigen')
   config.batch_size = row['batch_size']
   config.data.augment = 'crop_flip'
   model = train.build_model(config, num_classes)
@@ -309,7 +312,8 @@ def main(argv):
   except ImportError:
     have_torch = False
   plan = [dict(model=m, batch_size=int(b), remat=remat, scan=scan, steps=_STEPS.value,
-               warmup=_WARMUP.value, dtype=_DTYPE.value, conv_impl=_CONV.value)
+               warmup=_WARMUP.value, dtype=_DTYPE.value, conv_impl=_CONV.value,
+               cpu_convolutions=_CPU_CONV.value)
           for b in _BATCH_SIZES.value for m in _MODELS.value
           for remat, scan in ([(False, True)] + [(True, True)] * (m in _REMAT.value)
                               + [(False, False)] * (m in _UNROLLED.value))]

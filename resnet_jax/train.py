@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 from resnet_jax import checkpoints
+from resnet_jax import compile_options
 from resnet_jax import config_lib
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
@@ -159,12 +160,14 @@ class Trainer:
     if num_seeds > 1:
       step = jax.vmap(step, in_axes=(0, 0, 0) + (None,) * len(self.resident))
       self.batch_sharding = NamedSharding(self.mesh, P(None, 'data'))
+    options = compile_options.for_jit(config.cpu_convolutions)
     self.train_step = jax.jit(
-        step, in_shardings=(self.replicated, self.batch_sharding, self.replicated)
+        step, compiler_options=options, in_shardings=(self.replicated, self.batch_sharding, self.replicated)
         + (self.replicated,) * len(self.resident),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.eval_step = jax.jit(
         functools.partial(eval_step, mean=mean, std=std, num_classes=num_classes),
+        compiler_options=options,
         in_shardings=(self.replicated, self.data_sharding), out_shardings=self.replicated)
     self._stack = jax.jit(lambda *trees: jax.tree_util.tree_map(
         lambda *x: jnp.stack(x), *trees), out_shardings=self.replicated)
