@@ -12,7 +12,6 @@ import optax
 import orbax.checkpoint as ocp
 
 from resnet_jax import checkpoints
-from resnet_jax import compile_options
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
 from resnet_jax import optim
@@ -37,10 +36,10 @@ def block_order(tree) -> list:
   return out
 
 
-def layer_response_stds(model, variables, images) -> list[float]:
+def layer_response_stds(model, variables, images, compiler_options=None) -> list[float]:
   """Std of every 3x3 layer's response (after BN, before addition/ReLU), in layer order."""
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']),
-                  compiler_options=compile_options.for_jit())
+                  compiler_options=compiler_options)
   _, state = apply(variables, images)
   inter = state['intermediates']
   stds = [float(jnp.std(r)) for r in inter.get('responses', ())]  # The stem.
@@ -49,13 +48,14 @@ def layer_response_stds(model, variables, images) -> list[float]:
   return stds
 
 
-def block_gradient_norms(model, variables, images, labels) -> list[float]:
+def block_gradient_norms(model, variables, images, labels,
+                         compiler_options=None) -> list[float]:
   """The l2 norm of the loss gradient of each block's parameters, in block order."""
   def loss(params):
     logits, _ = model.apply({**variables, 'params': params}, images, train=True,
                             mutable=['batch_stats'])
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  grads = jax.jit(jax.grad(loss), compiler_options=compile_options.for_jit())(
+  grads = jax.jit(jax.grad(loss), compiler_options=compiler_options)(
       variables['params'])  # One compiled call, not op by op.
   return [float(optax.tree.norm(b)) for b in block_order(grads)]
 
@@ -97,8 +97,10 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   out = {'step': int(step)}
   for name, state in (('init', init_state), ('final', final)):
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    out[f'response_std_{name}'] = layer_response_stds(model, variables, images)
-    out[f'grad_norm_{name}'] = block_gradient_norms(model, variables, images, labels)
+    out[f'response_std_{name}'] = layer_response_stds(model, variables, images,
+                                                      trainer.compiler_options)
+    out[f'grad_norm_{name}'] = block_gradient_norms(model, variables, images, labels,
+                                                    trainer.compiler_options)
   return out
 
 

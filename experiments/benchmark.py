@@ -118,7 +118,7 @@ def measure_row(row: dict) -> dict:
   config.model.scan_blocks = row['scan']
   config.model.dtype = row['dtype']
   config.model.conv_impl = row['conv_impl']
-  config.cpu_convolutions = row.get('cpu_convolutions', 'eigen')
+  config.cpu_convolutions = row['cpu_convolutions']
   config.batch_size = row['batch_size']
   config.data.augment = 'crop_flip'
   model = train.build_model(config, num_classes)

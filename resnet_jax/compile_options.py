@@ -28,6 +28,11 @@ def for_jit(cpu_convolutions: str = 'eigen') -> dict | None:
   return _eigen_convolutions()
 
 
+def for_config(config) -> dict | None:
+  """`for_jit` of a run's config (one written before the key existed: 'eigen')."""
+  return for_jit(config.get('cpu_convolutions', 'eigen'))
+
+
 @functools.cache
 def _eigen_convolutions() -> dict | None:
   """The option that keeps convolutions on Eigen, if this jaxlib knows it."""

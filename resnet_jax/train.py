@@ -160,9 +160,10 @@ class Trainer:
     if num_seeds > 1:
       step = jax.vmap(step, in_axes=(0, 0, 0) + (None,) * len(self.resident))
       self.batch_sharding = NamedSharding(self.mesh, P(None, 'data'))
-    options = compile_options.for_jit(config.cpu_convolutions)
+    self.compiler_options = options = compile_options.for_config(config)
     self.train_step = jax.jit(
-        step, compiler_options=options, in_shardings=(self.replicated, self.batch_sharding, self.replicated)
+        step, compiler_options=options,
+        in_shardings=(self.replicated, self.batch_sharding, self.replicated)
         + (self.replicated,) * len(self.resident),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.eval_step = jax.jit(
