@@ -7,13 +7,17 @@ grid (spread it over machines); --dry_run lists the cells; --report_only rewrite
 the report from whatever cells exist.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
+import traceback
 
 from absl import app
 from absl import flags
@@ -29,15 +33,17 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the cells and their commands only.')
 _SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which slice of the grid to run.')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Into how many slices to cut the grid.')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once, each in its own process '
-                                 '(2 is ~1.3x faster on a 2-core CPU).')
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once, by as many worker '
+                                 'processes (2 is faster on a 2-core CPU).')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only (re)write the report.')
 _VMAP_SEEDS = flags.DEFINE_enum(
     'vmap_seeds', 'auto', ['auto', 'on', 'off'], 'Train the seeds of each (depth, net) in '
     'one program with jax.vmap: faster on GPUs and TPUs, slower on CPUs; auto = on where '
     'the default JAX backend is not the CPU.')
 _CELLS = flags.DEFINE_list('cells', None, 'Run these cells (seeds of one depth and net) in '
-                           'this process (internal).')
+                           'this process, and nothing else (what --dry_run prints).')
+_WORKER = flags.DEFINE_bool('worker', False, 'Run the units named on stdin (internal: '
+                            'the sweep\'s worker processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -117,9 +123,9 @@ def cell_status(workdir: str) -> str:
   return 'partial' if os.path.isdir(os.path.join(workdir, 'checkpoints')) else 'new'
 
 
-def run_cells(ablation, cells: list[Cell], workdir: str):
+def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
   """Trains cells that differ only in seed in this process, together (vmap) when several;
-  records a diverged seed instead of raising."""
+  records a diverged seed instead of raising. False if a signal stopped them."""
   from resnet_jax import train
   config = cell_config(ablation, cells[0])
   results = train.train_seeds(config, {c.seed: os.path.join(workdir, c.name) for c in cells})
@@ -135,6 +141,7 @@ def run_cells(ablation, cells: list[Cell], workdir: str):
       from experiments import analysis
       analysis.cell_analysis(os.path.join(workdir, cell.name),
                              ablation.get('analysis_examples', 256))
+  return not any('stopped_at' in r for r in results.values())
 
 
 def seeds_together(choice: str) -> bool:
@@ -165,11 +172,78 @@ def unit_name(unit: list[Cell]) -> str:
 
 
 def unit_command(unit: list[Cell]) -> list[str]:
-  argv = [a for a in sys.argv[1:] if not a.startswith(('--parallel', '--dry_run',
-                                                       '--shard_', '--num_shards',
-                                                       '--vmap_seeds'))]
-  return [sys.executable, '-m', 'experiments.depth_ablation', *argv,
+  """The command that runs `unit` alone (what --dry_run prints, for a job array)."""
+  return [sys.executable, '-m', 'experiments.depth_ablation', *_passed_flags(),
           f'--cells={",".join(c.name for c in unit)}']
+
+
+def _passed_flags() -> list[str]:
+  """This command's flags that a cell's or a worker's process shares."""
+  return [a for a in sys.argv[1:] if not a.startswith(
+      ('--parallel', '--dry_run', '--shard_', '--num_shards', '--vmap_seeds', '--cells',
+       '--worker'))]
+
+
+@contextlib.contextmanager
+def output_to(path: str):
+  """Sends this process's stdout and stderr (Python's and XLA's) to the file `path`."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  saved = os.dup(1), os.dup(2)
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  try:
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    yield
+  finally:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    for f in (fd, *saved):
+      os.close(f)
+
+
+def serve(ablation, cells: list[Cell], workdir: str):
+  """A worker: runs the units the driver writes on stdin (cell names, one unit a line),
+  each with its output in WORKDIR/UNIT.log, and answers each line once it is done.
+  One process runs many units, so each skips a process's start (imports, data)."""
+  by_name = {c.name: c for c in cells}
+  reply = os.fdopen(os.dup(1), 'w', buffering=1)
+  for line in sys.stdin:
+    unit = [by_name[n] for n in line.strip().split(',')]
+    with output_to(os.path.join(workdir, f'{unit_name(unit)}.log')):
+      try:
+        finished = run_cells(ablation, unit, workdir)
+      except BaseException:
+        traceback.print_exc()
+        raise
+    if not finished:
+      sys.exit(f'{unit_name(unit)} was stopped by a signal: its checkpoint stands.')
+    reply.write(line)
+
+
+class Worker:
+  """One worker process of the sweep, and the unit it is running."""
+
+  def __init__(self, workdir: str, index: int, env: dict):
+    self.log = open(os.path.join(workdir, f'.worker{index}.log'), 'a')
+    self.proc = subprocess.Popen(
+        [sys.executable, '-m', 'experiments.depth_ablation', *_passed_flags(), '--worker'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True,
+        bufsize=1)
+    self.unit, self.started = None, None
+
+  def give(self, unit: list[Cell]):
+    self.unit, self.started = unit, time.perf_counter()
+    self.proc.stdin.write(','.join(c.name for c in unit) + '\n')
+    self.proc.stdin.flush()
+
+  def close(self):
+    if self.proc.stdin and not self.proc.stdin.closed:
+      self.proc.stdin.close()
+    self.proc.wait()
+    self.log.close()
 
 
 def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False):
@@ -184,34 +258,48 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
   env = dict(os.environ)
   env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(workdir),
                                                            '.jax_cache'))
-  running, started, finished_depth = {}, time.perf_counter(), 0
+  workers = [Worker(workdir, i, env) for i in range(min(max(parallel, 1), n_units))]
+  started, finished_depth, done = time.perf_counter(), 0, 0
   cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
-  while queue or running:
-    while queue and len(running) < parallel:
-      unit = queue.pop(0)
-      name = unit_name(unit)
-      log = open(os.path.join(workdir, f'{name}.log'), 'a')
-      running[name] = (unit, subprocess.Popen(unit_command(unit), stdout=log,
-                                              stderr=subprocess.STDOUT, env=env),
-                       log, time.perf_counter())
+
+  def give_next(worker):
+    if queue:
+      worker.give(queue.pop(0))
+      name = unit_name(worker.unit)
       print(f'[{n_units - len(queue)}/{n_units}] started {name} (log: {name}.log)',
             flush=True)
-    time.sleep(1)
-    for name, (unit, proc, log, t0) in list(running.items()):
-      if proc.poll() is None:
-        continue
-      log.close()
-      del running[name]
-      statuses = [cell_status(os.path.join(workdir, c.name)) for c in unit]
-      if proc.returncode != 0 and 'diverged' not in statuses:
-        raise CellFailed(f'{name} failed (exit {proc.returncode}): see '
-                         f'{os.path.join(workdir, name + ".log")}.')
-      finished_depth += cost(unit)
-      left = sum(cost(u) for u in queue) + sum(cost(u) for u, *_ in running.values()) / 2
-      eta = (time.perf_counter() - started) / finished_depth * left
-      print(f'{name}: {"/".join(sorted(set(statuses)))} in {time.perf_counter() - t0:.0f} s; '
-            f'{n_units - len(queue) - len(running)}/{n_units} done, ETA {eta / 60:.1f} min',
-            flush=True)
+    else:
+      worker.unit = None
+      worker.proc.stdin.close()  # The worker exits.
+
+  try:
+    for worker in workers:
+      give_next(worker)
+    while any(w.unit for w in workers):
+      busy = {w.proc.stdout: w for w in workers if w.unit}
+      ready, _, _ = select.select(list(busy), [], [], 5.0)
+      for out in ready:
+        worker = busy[out]
+        unit, name = worker.unit, unit_name(worker.unit)
+        if not out.readline():  # The worker died with this unit.
+          worker.close()
+          raise CellFailed(f'{name} failed (exit {worker.proc.returncode}): see '
+                           f'{os.path.join(workdir, name + ".log")}.')
+        statuses = [cell_status(os.path.join(workdir, c.name)) for c in unit]
+        finished_depth += cost(unit)
+        done += 1
+        left = sum(cost(u) for u in queue) + sum(cost(w.unit) for w in workers
+                                                 if w.unit and w is not worker) / 2
+        eta = (time.perf_counter() - started) / finished_depth * left
+        print(f'{name}: {"/".join(sorted(set(statuses)))} in '
+              f'{time.perf_counter() - worker.started:.0f} s; {done}/{n_units} done, '
+              f'ETA {eta / 60:.1f} min', flush=True)
+        give_next(worker)
+  finally:
+    for worker in workers:
+      if worker.unit:  # Stopped by an error elsewhere: the checkpoints stand.
+        worker.proc.terminate()
+      worker.close()
 
 
 def main(argv):
@@ -231,6 +319,9 @@ def main(argv):
         raise config_lib.ConfigError(f'No cell named {unknown[0]!r} in this grid.')
       run_cells(ablation, [by_name[n] for n in _CELLS.value], workdir)
       return
+    if _WORKER.value:
+      serve(ablation, cells, workdir)
+      return
     mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value)
     for cell in cells:  # Check every cell's config before anything runs.
       config_lib.validate(cell_config(ablation, cell))
@@ -243,10 +334,19 @@ def main(argv):
     with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
       f.write(ablation.to_json_best_effort(indent=2))
     if not _REPORT_ONLY.value:
+      signal.signal(signal.SIGTERM, _stop)  # Workers checkpoint their cells and stop.
       run_sweep(ablation, workdir, mine, _PARALLEL.value, seeds_together(_VMAP_SEEDS.value))
     report.write_report(workdir, ablation)
   except (config_lib.ConfigError, CellFailed) as e:
     sys.exit(f'error: {e}')
+  except KeyboardInterrupt:
+    sys.exit('Interrupted: finished cells are kept and the others resume from their last '
+             'checkpoint when the same command runs again.')
+
+
+def _stop(signum, frame):
+  del frame
+  raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == '__main__':

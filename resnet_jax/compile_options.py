@@ -33,6 +33,14 @@ def for_config(config) -> dict | None:
   return for_jit(config.get('cpu_convolutions', 'eigen'))
 
 
+def run_once(options: dict | None) -> dict:
+  """`options` plus the fewest XLA optimisations (those of jax_disable_most_optimizations,
+  for one jit): for programs that run once or twice, such as a model's initialisation,
+  whose compile time outweighs their run time."""
+  return {**(options or {}), 'xla_backend_optimization_level': 0,
+          'xla_llvm_disable_expensive_passes': True}
+
+
 @functools.cache
 def _eigen_convolutions() -> dict | None:
   """The option that keeps convolutions on Eigen, if this jaxlib knows it."""

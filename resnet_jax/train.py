@@ -170,6 +170,11 @@ class Trainer:
         functools.partial(eval_step, mean=mean, std=std, num_classes=num_classes),
         compiler_options=options,
         in_shardings=(self.replicated, self.data_sharding), out_shardings=self.replicated)
+    # Initialisation runs once a run: compiled with few optimisations, it compiles fast.
+    self._init = jax.jit(functools.partial(create_train_state, model=model, tx=tx,
+                                           image_shape=image_shape),
+                         compiler_options=compile_options.run_once(options),
+                         out_shardings=self.replicated)
     self._stack = jax.jit(lambda *trees: jax.tree_util.tree_map(
         lambda *x: jnp.stack(x), *trees), out_shardings=self.replicated)
     self._pick = jax.jit(lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree),
@@ -184,9 +189,7 @@ class Trainer:
     return tree if self.num_seeds == 1 else self._pick(tree, i)
 
   def init_state(self, rng) -> TrainState:
-    init = functools.partial(create_train_state, model=self.model, tx=self.tx,
-                             image_shape=self.image_shape)
-    return jax.jit(init, out_shardings=self.replicated)(rng)
+    return self._init(rng)
 
   def to_device(self, local_batch, train: bool = False):
     """This process's part of a batch as a global array (a train batch of several
