@@ -25,7 +25,9 @@ from absl import logging
 from ml_collections import config_flags
 import ml_collections
 
+from resnet_jax import checkpoints
 from resnet_jax import config_lib
+from resnet_jax import datasets
 
 config_flags.DEFINE_config_file('config', None, 'configs/ablation.py[:PRESET].',
                                 lock_config=False)
@@ -52,6 +54,10 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 class CellFailed(RuntimeError):
   """A cell's process failed for a reason other than divergence."""
+
+
+USER_ERRORS = (config_lib.ConfigError, checkpoints.CheckpointError,
+               datasets.DataMissingError)  # Each says what is wrong and the fix.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,17 +216,33 @@ def serve(ablation, cells: list[Cell], workdir: str):
   One process runs many units, so each skips a process's start (imports, data)."""
   by_name = {c.name: c for c in cells}
   reply = os.fdopen(os.dup(1), 'w', buffering=1)
+  # Ctrl-C reaches the driver too, which stops this worker with SIGTERM: the cell
+  # then saves a checkpoint before it stops.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   for line in sys.stdin:
     unit = [by_name[n] for n in line.strip().split(',')]
     with output_to(os.path.join(workdir, f'{unit_name(unit)}.log')):
       try:
         finished = run_cells(ablation, unit, workdir)
+      except USER_ERRORS as e:  # One sentence: the driver repeats the log's last line.
+        print(f'error: {e}', flush=True)
+        sys.exit(1)
       except BaseException:
         traceback.print_exc()
         raise
     if not finished:
       sys.exit(f'{unit_name(unit)} was stopped by a signal: its checkpoint stands.')
     reply.write(line)
+
+
+def _last_line(path: str) -> str:
+  """The last non-empty line of a log (a failed cell's error), or ''."""
+  try:
+    with open(path, errors='replace') as f:
+      lines = [line.strip() for line in f if line.strip()]
+  except OSError:
+    return ''
+  return lines[-1] if lines else ''
 
 
 class Worker:
@@ -283,8 +305,10 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
         unit, name = worker.unit, unit_name(worker.unit)
         if not out.readline():  # The worker died with this unit.
           worker.close()
-          raise CellFailed(f'{name} failed (exit {worker.proc.returncode}): see '
-                           f'{os.path.join(workdir, name + ".log")}.')
+          log = os.path.join(workdir, f'{name}.log')
+          reason = _last_line(log).removeprefix('error: ')
+          raise CellFailed(f'{name} failed (exit {worker.proc.returncode}): {reason} '
+                           f'(log: {log})')
         statuses = [cell_status(os.path.join(workdir, c.name)) for c in unit]
         finished_depth += cost(unit)
         done += 1

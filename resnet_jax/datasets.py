@@ -157,7 +157,12 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
   if name == 'fashion_mnist':
     local = local_fashion_mnist_dir(data_dir)
     if os.path.exists(os.path.join(local, 'dataset_info.json')):
-      return tfds.builder_from_directory(local)
+      try:
+        return tfds.builder_from_directory(local)
+      except Exception as e:  # pylint: disable=broad-except
+        raise DataMissingError(
+            f'The imported Fashion-MNIST in {local} is unreadable ({type(e).__name__}): '
+            f'delete that directory and run again to import it afresh.') from e
     if os.path.isdir(fashion_mnist_dir):
       import_fashion_mnist(fashion_mnist_dir, data_dir)
       return tfds.builder_from_directory(local)

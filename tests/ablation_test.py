@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from experiments import depth_ablation
 from experiments import report
+from resnet_jax import datasets
 from resnet_jax import config_lib
 from resnet_jax import metrics_io
 from tests.conftest import REPO
@@ -212,3 +214,42 @@ def test_sweep_with_vmapped_seeds(fashion_data_dir, tmp_path):
     assert 'x 2 seeds in one program (vmap)' in f.read()
   for seed in (0, 1):
     assert depth_ablation.cell_status(os.path.join(workdir, f'resnetA-8-seed{seed}')) == 'done'
+
+
+def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
+  local = datasets.local_fashion_mnist_dir(str(tmp_path / 'tfds'))
+  os.makedirs(local)
+  with open(os.path.join(local, 'dataset_info.json'), 'w') as f:
+    f.write('{corrupt')  # Found by the cell's worker, not before.
+  cfg = tiny_ablation(tmp_path, str(tmp_path / 'tfds'), shortcuts=('A',), seeds=(0,),
+                      steps=2, eval_every=0)
+  workdir = str(tmp_path / 'sweep')
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
+                        f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  log = os.path.join(workdir, 'resnetA-8-seed0.log')
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'error: resnetA-8-seed0 failed (exit 1): The imported Fashion-MNIST in '
+      f'{local} is unreadable (ParseError): delete that directory and run again to import '
+      f'it afresh. (log: {log})')
+
+
+def test_sigterm_to_the_sweep_checkpoints_its_cells(fashion_data_dir, tmp_path):
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), seeds=(0,),
+                      steps=5000, eval_every=0)
+  workdir = str(tmp_path / 'sweep')
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  proc = subprocess.Popen([sys.executable, '-m', 'experiments.depth_ablation',
+                           f'--config={cfg}', f'--workdir={workdir}'], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  log = os.path.join(workdir, 'resnetA-8-seed0.log')
+  for _ in range(300):  # Until the cell trains.
+    if os.path.exists(log) and 'step 10/' in open(log).read():
+      break
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)  # To the driver alone: it stops its workers.
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 1 and 'Interrupted: finished cells are kept' in err
+  assert 'Stopped by SIGTERM' in open(log).read()
+  assert depth_ablation.cell_status(os.path.join(workdir, 'resnetA-8-seed0')) == 'partial'

@@ -140,3 +140,12 @@ def test_streaming_imagenet_path_with_mock_data(tmp_path):
     evals = list(streaming_input.eval_iterator(builder, 'validation', 5, 32))
   assert sum(b['mask'].sum() for b in evals) == 12
   assert all(b['image'].shape == (5, 32, 32, 3) for b in evals)
+
+
+def test_channel_stats_match_float64_mean_and_std():
+  images = np.random.RandomState(0).randint(0, 256, (50, 7, 5, 3)).astype(np.uint8)
+  mean, std = input_pipeline.channel_stats(images)
+  x = images.reshape(-1, 3) / 255.0
+  np.testing.assert_allclose(mean, x.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(std, x.std(0), rtol=1e-6)
+  assert mean.dtype == std.dtype == np.float32 and mean.shape == (3,)
