@@ -216,6 +216,7 @@ def serve(ablation, cells: list[Cell], workdir: str):
   One process runs many units, so each skips a process's start (imports, data)."""
   by_name = {c.name: c for c in cells}
   reply = os.fdopen(os.dup(1), 'w', buffering=1)
+  os.dup2(2, 1)  # Anything else printed goes to the worker's log, not to the driver.
   # Ctrl-C reaches the driver too, which stops this worker with SIGTERM: the cell
   # then saves a checkpoint before it stops.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -249,21 +250,45 @@ class Worker:
   """One worker process of the sweep, and the unit it is running."""
 
   def __init__(self, workdir: str, index: int, env: dict):
-    self.log = open(os.path.join(workdir, f'.worker{index}.log'), 'a')
+    self.log_path = os.path.join(workdir, f'.worker{index}.log')
+    self.log = open(self.log_path, 'a')
     self.proc = subprocess.Popen(
         [sys.executable, '-m', 'experiments.depth_ablation', *_passed_flags(), '--worker'],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True,
-        bufsize=1)
-    self.unit, self.started = None, None
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env)
+    self.unit, self.started, self._line, self._read = None, None, b'', b''
 
   def give(self, unit: list[Cell]):
     self.unit, self.started = unit, time.perf_counter()
-    self.proc.stdin.write(','.join(c.name for c in unit) + '\n')
-    self.proc.stdin.flush()
+    self._line = (','.join(c.name for c in unit) + '\n').encode()
+    try:
+      self.proc.stdin.write(self._line)
+      self.proc.stdin.flush()
+    except BrokenPipeError:
+      pass  # It has died: the driver finds out when it reads its output.
+
+  def unit_done(self) -> bool:
+    """Reads what the worker has written: True once it has answered its unit's line.
+    Raises EOFError if it died instead."""
+    data = os.read(self.proc.stdout.fileno(), 4096)
+    if not data:
+      raise EOFError
+    self._read += data
+    while b'\n' in self._read:
+      line, self._read = self._read.split(b'\n', 1)
+      if line + b'\n' == self._line:
+        return True
+    return False
+
+  def no_more(self):
+    """Closes the worker's stdin: it exits once its unit is done."""
+    self.unit = None
+    try:
+      self.proc.stdin.close()
+    except BrokenPipeError:
+      pass
 
   def close(self):
-    if self.proc.stdin and not self.proc.stdin.closed:
-      self.proc.stdin.close()
+    self.no_more()
     self.proc.wait()
     self.log.close()
 
@@ -291,8 +316,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
       print(f'[{n_units - len(queue)}/{n_units}] started {name} (log: {name}.log)',
             flush=True)
     else:
-      worker.unit = None
-      worker.proc.stdin.close()  # The worker exits.
+      worker.no_more()
 
   try:
     for worker in workers:
@@ -303,9 +327,14 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
       for out in ready:
         worker = busy[out]
         unit, name = worker.unit, unit_name(worker.unit)
-        if not out.readline():  # The worker died with this unit.
+        try:
+          if not worker.unit_done():
+            continue
+        except EOFError:  # The worker died with this unit.
           worker.close()
           log = os.path.join(workdir, f'{name}.log')
+          if not _last_line(log):  # It died before the unit began.
+            log = worker.log_path
           reason = _last_line(log).removeprefix('error: ')
           raise CellFailed(f'{name} failed (exit {worker.proc.returncode}): {reason} '
                            f'(log: {log})')
@@ -321,7 +350,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
         give_next(worker)
   finally:
     for worker in workers:
-      if worker.unit:  # Stopped by an error elsewhere: the checkpoints stand.
+      if worker.unit:  # Stopped by an error or a signal: it saves a checkpoint.
         worker.proc.terminate()
       worker.close()
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -53,7 +54,7 @@ def test_paper_preset_cells_are_the_paper_recipe():
   assert 'plain-1202-seed0' not in extreme
 
 
-def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path):
+def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path, request):
   """Each (depth, plain or residual) of the paper preset, as its cells configure it, for
   one step (seeds change only `seed`; every cell's config is checked above)."""
   import tensorflow_datasets as tfds
@@ -61,6 +62,8 @@ def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path):
   ab = ablation_config.get_config('paper')
   cells = [c for c in depth_ablation.grid(ab) if c.seed == 0]
   assert len(cells) == 10
+  jax.config.update('jax_disable_most_optimizations', True)  # Compiling dominates.
+  request.addfinalizer(lambda: jax.config.update('jax_disable_most_optimizations', False))
   for cell in cells:
     c = depth_ablation.cell_config(ab, cell)
     c.data.validation_size, c.num_train_steps, c.eval_batch_size = 64, 1, 64
@@ -235,20 +238,25 @@ def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
       f'it afresh. (log: {log})')
 
 
-def test_sigterm_to_the_sweep_checkpoints_its_cells(fashion_data_dir, tmp_path):
+@pytest.mark.parametrize('how', ['sigterm_to_driver', 'ctrl_c'])
+def test_a_stopped_sweep_checkpoints_its_cells(fashion_data_dir, tmp_path, how):
   cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), seeds=(0,),
                       steps=5000, eval_every=0)
   workdir = str(tmp_path / 'sweep')
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
   proc = subprocess.Popen([sys.executable, '-m', 'experiments.depth_ablation',
                            f'--config={cfg}', f'--workdir={workdir}'], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
   log = os.path.join(workdir, 'resnetA-8-seed0.log')
   for _ in range(300):  # Until the cell trains.
     if os.path.exists(log) and 'step 10/' in open(log).read():
       break
     time.sleep(0.5)
-  proc.send_signal(signal.SIGTERM)  # To the driver alone: it stops its workers.
+  if how == 'ctrl_c':  # SIGINT to the driver and its workers, as a terminal sends it.
+    os.killpg(proc.pid, signal.SIGINT)
+  else:  # To the driver alone (a scheduler's stop): it stops its workers.
+    proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 1 and 'Interrupted: finished cells are kept' in err
   assert 'Stopped by SIGTERM' in open(log).read()
