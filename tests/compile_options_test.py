@@ -37,3 +37,16 @@ def test_unknown_value_is_named():
   config.cpu_convolutions = 'ynn'
   with pytest.raises(config_lib.ConfigError, match="Unknown cpu_convolutions 'ynn'"):
     config_lib.validate(config)
+
+
+def test_run_once_options_compile_with_few_optimisations_and_equal_values():
+  options = compile_options.run_once(compile_options.for_jit('eigen'))
+  assert options['xla_backend_optimization_level'] == 0
+  assert options['xla_cpu_experimental_ynn_fusion_type']  # The run's own options kept.
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 12, 12, 8))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 8)) / 8.5
+  quick = jax.jit(conv_and_grads, compiler_options=options)(x, w)
+  for a, b in zip(quick, jax.jit(conv_and_grads)(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(abs(b).max()))
+  assert compile_options.run_once(None) == {'xla_backend_optimization_level': 0,
+                                            'xla_llvm_disable_expensive_passes': True}
