@@ -1,7 +1,8 @@
 """Runs the depth ablation grid, resumably, then writes the report.
 
 python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdir=runs/ablation
-Every cell is an ordinary resnet_jax run in WORKDIR/CELL. Rerunning skips finished
+Every cell is an ordinary resnet_jax run in WORKDIR/CELL, trained by one of
+--parallel worker processes (each runs cell after cell). Rerunning skips finished
 cells and resumes unfinished ones; --shard_index/--num_shards run one slice of the
 grid (spread it over machines); --dry_run lists the cells; --report_only rewrites
 the report from whatever cells exist.
@@ -387,7 +388,10 @@ def main(argv):
     with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
       f.write(ablation.to_json_best_effort(indent=2))
     if not _REPORT_ONLY.value:
-      signal.signal(signal.SIGTERM, _stop)  # Workers checkpoint their cells and stop.
+      # Workers checkpoint their cells and stop (SIGINT too: a shell's background job
+      # inherits it ignored).
+      signal.signal(signal.SIGTERM, _stop)
+      signal.signal(signal.SIGINT, _stop)
       run_sweep(ablation, workdir, mine, _PARALLEL.value, seeds_together(_VMAP_SEEDS.value))
     report.write_report(workdir, ablation)
   except (config_lib.ConfigError, CellFailed) as e:

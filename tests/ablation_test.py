@@ -14,8 +14,8 @@ import pytest
 
 from experiments import depth_ablation
 from experiments import report
-from resnet_jax import datasets
 from resnet_jax import config_lib
+from resnet_jax import datasets
 from resnet_jax import metrics_io
 from tests.conftest import REPO
 
@@ -249,15 +249,19 @@ def test_a_stopped_sweep_checkpoints_its_cells(fashion_data_dir, tmp_path, how):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
   log = os.path.join(workdir, 'resnetA-8-seed0.log')
-  for _ in range(300):  # Until the cell trains.
-    if os.path.exists(log) and 'step 10/' in open(log).read():
-      break
-    time.sleep(0.5)
-  if how == 'ctrl_c':  # SIGINT to the driver and its workers, as a terminal sends it.
-    os.killpg(proc.pid, signal.SIGINT)
-  else:  # To the driver alone (a scheduler's stop): it stops its workers.
-    proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
+  try:
+    for _ in range(300):  # Until the cell trains.
+      if os.path.exists(log) and 'step 10/' in open(log).read():
+        break
+      time.sleep(0.5)
+    if how == 'ctrl_c':  # SIGINT to the driver and its workers, as a terminal sends it.
+      os.killpg(proc.pid, signal.SIGINT)
+    else:  # To the driver alone (a scheduler's stop): it stops its workers.
+      proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:  # Leave nothing training behind a failed test.
+      os.killpg(proc.pid, signal.SIGKILL)
   assert proc.returncode == 1 and 'Interrupted: finished cells are kept' in err
   assert 'Stopped by SIGTERM' in open(log).read()
   assert depth_ablation.cell_status(os.path.join(workdir, 'resnetA-8-seed0')) == 'partial'
