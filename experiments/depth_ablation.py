@@ -26,9 +26,7 @@ from absl import logging
 from ml_collections import config_flags
 import ml_collections
 
-from resnet_jax import checkpoints
 from resnet_jax import config_lib
-from resnet_jax import datasets
 
 config_flags.DEFINE_config_file('config', None, 'configs/ablation.py[:PRESET].',
                                 lock_config=False)
@@ -55,10 +53,6 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 class CellFailed(RuntimeError):
   """A cell's process failed for a reason other than divergence."""
-
-
-USER_ERRORS = (config_lib.ConfigError, checkpoints.CheckpointError,
-               datasets.DataMissingError)  # Each says what is wrong and the fix.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +209,7 @@ def serve(ablation, cells: list[Cell], workdir: str):
   """A worker: runs the units the driver writes on stdin (cell names, one unit a line),
   each with its output in WORKDIR/UNIT.log, and answers each line once it is done.
   One process runs many units, so each skips a process's start (imports, data)."""
+  from resnet_jax import train
   by_name = {c.name: c for c in cells}
   reply = os.fdopen(os.dup(1), 'w', buffering=1)
   os.dup2(2, 1)  # Anything else printed goes to the worker's log, not to the driver.
@@ -226,7 +221,7 @@ def serve(ablation, cells: list[Cell], workdir: str):
     with output_to(os.path.join(workdir, f'{unit_name(unit)}.log')):
       try:
         finished = run_cells(ablation, unit, workdir)
-      except USER_ERRORS as e:  # One sentence: the driver repeats the log's last line.
+      except train.USER_ERRORS as e:  # One sentence: the driver repeats the log's last line.
         print(f'error: {e}', flush=True)
         sys.exit(1)
       except BaseException:
@@ -334,9 +329,11 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
         except EOFError:  # The worker died with this unit.
           worker.close()
           log = os.path.join(workdir, f'{name}.log')
-          if not _last_line(log):  # It died before the unit began.
+          reason = _last_line(log)
+          if not reason:  # It died before the unit began.
             log = worker.log_path
-          reason = _last_line(log).removeprefix('error: ')
+            reason = _last_line(log)
+          reason = reason.removeprefix('error: ')
           raise CellFailed(f'{name} failed (exit {worker.proc.returncode}): {reason} '
                            f'(log: {log})')
         statuses = [cell_status(os.path.join(workdir, c.name)) for c in unit]

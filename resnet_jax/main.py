@@ -43,15 +43,11 @@ def main(argv):
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TF off the accelerators.
   init_distributed()
-  from resnet_jax import checkpoints
-  from resnet_jax import config_lib
-  from resnet_jax import datasets
   from resnet_jax import train
   try:
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
                              allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (config_lib.ConfigError, checkpoints.CheckpointError, datasets.DataMissingError,
-          FloatingPointError) as e:
+  except train.USER_ERRORS + (FloatingPointError,) as e:
     sys.exit(f'error: {e}')
 
 

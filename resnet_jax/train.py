@@ -310,6 +310,11 @@ class StopSignal:
       signal.signal(signal.SIGTERM, self._old)
 
 
+# Bad input: each of these errors says what is wrong and how to fix it, in one sentence.
+USER_ERRORS = (config_lib.ConfigError, checkpoints.CheckpointError,
+               datasets.DataMissingError)
+
+
 def say(*args):
   """Prints on process 0 only, so a multi-process run reports once."""
   if jax.process_index() == 0:
