@@ -21,20 +21,23 @@ def read_cell(celldir: str) -> dict | None:
   name = os.path.basename(celldir.rstrip('/'))
   m = CELL_RE.match(name)
   path = os.path.join(celldir, 'metrics.jsonl')
-  if not m or not os.path.exists(path):
+  diverged_path = os.path.join(celldir, 'diverged.json')
+  # A cell that diverged before its first summary has no metrics, but counts.
+  if not m or not (os.path.exists(path) or os.path.exists(diverged_path)):
     return None
   records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except ValueError:
-        continue
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except ValueError:
+          continue
   by = lambda split: [r for r in records if r['split'] == split]
   train, val, test, run = by('train'), by('validation'), by('test'), by('run')
   diverged = None
-  if os.path.exists(os.path.join(celldir, 'diverged.json')):
-    with open(os.path.join(celldir, 'diverged.json')) as f:
+  if os.path.exists(diverged_path):
+    with open(diverged_path) as f:
       diverged = json.load(f)['step']
   final_step = run[-1]['step'] if run else None
   val_final = [r for r in val if r['step'] == final_step]

@@ -1,6 +1,7 @@
 """The depth ablation: the grid, shards, the report on known metrics, a tiny sweep end to end."""
 
 import csv
+import glob
 import json
 import os
 import signal
@@ -265,3 +266,24 @@ def test_a_stopped_sweep_checkpoints_its_cells(fashion_data_dir, tmp_path, how):
   assert proc.returncode == 1 and 'Interrupted: finished cells are kept' in err
   assert 'Stopped by SIGTERM' in open(log).read()
   assert depth_ablation.cell_status(os.path.join(workdir, 'resnetA-8-seed0')) == 'partial'
+
+
+def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(fashion_data_dir, tmp_path):
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('none',), seeds=(0,), steps=6,
+                      eval_every=0)
+  cfg.write_text(cfg.read_text().replace("'batch_size': 32",
+                                         "'optimizer': {'learning_rate': 1e38}, 'batch_size': 32"))
+  workdir = str(tmp_path / 'sweep')
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
+                        f'--workdir={workdir}'], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  assert 'plain-8-seed0: diverged in' in out.stdout
+  with open(os.path.join(workdir, 'plain-8-seed0', 'diverged.json')) as f:
+    assert json.load(f)['step'] in (2, 4, 6)  # A logging step: log_every_steps is 2.
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    row = next(csv.DictReader(f))
+  assert row['diverged'] == '1'
+  events = glob.glob(os.path.join(workdir, 'plain-8-seed0', 'events.out.tfevents.*'))
+  assert any(b'hparams' in open(e, 'rb').read() for e in events)  # TensorBoard's HParams.
