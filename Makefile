@@ -38,4 +38,4 @@ benchmark: setup
 	$(VENV)/bin/python -m experiments.benchmark
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto --dist worksteal

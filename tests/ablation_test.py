@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
@@ -55,7 +54,7 @@ def test_paper_preset_cells_are_the_paper_recipe():
   assert 'plain-1202-seed0' not in extreme
 
 
-def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path, request):
+def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path):
   """Each (depth, plain or residual) of the paper preset, as its cells configure it, for
   one step (seeds change only `seed`; every cell's config is checked above)."""
   import tensorflow_datasets as tfds
@@ -63,8 +62,6 @@ def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path, request):
   ab = ablation_config.get_config('paper')
   cells = [c for c in depth_ablation.grid(ab) if c.seed == 0]
   assert len(cells) == 10
-  jax.config.update('jax_disable_most_optimizations', True)  # Compiling dominates.
-  request.addfinalizer(lambda: jax.config.update('jax_disable_most_optimizations', False))
   for cell in cells:
     c = depth_ablation.cell_config(ab, cell)
     c.data.validation_size, c.num_train_steps, c.eval_batch_size = 64, 1, 64
@@ -251,8 +248,8 @@ def test_a_stopped_sweep_checkpoints_its_cells(fashion_data_dir, tmp_path, how):
                           start_new_session=True)
   log = os.path.join(workdir, 'resnetA-8-seed0.log')
   try:
-    for _ in range(300):  # Until the cell trains.
-      if os.path.exists(log) and 'step 10/' in open(log).read():
+    for _ in range(1200):  # Until the cell trains (10 minutes at most).
+      if (os.path.exists(log) and 'step 10/' in open(log).read()) or proc.poll() is not None:
         break
       time.sleep(0.5)
     if how == 'ctrl_c':  # SIGINT to the driver and its workers, as a terminal sends it.
