@@ -124,6 +124,26 @@ def cell_status(workdir: str) -> str:
   return 'partial' if os.path.isdir(os.path.join(workdir, 'checkpoints')) else 'new'
 
 
+def check_cell_configs(ablation, cells: list[Cell], workdir: str):
+  """Refuses a sweep directory whose cells ran with other configs: the sweep would skip
+  them as finished and report another experiment under this one's name."""
+  for cell in cells:
+    path = os.path.join(workdir, cell.name, 'config.json')
+    if not os.path.exists(path):
+      continue
+    new = json.loads(cell_config(ablation, cell).to_json_best_effort())
+    try:
+      with open(path) as f:
+        changes = config_lib.config_changes(json.load(f), new)
+    except ValueError:
+      changes = ['config.json: unreadable']
+    if changes:
+      shown = '; '.join(changes[:3]) + ('; ...' if len(changes) > 3 else '')
+      raise config_lib.ConfigError(
+          f'{os.path.join(workdir, cell.name)} holds a run of another config ({shown}): '
+          f'give this sweep a new --workdir (or move that cell away to run it again).')
+
+
 def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
   """Trains cells that differ only in seed in this process, together (vmap) when several;
   records a diverged seed instead of raising. False if a signal stopped them."""
@@ -376,6 +396,7 @@ def main(argv):
     mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value)
     for cell in cells:  # Check every cell's config before anything runs.
       config_lib.validate(cell_config(ablation, cell))
+    check_cell_configs(ablation, cells, workdir)
     if _DRY_RUN.value:
       for unit in units(mine, seeds_together(_VMAP_SEEDS.value)):
         status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)

@@ -188,6 +188,17 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-2000:]
   assert '2 finished, 0 to run' in again.stdout
+  # Another budget into the same directory is refused, not reported as this sweep's.
+  with open(os.path.join(workdir, 'results.md')) as f:
+    results = f.read()
+  other = subprocess.run(cmd + ['--config.overrides.num_train_steps=6'], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+  assert other.returncode == 1
+  assert other.stderr.strip().splitlines()[-1] == (
+      f'error: {workdir}/plain-8-seed0 holds a run of another config (num_train_steps: '
+      f'4 -> 6): give this sweep a new --workdir (or move that cell away to run it again).')
+  with open(os.path.join(workdir, 'results.md')) as f:
+    assert f.read() == results
 
 
 def test_units_group_seeds_only_when_asked():
