@@ -138,9 +138,9 @@ def check_cell_configs(ablation, cells: list[Cell], workdir: str):
     except ValueError:
       changes = ['config.json: unreadable']
     if changes:
-      shown = '; '.join(changes[:3]) + ('; ...' if len(changes) > 3 else '')
       raise config_lib.ConfigError(
-          f'{os.path.join(workdir, cell.name)} holds a run of another config ({shown}): '
+          f'{os.path.join(workdir, cell.name)} holds a run of another config '
+          f'({config_lib.describe_changes(changes)}): '
           f'give this sweep a new --workdir (or move that cell away to run it again).')
 
 

@@ -97,6 +97,11 @@ def config_changes(old: dict, new: dict) -> list[str]:
   return changes
 
 
+def describe_changes(changes: list[str], most: int = 3) -> str:
+  """The first `most` of config_changes' lines, joined for a one-sentence error."""
+  return '; '.join(changes[:most]) + ('; ...' if len(changes) > most else '')
+
+
 def parse_arg(arg: str, flags=(), values=()) -> dict:
   """Parses a config string like 'depth=56,plain' into {'depth': '56', 'plain': True}.
 

@@ -358,9 +358,9 @@ def remember_config(workdir: str, config, allow_change: bool) -> None:
     except ValueError:
       changes = ['config.json: unreadable']
     if changes and not allow_change:
-      shown = '; '.join(changes[:3]) + ('; ...' if len(changes) > 3 else '')
       raise config_lib.ConfigError(
-          f'The workdir {workdir} holds a run of another config ({shown}): use a new '
+          f'The workdir {workdir} holds a run of another config '
+          f'({config_lib.describe_changes(changes)}): use a new '
           f'--workdir, or pass --allow_config_change to continue that run with this one.')
     if changes and jax.process_index() == 0:
       os.replace(path, os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'))
