@@ -8,7 +8,9 @@ the IDX files of Debian's `dataset-fashion-mnist` are imported into the TFDS
 data dir as a real TFDS dataset, once.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import glob
 import gzip
 import hashlib
@@ -140,6 +142,33 @@ def import_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | Non
   return builder
 
 
+@contextlib.contextmanager
+def _exclusive(path: str):
+  """Holds an exclusive lock on the file `path` (made if missing) until the block ends."""
+  with open(path, 'a') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f'Waiting for another process that holds {path}...', flush=True)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | None = None):
+  """Imports Fashion-MNIST into `data_dir` unless it is there, once however many processes
+  ask at a time (a sweep's workers, a run's hosts): the others wait, then read it."""
+  if '://' in data_dir:  # A bucket: no file locks there.
+    import_fashion_mnist(source_dir, data_dir, max_examples)
+    return
+  os.makedirs(data_dir, exist_ok=True)
+  with _exclusive(os.path.join(data_dir, f'{LOCAL_FASHION_MNIST}.lock')):
+    if not os.path.exists(os.path.join(local_fashion_mnist_dir(data_dir), 'dataset_info.json')):
+      import_fashion_mnist(source_dir, data_dir, max_examples)
+
+
 def default_data_dir() -> str:
   return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 
@@ -164,7 +193,7 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
             f'The imported Fashion-MNIST in {local} is unreadable ({type(e).__name__}): '
             f'delete that directory and run again to import it afresh.') from e
     if os.path.isdir(fashion_mnist_dir):
-      import_fashion_mnist(fashion_mnist_dir, data_dir)
+      ensure_fashion_mnist(fashion_mnist_dir, data_dir)
       return tfds.builder_from_directory(local)
   if not download:
     raise DataMissingError(f'{name} is not prepared in {data_dir}: {spec.how_to_get}.')

@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
-from tests.conftest import FASHION_MNIST_DIR, SUBSET
+from tests.conftest import FASHION_MNIST_DIR, REPO, SUBSET
 
 
 def test_fashion_mnist_import_is_a_real_tfds_dataset(fashion_data_dir):
@@ -49,6 +52,40 @@ def test_decoded_splits_are_cached_and_a_bad_cache_is_ignored(fashion_data_dir):
   np.testing.assert_array_equal(rebuilt.images, first.images)
   with np.load(cache) as f:  # Rewritten whole.
     assert f['images'].shape == first.images.shape
+
+
+_IMPORT_AT_ONCE = """
+import os, sys, time
+import tensorflow_datasets  # Loaded before the start line, so both processes race.
+from resnet_jax import datasets
+data_dir, me = sys.argv[1], sys.argv[2]
+open(os.path.join(data_dir, '..', f'ready{me}'), 'w').close()
+while not os.path.exists(os.path.join(data_dir, '..', 'go')):
+  time.sleep(0.01)
+datasets.ensure_fashion_mnist(sys.argv[3], data_dir, max_examples=int(sys.argv[4]))
+"""
+
+
+def test_processes_importing_fashion_mnist_at_once_share_one_import(tmp_path):
+  """A sweep's workers (or a run's hosts) starting on a new machine: one imports, the
+  other waits for it instead of failing on TFDS's rename, and both read the same data."""
+  data_dir = tmp_path / 'tfds'
+  data_dir.mkdir()
+  procs = [subprocess.Popen([sys.executable, '-c', _IMPORT_AT_ONCE, str(data_dir), str(i),
+                             FASHION_MNIST_DIR, '64'], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  deadline = time.time() + 300
+  while not all((tmp_path / f'ready{i}').exists() for i in range(2)):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), [
+        p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
+    time.sleep(0.05)
+  (tmp_path / 'go').touch()
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+  assert sum('Importing Fashion-MNIST' in o for o in outs) == 1, outs
+  builder = datasets.get_builder('fashion_mnist', str(data_dir), download=False)
+  assert builder.info.splits['train'].num_examples == 64
+  assert not list((data_dir / datasets.LOCAL_FASHION_MNIST).glob('incomplete*'))
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):
