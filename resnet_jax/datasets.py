@@ -159,7 +159,7 @@ def _exclusive(path: str):
 
 def ensure_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | None = None):
   """Imports Fashion-MNIST into `data_dir` unless it is there, once however many processes
-  ask at a time (a sweep's workers, a run's hosts): the others wait, then read it."""
+  ask at a time (a sweep's workers, a run's processes): the others wait, then read it."""
   if '://' in data_dir:  # A bucket: no file locks there.
     import_fashion_mnist(source_dir, data_dir, max_examples)
     return
