@@ -309,6 +309,18 @@ class Worker:
     self.log.close()
 
 
+def eta_seconds(rate: float, running: list[float], queued: list[float], workers: int) -> float:
+  """Seconds until the sweep ends: each worker finishes what `running` says is left of its
+  unit (in cost units), then takes queued units in order as it frees; `rate` is a worker's
+  seconds per cost unit."""
+  free = sorted(max(r, 0.0) * rate for r in running)
+  free += [0.0] * max(workers - len(free), 0)
+  for c in queued:
+    i = free.index(min(free))
+    free[i] += c * rate
+  return max(free, default=0.0)
+
+
 def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False):
   todo = [c for c in cells if cell_status(os.path.join(workdir, c.name)) not in
           ('done', 'diverged')]
@@ -322,7 +334,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
   env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(workdir),
                                                            '.jax_cache'))
   workers = [Worker(workdir, i, env) for i in range(min(max(parallel, 1), n_units))]
-  started, finished_depth, done = time.perf_counter(), 0, 0
+  finished_cost, finished_seconds, done = 0, 0.0, 0
   cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
 
   def give_next(worker):
@@ -357,14 +369,16 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
           raise CellFailed(f'{name} failed (exit {worker.proc.returncode}): {reason} '
                            f'(log: {log})')
         statuses = [cell_status(os.path.join(workdir, c.name)) for c in unit]
-        finished_depth += cost(unit)
+        now = time.perf_counter()
+        finished_cost += cost(unit)
+        finished_seconds += now - worker.started
         done += 1
-        left = sum(cost(u) for u in queue) + sum(cost(w.unit) for w in workers
-                                                 if w.unit and w is not worker) / 2
-        eta = (time.perf_counter() - started) / finished_depth * left
-        print(f'{name}: {"/".join(sorted(set(statuses)))} in '
-              f'{time.perf_counter() - worker.started:.0f} s; {done}/{n_units} done, '
-              f'ETA {eta / 60:.1f} min', flush=True)
+        rate = finished_seconds / finished_cost  # A worker's seconds per unit of cost.
+        running = [cost(w.unit) - (now - w.started) / rate for w in workers
+                   if w.unit and w is not worker]
+        eta = eta_seconds(rate, running, [cost(u) for u in queue], len(workers))
+        print(f'{name}: {"/".join(sorted(set(statuses)))} in {now - worker.started:.0f} s; '
+              f'{done}/{n_units} done, ETA {eta / 60:.1f} min', flush=True)
         give_next(worker)
   finally:
     for worker in workers:

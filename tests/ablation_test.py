@@ -201,6 +201,17 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
     assert f.read() == results
 
 
+def test_eta_counts_the_running_cells_and_the_queue_per_worker():
+  eta = depth_ablation.eta_seconds
+  # Two workers, one free, the other about to finish; two depth-56 cells queued: one each.
+  assert eta(50.0, [0.0], [56, 56], 2) == 56 * 50.0
+  # Queued cells go to whichever worker frees first: 10 left; 20, 20, 20 -> 40.
+  assert eta(1.0, [10.0], [20, 20, 20], 2) == 40.0
+  assert eta(1.0, [-5.0], [], 2) == 0.0  # A cell slower than expected: nothing negative.
+  assert eta(2.0, [], [8, 8, 8], 1) == 48.0
+  assert eta(2.0, [], [], 2) == 0.0
+
+
 def test_units_group_seeds_only_when_asked():
   cells = [depth_ablation.Cell(d, s, seed) for d in (20, 56) for s in ('none', 'A')
            for seed in (0, 1)]
