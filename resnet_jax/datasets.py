@@ -142,19 +142,21 @@ def import_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | Non
   return builder
 
 
+def _imported(data_dir: str) -> bool:
+  """Whether `data_dir` holds a complete Fashion-MNIST import (TFDS renames it into place)."""
+  return os.path.exists(os.path.join(local_fashion_mnist_dir(data_dir), 'dataset_info.json'))
+
+
 @contextlib.contextmanager
 def _exclusive(path: str):
   """Holds an exclusive lock on the file `path` (made if missing) until the block ends."""
-  with open(path, 'a') as f:
+  with open(path, 'a') as f:  # Closing the file releases the lock.
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       print(f'Waiting for another process that holds {path}...', flush=True)
       fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+    yield
 
 
 def ensure_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | None = None):
@@ -165,7 +167,7 @@ def ensure_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | Non
     return
   os.makedirs(data_dir, exist_ok=True)
   with _exclusive(os.path.join(data_dir, f'{LOCAL_FASHION_MNIST}.lock')):
-    if not os.path.exists(os.path.join(local_fashion_mnist_dir(data_dir), 'dataset_info.json')):
+    if not _imported(data_dir):
       import_fashion_mnist(source_dir, data_dir, max_examples)
 
 
@@ -185,7 +187,7 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
     return builder
   if name == 'fashion_mnist':
     local = local_fashion_mnist_dir(data_dir)
-    if os.path.exists(os.path.join(local, 'dataset_info.json')):
+    if _imported(data_dir):
       try:
         return tfds.builder_from_directory(local)
       except Exception as e:  # pylint: disable=broad-except

@@ -67,7 +67,7 @@ datasets.ensure_fashion_mnist(sys.argv[3], data_dir, max_examples=int(sys.argv[4
 
 
 def test_processes_importing_fashion_mnist_at_once_share_one_import(tmp_path):
-  """A sweep's workers (or a run's hosts) starting on a new machine: one imports, the
+  """A sweep's workers (or a run's processes) starting on a new machine: one imports, the
   other waits for it instead of failing on TFDS's rename, and both read the same data."""
   data_dir = tmp_path / 'tfds'
   data_dir.mkdir()
