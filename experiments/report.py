@@ -76,6 +76,11 @@ def _mean_std(values):
   return float(np.mean(values)), float(np.std(values))
 
 
+def finished(cell: dict) -> bool:
+  """A cell the table and the curves count: done, and not diverged."""
+  return cell['done'] and cell['diverged_step'] is None
+
+
 def summarise(cells: list[dict]) -> list[dict]:
   """One row per (depth, shortcut): mean and std over seeds of the finished cells."""
   rows = []
@@ -83,7 +88,7 @@ def summarise(cells: list[dict]) -> list[dict]:
                 key=lambda k: (k[0], k[1] != 'none', k[1]))
   for depth, shortcut in keys:
     group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)]
-    ok = [c for c in group if c['done'] and c['diverged_step'] is None]
+    ok = [c for c in group if finished(c)]
     row = {'depth': depth, 'shortcut': shortcut, 'net': kind(shortcut),
            'params': next((c['params'] for c in ok), None),
            'seeds_done': len(ok), 'diverged': sum(c['diverged_step'] is not None
@@ -153,8 +158,9 @@ def plot_training_curves(cells, path):
                            squeeze=False)
   for ax, shortcut in zip(axes[0], shortcuts):
     for depth in sorted(colors):
+      # The table's cells: a diverged seed's curve would cut the mean curve at its step.
       group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)
-               and c['train_curve']]
+               and finished(c) and c['train_curve']]
       if not group:
         continue
       steps, err = _mean_curve([c['train_curve'] for c in group])
@@ -247,7 +253,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
     seed = min(c['seed'] for c in cells)
     analyses = []
     for c in cells:
-      if c['seed'] == seed and c['done'] and c['diverged_step'] is None:
+      if c['seed'] == seed and finished(c):
         a = analysis.cell_analysis(os.path.join(workdir, c['name']), n)
         analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
     if analyses:

@@ -95,7 +95,18 @@ def write_cell(root, name, train_acc, val_acc, test_acc, steps=100, diverged=Non
     f.writelines(json.dumps(r) + '\n' for r in recs)
 
 
-def test_report_on_known_metrics(tmp_path):
+def test_report_on_known_metrics(tmp_path, monkeypatch):
+  import matplotlib.figure
+  plotted, savefig = {}, matplotlib.figure.Figure.savefig
+
+  def spy(fig, path, *args, **kwargs):  # What each figure draws: (label, style, x, y).
+    plotted[os.path.basename(str(path))] = [
+        [(l.get_label(), l.get_linestyle(), list(l.get_xdata()), list(l.get_ydata()))
+         for l in ax.get_lines()] + [(c.get_label(), list(c.lines[0].get_ydata()))
+                                     for c in ax.containers] for ax in fig.axes]
+    return savefig(fig, path, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', spy)
   root = str(tmp_path)
   write_cell(root, 'plain-20-seed0', 0.90, 0.88, 0.87)
   write_cell(root, 'plain-20-seed1', 0.80, 0.86, 0.85)
@@ -119,6 +130,19 @@ def test_report_on_known_metrics(tmp_path):
   assert '![training_curves.png]' in (tmp_path / 'report.md').read_text()
   for fig in ('training_curves.png', 'depth_vs_error.png'):
     assert (tmp_path / fig).stat().st_size > 10_000  # A real picture, not an empty canvas.
+  # Figure 6: training error dashed (mean over seeds), held-out solid, plain left; the
+  # diverged plain-56 seed is left out of the curves as out of the table.
+  plain, residual = [[(label, style, x, np.round(y, 6).tolist()) for label, style, x, y in ax]
+                     for ax in plotted['training_curves.png']]
+  assert plain[0][1:] == ('--', [25, 50, 75, 100], [22.5, 20.0, 17.5, 15.0])
+  assert plain[1] == ('plain-20', '-', [100], [13.0])
+  assert plain[2][1:] == ('--', [25, 50, 75, 100], [57.5, 55.0, 52.5, 50.0])
+  assert plain[3] == ('plain-56', '-', [100], [60.0])
+  assert residual[1] == ('ResNet-20', '-', [100], [8.0])
+  bars = {c[0]: np.round(c[1], 6).tolist() for c in plotted['depth_vs_error.png'][0]
+          if len(c) == 2}
+  assert bars == {'plain, training': [15.0, 50.0], 'plain, test': [14.0, 60.0],
+                  'residual (A), training': [5.0], 'residual (A), test': [9.0]}
 
 
 def test_paper_table_column():
