@@ -439,4 +439,4 @@ def _stop(signum, frame):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

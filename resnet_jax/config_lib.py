@@ -1,6 +1,8 @@
 """The base config every experiment file starts from, and its checks."""
 
 import os
+import re
+import sys
 
 import ml_collections
 
@@ -228,3 +230,27 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'The model config does not fit {m.name}: {e}.')
   except ValueError as e:
     _fail(str(e))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (`app.run(main, flags_parser=...)`), where a `--config.KEY`
+  override of a key the config lacks ends in one line naming it, not a traceback."""
+  from absl import app  # Only the command lines need absl.
+  try:
+    return app.parse_flags_with_usage(argv)  # absl's own errors: one line, exit 1.
+  except (AttributeError, KeyError) as error:  # What ml_collections raises for an unknown path.
+    e = error
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]  # An AttributeError wraps the KeyError that names the key.
+    message = str(e.args[0]) if e.args else ''
+    found = re.search(r'lookup: (\S+)', message) or re.search(r"'([^'\s]+)'", message)
+    key = found.group(1).split('.')[-1] if found else None
+    named = [a.split('=')[0] for a in argv[1:]
+             if re.match(r'--\w+\.', a) and key in a.split('=')[0].split('.')[1:]]
+    if not named:
+      raise  # Not an override's key (a config file's own bug, say): its traceback helps.
+    hint = re.search(r'Did you mean "[^"]+"', message)
+    sys.exit(f'error: {" or ".join(named)} sets a key the config '
+             f'does not have{" (" + hint.group(0) + "?)" if hint else ""}; check its spelling '
+             'against the config file (the command line can change the keys a config has, '
+             'not add new ones).')

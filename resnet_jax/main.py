@@ -10,6 +10,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from resnet_jax import config_lib
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
 config_flags.DEFINE_config_file('config', None, 'A config file under configs/.',
                                 lock_config=True)
@@ -52,4 +54,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

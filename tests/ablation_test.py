@@ -263,6 +263,17 @@ def test_sweep_with_vmapped_seeds(fashion_data_dir, tmp_path):
     assert depth_ablation.cell_status(os.path.join(workdir, f'resnetA-8-seed{seed}')) == 'done'
 
 
+def test_an_override_the_preset_lacks_is_named_in_one_line(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                        '--config=configs/ablation.py:full', f'--workdir={tmp_path}/sweep',
+                        '--config.overrides.optimizer.warmup_steps=5', '--dry_run'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      'error: --config.overrides.optimizer.warmup_steps sets a key the config does not have')
+  assert not os.path.exists(tmp_path / 'sweep')
+
+
 def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
   local = datasets.local_fashion_mnist_dir(str(tmp_path / 'tfds'))
   os.makedirs(local)

@@ -92,6 +92,17 @@ def test_cli_refuses_bad_values_in_one_line(tmp_path):
   assert not os.listdir(tmp_path)  # Nothing written.
 
 
+def test_cli_names_an_override_of_a_key_the_config_lacks(tmp_path):
+  out = cli('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}',
+            '--config.seed=1', '--config.model.depht=20')
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines() == [
+      'error: --config.model.depht sets a key the config does not have (Did you mean '
+      '"depth"?); check its spelling against the config file (the command line can change '
+      'the keys a config has, not add new ones).']
+  assert not os.listdir(tmp_path)
+
+
 def test_cli_refuses_a_value_of_the_wrong_type(tmp_path):
   out = cli('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}',
             '--config.batch_size=lots')
