@@ -209,6 +209,7 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
   analyses = json.load(open(os.path.join(workdir, 'analysis.json')))
   assert len(analyses[0]['response_std_final']) == 7  # Stem + 2 per block, depth 8.
   assert len(analyses[0]['grad_norm_init']) == 3
+  assert 'response_std_init' not in analyses[0]  # Placeholder BN statistics at init.
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-2000:]
   assert '2 finished, 0 to run' in again.stdout
