@@ -102,15 +102,15 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   response_stds = response_stds_fn(model, trainer.compiler_options)
   gradient_norms = gradient_norms_fn(model, trainer.compiler_options)
   out = {'step': int(step)}
-  for name, state in (('init', init_state), ('final', final)):
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    out[f'grad_norm_{name}'] = np.asarray(gradient_norms(variables, images, labels)).tolist()
+  variables = {name: {'params': state.params, 'batch_stats': state.batch_stats}
+               for name, state in (('init', init_state), ('final', final))}
+  for name, v in variables.items():
+    out[f'grad_norm_{name}'] = np.asarray(gradient_norms(v, images, labels)).tolist()
   # Responses of the trained net only (Figure 7): at initialisation BatchNorm's running
   # statistics are placeholders (mean 0, variance 1), through which a deep net's
   # responses grow without bound (to 6e4 at ResNet-56's last layers), and with batch
   # statistics every response's std is 1.
-  out['response_std_final'] = np.asarray(response_stds(
-      {'params': final.params, 'batch_stats': final.batch_stats}, images)).tolist()
+  out['response_std_final'] = np.asarray(response_stds(variables['final'], images)).tolist()
   return out
 
 
