@@ -321,6 +321,28 @@ def eta_seconds(rate: float, running: list[float], queued: list[float], workers:
   return max(free, default=0.0)
 
 
+class Clock:
+  """The sweep's ETA, at a worker's seconds per unit of cost (depth) measured on units run
+  from their first step: a resumed unit's time covers only the rest of it."""
+
+  def __init__(self, workers: int):
+    self.workers, self.cost, self.seconds = workers, 0, 0.0
+
+  def finished(self, cost: int, seconds: float, resumed: bool):
+    if not resumed:
+      self.cost, self.seconds = self.cost + cost, self.seconds + seconds
+
+  def eta(self, running: list[tuple[int, float]], queued: list[int]) -> float | None:
+    """Seconds left, given the (cost, seconds so far) of the units still running; None
+    until a unit has run from its start."""
+    if not running and not queued:
+      return 0.0
+    if not self.cost:
+      return None
+    rate = self.seconds / self.cost
+    return eta_seconds(rate, [c - t / rate for c, t in running], queued, self.workers)
+
+
 def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False):
   todo = [c for c in cells if cell_status(os.path.join(workdir, c.name)) not in
           ('done', 'diverged')]
@@ -334,7 +356,9 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
   env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(workdir),
                                                            '.jax_cache'))
   workers = [Worker(workdir, i, env) for i in range(min(max(parallel, 1), n_units))]
-  finished_cost, finished_seconds, done = 0, 0.0, 0
+  clock, done = Clock(len(workers)), 0
+  resumed = {unit_name(u) for u in queue
+             if any(cell_status(os.path.join(workdir, c.name)) == 'partial' for c in u)}
   cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
 
   def give_next(worker):
@@ -370,15 +394,14 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
                            f'(log: {log})')
         statuses = [cell_status(os.path.join(workdir, c.name)) for c in unit]
         now = time.perf_counter()
-        finished_cost += cost(unit)
-        finished_seconds += now - worker.started
+        clock.finished(cost(unit), now - worker.started, name in resumed)
         done += 1
-        rate = finished_seconds / finished_cost  # A worker's seconds per unit of cost.
-        running = [cost(w.unit) - (now - w.started) / rate for w in workers
-                   if w.unit and w is not worker]
-        eta = eta_seconds(rate, running, [cost(u) for u in queue], len(workers))
+        eta = clock.eta([(cost(w.unit), now - w.started) for w in workers
+                         if w.unit and w is not worker], [cost(u) for u in queue])
+        eta = ('ETA once a cell has run from its start' if eta is None
+               else f'ETA {eta / 60:.1f} min')
         print(f'{name}: {"/".join(sorted(set(statuses)))} in {now - worker.started:.0f} s; '
-              f'{done}/{n_units} done, ETA {eta / 60:.1f} min', flush=True)
+              f'{done}/{n_units} done, {eta}', flush=True)
         give_next(worker)
   finally:
     for worker in workers:

@@ -16,6 +16,22 @@ PAPER_TABLE6 = {20: '8.75', 32: '7.51', 44: '7.17', 56: '6.97', 110: '6.43 (6.61
 CELL_RE = re.compile(r'^(plain|resnet(?P<sc>\w+?))-(?P<depth>\d+)-seed(?P<seed>\d+)$')
 
 
+def run_seconds(run: dict, train: list[dict]) -> float:
+  """A run's compile and training seconds. A resumed run timed only its last session (from
+  `first_step`): its earlier steps count at the speeds its training summaries logged."""
+  seconds, last = run['train_seconds'] + run['compile_seconds'], 0
+  first, rate = run.get('first_step', 0), None
+  for r in train:
+    if r['step'] > first:
+      break
+    rate = r['steps_per_second']
+    seconds, last = seconds + (r['step'] - last) / rate, r['step']
+  if first > last:  # Steps after its last summary (or all, if none), before the checkpoint.
+    rate = rate or (run['step'] - first) / max(run['train_seconds'], 1e-9)
+    seconds += (first - last) / rate
+  return seconds
+
+
 def read_cell(celldir: str) -> dict | None:
   """Final numbers and curves of one cell, or None if it has no metrics yet."""
   name = os.path.basename(celldir.rstrip('/'))
@@ -49,7 +65,7 @@ def read_cell(celldir: str) -> dict | None:
       'train_error': 1 - train[-1]['accuracy'] if run and train else np.nan,
       'val_error': 1 - val_final[-1]['accuracy'] if val_final else np.nan,
       'test_error': 1 - test[-1]['accuracy'] if run and test else np.nan,
-      'seconds': run[-1]['train_seconds'] + run[-1]['compile_seconds'] if run else np.nan,
+      'seconds': run_seconds(run[-1], train) if run else np.nan,
       'train_curve': [(r['step'], 1 - r['accuracy']) for r in train],
       'val_curve': [(r['step'], 1 - r['accuracy']) for r in val],
   }

@@ -578,9 +578,10 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
       run.log.write(total_steps, split, values)
     if run.mngr.latest_step() != total_steps:
       checkpoints.save(run.mngr, total_steps, mine, force=True)
+    # first_step: a resumed run's train_seconds time only its steps from there on.
     run.log.write(total_steps, 'run', {'compile_seconds': compile_s,
-                                       'train_seconds': train_s, 'params': n_params,
-                                       'seeds_together': k})
+                                       'train_seconds': train_s, 'first_step': start,
+                                       'params': n_params, 'seeds_together': k})
     run.close()
     val_acc = final.get('validation', {}).get('accuracy', float('nan'))
     say(f'Final (step {total_steps}{f", seed {run.config.seed}" if k > 1 else ""}): '

@@ -82,6 +82,9 @@ def test_sigkill_at_any_point_then_the_same_command_gives_identical_results(
   assert f'Resumed from the checkpoint of step {resumed_from}' in out
 
   assert comparable_metrics(killed) == comparable_metrics(straight)
+  run_record = lambda w: [r for r in metrics_io.read_metrics(w) if r['split'] == 'run'][-1]
+  assert run_record(straight)['first_step'] == 0
+  assert run_record(killed)['first_step'] == resumed_from  # Its train_seconds start there.
   step_a, leaves_a = final_arrays(straight)
   step_b, leaves_b = final_arrays(killed)
   assert step_a == step_b == STEPS and len(leaves_a) == len(leaves_b)
