@@ -54,6 +54,19 @@ def test_paper_preset_cells_are_the_paper_recipe():
   assert 'plain-1202-seed0' not in extreme
 
 
+def test_full_preset_warms_up_over_its_first_epoch():
+  ab = ablation_config.get_config('full')
+  cells = depth_ablation.grid(ab)
+  assert len(cells) == 4 * 2 * 2
+  for cell in cells:
+    c = depth_ablation.cell_config(ab, cell)
+    config_lib.validate(c)
+    assert (c.data.name, c.model.num_filters, c.num_epochs) == ('fashion_mnist', 16, 20.0)
+    # One epoch: Fashion-MNIST's 60,000 training images less the 5,000 held out.
+    assert c.optimizer.warmup_steps == 55_000 // c.batch_size == 429
+    assert c.optimizer.warmup_kind == 'linear'
+
+
 def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path):
   """Each (depth, plain or residual) of the paper preset, as its cells configure it, for
   one step (seeds change only `seed`; every cell's config is checked above)."""
@@ -93,6 +106,17 @@ def write_cell(root, name, train_acc, val_acc, test_acc, steps=100, diverged=Non
       json.dump({'step': diverged}, f)
   with open(os.path.join(d, 'metrics.jsonl'), 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in recs)
+
+
+def test_a_resumed_cells_time_counts_its_earlier_sessions():
+  train = [{'step': s, 'steps_per_second': r} for s, r in ((25, 5.0), (50, 5.0), (75, 2.5))]
+  run = {'step': 100, 'train_seconds': 10.0, 'compile_seconds': 2.0}
+  assert report.run_seconds(run, train) == 12.0  # One session (or written before first_step).
+  assert report.run_seconds(dict(run, first_step=0), train) == 12.0
+  # Resumed from step 60: steps 0-50 at their summaries' speeds, 50-60 at the last one's.
+  assert report.run_seconds(dict(run, first_step=60), train) == 12.0 + 5 + 5 + 2
+  # Resumed from step 20, before any summary: at the last session's speed, 80 steps in 10 s.
+  assert report.run_seconds(dict(run, first_step=20), train) == 12.0 + 2.5
 
 
 def test_report_on_known_metrics(tmp_path, monkeypatch):
@@ -237,6 +261,18 @@ def test_eta_counts_the_running_cells_and_the_queue_per_worker():
   assert eta(2.0, [], [], 2) == 0.0
 
 
+def test_eta_leaves_out_the_time_of_resumed_cells():
+  clock = depth_ablation.Clock(workers=2)
+  # A depth-56 cell resumed near its end took 100 s: no measure of a whole cell's time.
+  clock.finished(56, 100.0, resumed=True)
+  assert clock.eta([(20, 300.0)], []) is None
+  assert clock.eta([], []) == 0.0  # Nothing left: no estimate needed.
+  clock.finished(20, 1000.0, resumed=False)  # 50 s per layer.
+  # The running ResNet-20 has 600 of its 1,000 s left; a queued depth-56 cell takes 2,800.
+  assert clock.eta([(20, 400.0)], [56]) == 2800.0
+  assert clock.eta([(20, 400.0)], []) == 600.0
+
+
 def test_units_group_seeds_only_when_asked():
   cells = [depth_ablation.Cell(d, s, seed) for d in (20, 56) for s in ('none', 'A')
            for seed in (0, 1)]
@@ -267,11 +303,11 @@ def test_sweep_with_vmapped_seeds(fashion_data_dir, tmp_path):
 def test_an_override_the_preset_lacks_is_named_in_one_line(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
                         '--config=configs/ablation.py:full', f'--workdir={tmp_path}/sweep',
-                        '--config.overrides.optimizer.warmup_steps=5', '--dry_run'],
+                        '--config.overrides.optimizer.momentum=0.8', '--dry_run'],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 1 and 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(
-      'error: --config.overrides.optimizer.warmup_steps sets a key the config does not have')
+      'error: --config.overrides.optimizer.momentum sets a key the config does not have')
   assert not os.path.exists(tmp_path / 'sweep')
 
 
