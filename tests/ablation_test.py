@@ -37,13 +37,19 @@ def test_quick_grid_and_shards():
   assert config.model.num_filters == 8 and config.num_train_steps == 120
 
 
-def test_paper_preset_cells_are_the_paper_recipe():
-  ab = ablation_config.get_config('paper')
-  cells = depth_ablation.grid(ab)
-  assert len(cells) == 5 * 5 * 2
-  for cell in cells:
-    c = depth_ablation.cell_config(ab, cell)
+def preset_cells(preset: str):
+  """(cell, its validated run config) for every cell of an ablation preset."""
+  ab = ablation_config.get_config(preset)
+  configs = [(cell, depth_ablation.cell_config(ab, cell)) for cell in depth_ablation.grid(ab)]
+  for _, c in configs:
     config_lib.validate(c)
+  return configs
+
+
+def test_paper_preset_cells_are_the_paper_recipe():
+  cells = preset_cells('paper')
+  assert len(cells) == 5 * 5 * 2
+  for cell, c in cells:
     assert c.data.name == 'cifar10' and c.data.validation_size == 5000
     assert (c.batch_size, c.num_train_steps, c.optimizer.learning_rate) == (128, 64000, 0.1)
     assert tuple(c.optimizer.boundaries) == (32000, 48000)
@@ -55,12 +61,9 @@ def test_paper_preset_cells_are_the_paper_recipe():
 
 
 def test_full_preset_warms_up_over_its_first_epoch():
-  ab = ablation_config.get_config('full')
-  cells = depth_ablation.grid(ab)
+  cells = preset_cells('full')
   assert len(cells) == 4 * 2 * 2
-  for cell in cells:
-    c = depth_ablation.cell_config(ab, cell)
-    config_lib.validate(c)
+  for _, c in cells:
     assert (c.data.name, c.model.num_filters, c.num_epochs) == ('fashion_mnist', 16, 20.0)
     # One epoch: Fashion-MNIST's 60,000 training images less the 5,000 held out.
     assert c.optimizer.warmup_steps == 55_000 // c.batch_size == 429
