@@ -31,8 +31,8 @@ def get_config(arg: str = 'quick'):
     c.run_config = 'fashion_mnist.py'
     c.depths = (20, 32, 44, 56)
     c.seeds = (0, 1)
-    # 120 steps of batch 128 (a quarter of an epoch), so that the 16 runs take under
-    # 20 minutes on 2 CPU cores: enough for plain nets to degrade with depth, not for
+    # 120 steps of batch 128 (a quarter of an epoch), so that the 16 runs take about
+    # 16-22 minutes on 2 CPU cores: enough for plain nets to degrade with depth, not for
     # deeper residual nets to overtake ResNet-20 (see the README).
     c.overrides = ml_collections.ConfigDict({
         'model': {'num_filters': 8, 'scan_blocks': True},
