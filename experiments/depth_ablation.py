@@ -344,8 +344,8 @@ class Clock:
 
 
 def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False):
-  todo = [c for c in cells if cell_status(os.path.join(workdir, c.name)) not in
-          ('done', 'diverged')]
+  status = {c: cell_status(os.path.join(workdir, c.name)) for c in cells}
+  todo = [c for c in cells if status[c] not in ('done', 'diverged')]
   print(f'{len(cells)} cells in this shard: {len(cells) - len(todo)} finished, '
         f'{len(todo)} to run.', flush=True)
   queue = units(todo, together)
@@ -357,8 +357,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
                                                            '.jax_cache'))
   workers = [Worker(workdir, i, env) for i in range(min(max(parallel, 1), n_units))]
   clock, done = Clock(len(workers)), 0
-  resumed = {unit_name(u) for u in queue
-             if any(cell_status(os.path.join(workdir, c.name)) == 'partial' for c in u)}
+  resumed = {unit_name(u) for u in queue if any(status[c] == 'partial' for c in u)}
   cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
 
   def give_next(worker):
