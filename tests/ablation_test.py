@@ -34,7 +34,8 @@ def test_quick_grid_and_shards():
     depth_ablation.shard(cells, 3, 3)
   config = depth_ablation.cell_config(ab, depth_ablation.Cell(56, 'none', 1))
   assert (config.model.depth, config.model.shortcut, config.seed) == (56, 'none', 1)
-  assert config.model.num_filters == 8 and config.num_train_steps == 120
+  assert config.model.num_filters == 8 and config.num_train_steps == 60
+  assert (config.optimizer.warmup_steps, config.optimizer.warmup_kind) == (10, 'linear')
 
 
 def preset_cells(preset: str):
