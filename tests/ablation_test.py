@@ -71,28 +71,34 @@ def test_full_preset_warms_up_over_its_first_epoch():
     assert c.optimizer.warmup_kind == 'linear'
 
 
-def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path):
+PAPER_ARCHITECTURES = [c for c in depth_ablation.grid(ablation_config.get_config('paper'))
+                       if c.seed == 0]
+
+
+def test_the_paper_grid_has_ten_architectures():
+  assert len(PAPER_ARCHITECTURES) == 10
+
+
+@pytest.mark.parametrize('cell', PAPER_ARCHITECTURES, ids=lambda c: c.name)
+def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path, cell):
   """Each (depth, plain or residual) of the paper preset, as its cells configure it, for
-  one step (seeds change only `seed`; every cell's config is checked above)."""
+  one step (seeds change only `seed`; every cell's config is checked above). One case
+  per architecture, so that the cases spread over the test workers."""
   import tensorflow_datasets as tfds
   from resnet_jax import train
-  ab = ablation_config.get_config('paper')
-  cells = [c for c in depth_ablation.grid(ab) if c.seed == 0]
-  assert len(cells) == 10
-  for cell in cells:
-    c = depth_ablation.cell_config(ab, cell)
-    c.data.validation_size, c.num_train_steps, c.eval_batch_size = 64, 1, 64
-    c.log_every_steps = 1
-    c.data.data_dir = str(tmp_path / 'tfds')
-    with tfds.testing.mock_data(num_examples=192):
-      out = train.train_and_evaluate(c, str(tmp_path / cell.name))
-    # (After one step the BatchNorm running statistics are still those of
-    # initialisation, so deep plain nets' eval outputs on noise may overflow: the
-    # evaluation must run, and the training step must be finite.)
-    assert 'test' in out and 'validation' in out
-    train_rows = [r for r in metrics_io.read_metrics(str(tmp_path / cell.name))
-                  if r['split'] == 'train']
-    assert len(train_rows) == 1 and np.isfinite(train_rows[0]['loss']), cell.name
+  c = depth_ablation.cell_config(ablation_config.get_config('paper'), cell)
+  c.data.validation_size, c.num_train_steps, c.eval_batch_size = 64, 1, 64
+  c.log_every_steps = 1
+  c.data.data_dir = str(tmp_path / 'tfds')
+  with tfds.testing.mock_data(num_examples=192):
+    out = train.train_and_evaluate(c, str(tmp_path / cell.name))
+  # (After one step the BatchNorm running statistics are still those of
+  # initialisation, so deep plain nets' eval outputs on noise may overflow: the
+  # evaluation must run, and the training step must be finite.)
+  assert 'test' in out and 'validation' in out
+  train_rows = [r for r in metrics_io.read_metrics(str(tmp_path / cell.name))
+                if r['split'] == 'train']
+  assert len(train_rows) == 1 and np.isfinite(train_rows[0]['loss']), cell.name
 
 
 def write_cell(root, name, train_acc, val_acc, test_acc, steps=100, diverged=None):
