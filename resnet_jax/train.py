@@ -539,6 +539,11 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
   with StopSignal() as stop:
     for step in range(start, total_steps):
       state, metrics = compiled(state, feed(step), step_rng, *trainer.resident)
+      if pending:
+        # At most two steps in flight: the host waits for the previous step while this
+        # one runs, so a SIGTERM is acted on within a step or two (not when the queue
+        # drains) and batches do not pile up in device memory.
+        jax.block_until_ready(pending[-1])
       pending.append(metrics)
       done = step + 1
       if done % config.log_every_steps == 0 or done == total_steps:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -128,6 +129,61 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(fashion_data_
   assert 'Final (step 400)' in again.stdout
   steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
   assert steps == list(range(2, 401, 2))  # No extra line at the stop: resume is exact.
+
+
+def test_the_host_stays_a_step_ahead_so_a_sigterm_stops_the_run_at_once(
+    fashion_data_dir, tmp_path, monkeypatch):
+  """A slow device step must not let the host queue the steps after it, else a SIGTERM
+  waits for the whole queue (up to the next log step) before the run stops.
+
+  The fourth step's batch depends on a slow computation still running on the device;
+  SIGTERM comes 0.2 s later. The run must stop by the fifth step, not at the 40th.
+  """
+  import signal
+  import threading
+  import time
+  slow_step, calls, seen = 3, [], {'queued': 0}
+
+  @jax.jit
+  def slow(x):  # Seconds of matrix products on 2 cores.
+    return jax.lax.fori_loop(0, 1000, lambda i, a: jnp.tanh(a @ a), x)
+
+  def delay(batch, until):
+    return jax.tree_util.tree_map(
+        lambda x: jax.jit(lambda x, u: x + (0 * u).astype(x.dtype),
+                          out_shardings=x.sharding)(x, until), batch)
+
+  def sigterm_soon(until):
+    time.sleep(0.2)
+    seen['slow_step_still_running'] = not until.is_ready()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  to_device = train.Trainer.to_device
+
+  def feed(self, batch, train=False):
+    batch = to_device(self, batch, train)
+    if train:
+      calls.append(1)
+      if 'until' in seen and not seen['until'].is_ready():
+        seen['queued'] += 1  # Fed while the slow step has not run yet.
+      if len(calls) == slow_step + 2:  # The first call only lowers the step.
+        slow_x = jnp.full((512, 512), 0.01)
+        seen['until'] = until = jnp.sum(slow(slow_x))
+        batch = delay(batch, until)
+        threading.Thread(target=sigterm_soon, args=(until,), daemon=True).start()
+    return batch
+
+  assert threading.current_thread() is threading.main_thread()  # Where SIGTERM is caught.
+  jax.block_until_ready(slow(jnp.zeros((512, 512))))  # Compiled before the run.
+  monkeypatch.setattr(train.Trainer, 'to_device', feed)
+  config = small_run_config(fashion_data_dir, 40)
+  config.log_every_steps = config.num_train_steps
+  config.eval_every_steps = config.checkpoint_every_steps = 0
+  result = train.train_and_evaluate(config, str(tmp_path / 'slow'))
+  assert seen['slow_step_still_running'], 'the slow computation ended before the signal'
+  assert 'stopped_at' in result, f'the SIGTERM stopped nothing ({seen["queued"]} steps queued)'
+  assert result['stopped_at'] <= slow_step + 2, f'{seen["queued"]} steps were queued'
+  assert seen['queued'] <= 1
 
 
 def test_data_on_device_trains_exactly_as_data_from_the_host(fashion_data_dir, tmp_path):
