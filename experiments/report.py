@@ -62,6 +62,7 @@ def read_cell(celldir: str) -> dict | None:
       'seed': int(m['seed']), 'done': bool(run), 'diverged_step': diverged,
       'params': int(run[-1]['params']) if run else None,
       'steps': final_step,
+      'last_step': train[-1]['step'] if train else None,
       'train_error': 1 - train[-1]['accuracy'] if run and train else np.nan,
       'val_error': 1 - val_final[-1]['accuracy'] if val_final else np.nan,
       'test_error': 1 - test[-1]['accuracy'] if run and test else np.nan,
@@ -97,11 +98,68 @@ def finished(cell: dict) -> bool:
   return cell['done'] and cell['diverged_step'] is None
 
 
+def unfinished(cell: dict) -> bool:
+  """A cell still training, or stopped to resume: not done, not diverged, has logged."""
+  return not cell['done'] and cell['diverged_step'] is None and cell['last_step'] is not None
+
+
+def _group_order(key):
+  return key[0], key[1] != 'none', key[1]
+
+
+def _group_label(depth: int, shortcut: str) -> str:
+  return f'{"plain" if shortcut == "none" else f"ResNet({shortcut})"}-{depth}'
+
+
+def step_tables(cells: list[dict], max_rows: int = 12) -> str:
+  """Validation and training error (%) of every (depth, net) at the same steps (each
+  evaluation step), finished and unfinished cells alike: the comparison at matched steps
+  that a sweep in progress allows. Means over the seeds that have reached the step."""
+  alive = [c for c in cells if finished(c) or unfinished(c)]
+  groups = sorted({(c['depth'], c['shortcut']) for c in alive}, key=_group_order)
+  steps = sorted({s for c in alive for s, _ in c['val_curve']})
+  if not groups or not steps:
+    return ''
+  if len(steps) > max_rows:  # Evenly spaced, the last kept.
+    steps = [steps[i] for i in sorted(set(np.linspace(0, len(steps) - 1, max_rows)
+                                          .round().astype(int)))]
+  head = '| step | ' + ' | '.join(_group_label(*g) for g in groups) + ' |'
+  out = []
+  for curve, what in (('val_curve', 'Validation error'), ('train_curve', 'Training error '
+                      '(its logging interval up to the step)')):
+    lines = [f'{what} (%) at the same steps, mean over the seeds that reached them:', '',
+             head, '|' + '---|' * (len(groups) + 1)]
+    by_group = {g: [dict(c[curve]) for c in alive if (c['depth'], c['shortcut']) == g]
+                for g in groups}
+    for step in steps:
+      row = []
+      for g in groups:
+        values = [curve_of[step] for curve_of in by_group[g] if step in curve_of]
+        row.append(f'{100 * np.mean(values):.2f}' if values else '-')
+      lines.append(f'| {step:,} | ' + ' | '.join(row) + ' |')
+    out.append('\n'.join(lines) + '\n')
+  return '\n'.join(out)
+
+
+def progress_lines(cells: list[dict]) -> list[str]:
+  """One line per unfinished cell: the step it has reached and its latest errors."""
+  lines = []
+  for c in cells:
+    if not unfinished(c):
+      continue
+    line = (f'{c["name"]}: at step {c["last_step"]:,}, training error '
+            f'{100 * c["train_curve"][-1][1]:.2f}%')
+    if c['val_curve']:
+      step, err = c['val_curve'][-1]
+      line += f', validation error {100 * err:.2f}% at step {step:,}'
+    lines.append(line)
+  return lines
+
+
 def summarise(cells: list[dict]) -> list[dict]:
   """One row per (depth, shortcut): mean and std over seeds of the finished cells."""
   rows = []
-  keys = sorted({(c['depth'], c['shortcut']) for c in cells},
-                key=lambda k: (k[0], k[1] != 'none', k[1]))
+  keys = sorted({(c['depth'], c['shortcut']) for c in cells}, key=_group_order)
   for depth, shortcut in keys:
     group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)]
     ok = [c for c in group if finished(c)]
@@ -175,19 +233,24 @@ def plot_training_curves(cells, path):
   for ax, shortcut in zip(axes[0], shortcuts):
     for depth in sorted(colors):
       # The table's cells: a diverged seed's curve would cut the mean curve at its step.
+      # A (depth, net) none of whose seeds has finished is drawn from its unfinished ones.
       group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)
-               and finished(c) and c['train_curve']]
+               and c['train_curve']]
+      done = [c for c in group if finished(c)]
+      group, note = (done, '') if done else ([c for c in group if unfinished(c)],
+                                             ' (unfinished)')
       if not group:
         continue
       steps, err = _mean_curve([c['train_curve'] for c in group])
       ax.plot(steps, np.array(err) * 100, '--', color=colors[depth], alpha=0.8)
       steps, err = _mean_curve([c['val_curve'] for c in group if c['val_curve']])
-      label = f'{"plain" if shortcut == "none" else "ResNet"}-{depth}'
+      label = f'{"plain" if shortcut == "none" else "ResNet"}-{depth}{note}'
       ax.plot(steps, np.array(err) * 100, '-o', color=colors[depth], lw=2, ms=3, label=label)
     ax.set_title(f'{kind(shortcut)} nets')
     ax.set_xlabel('iterations')
     ax.grid(alpha=0.3)
-    ax.legend(title='solid: held-out, dashed: training')
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(title='solid: held-out, dashed: training')
   axes[0][0].set_ylabel('error (%)')
   fig.suptitle('Training (dashed) and held-out validation (solid) error, mean over seeds')
   fig.tight_layout()
@@ -214,7 +277,8 @@ def plot_depth_vs_error(rows, path):
   ax.set_ylabel('final error (%)')
   ax.set_title('Final error against depth (mean +- std over seeds)')
   ax.grid(alpha=0.3)
-  ax.legend()
+  if ax.get_legend_handles_labels()[0]:  # Nothing finished yet: no legend to draw.
+    ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -290,11 +354,20 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
            'Errors are in %, mean +- std over seeds. Training error: the last logging '
            'interval of training; validation: the held-out part of the training set; '
            'test: the test split, evaluated once at the end.', '', table, '']
+  progress = progress_lines(cells)
+  if progress:
+    lines += ['Unfinished cells (the table counts finished ones only; the curves of a '
+              'depth and net with none finished are drawn from its unfinished ones):', '']
+    lines += [f'- {line}' for line in progress] + ['']
+  steps = step_tables(cells)
+  if steps:
+    lines += [steps]
   lines += [f'![{f}]({f})\n' for f in figures]
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
-  print(f'\n{table}\nWrote the report into {workdir}: report.md, results.csv, results.md, '
-        f'{", ".join(figures)}.', flush=True)
+  running_now = ''.join(f'unfinished: {line}\n' for line in progress)
+  print(f'\n{table}\n{running_now}Wrote the report into {workdir}: report.md, results.csv, '
+        f'results.md, {", ".join(figures)}.', flush=True)
   return rows
 
 

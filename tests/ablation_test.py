@@ -98,12 +98,19 @@ def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path, cell):
   assert len(train_rows) == 1 and np.isfinite(train_rows[0]['loss']), cell.name
 
 
-def write_cell(root, name, train_acc, val_acc, test_acc, steps=100, diverged=None):
+def write_cell(root, name, train_acc, val_acc, test_acc, steps=100, diverged=None,
+               evals=(), unfinished=False):
+  """A cell's metrics.jsonl: training summaries every 25 steps, validation at `evals`
+  ({step: accuracy}) and, unless `unfinished` or diverged, the final evaluations."""
   d = os.path.join(root, name)
   os.makedirs(d)
   recs = [{'step': s, 'split': 'train', 'accuracy': train_acc - (steps - s) / 1000,
            'loss': 1.0} for s in range(25, steps + 1, 25)]
-  if diverged is None:
+  recs += [{'step': s, 'split': 'validation', 'accuracy': a, 'loss': 1.0}
+           for s, a in dict(evals).items()]
+  if unfinished:
+    pass
+  elif diverged is None:
     recs += [{'step': steps, 'split': 'validation', 'accuracy': val_acc, 'loss': 1.0},
              {'step': steps, 'split': 'test', 'accuracy': test_acc, 'loss': 1.0},
              {'step': steps, 'split': 'run', 'params': 1234, 'train_seconds': 10.0,
@@ -174,6 +181,50 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
           if len(c) == 2}
   assert bars == {'plain, training': [15.0, 50.0], 'plain, test': [14.0, 60.0],
                   'residual (A), training': [5.0], 'residual (A), test': [9.0]}
+
+
+def test_report_of_a_sweep_in_progress(tmp_path, monkeypatch):
+  """Unfinished cells: listed with their step, in the step-matched tables beside finished
+  ones, and drawn in the curves where their depth and net has no finished seed."""
+  import matplotlib.figure
+  labels, savefig = {}, matplotlib.figure.Figure.savefig
+
+  def spy(fig, path, *args, **kwargs):
+    labels[os.path.basename(str(path))] = [[l.get_label() for l in ax.get_lines()]
+                                           for ax in fig.axes]
+    return savefig(fig, path, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', spy)
+  root = str(tmp_path)
+  write_cell(root, 'resnetA-20-seed0', 0.95, 0.92, 0.91, evals={50: 0.80})
+  write_cell(root, 'resnetA-20-seed1', 0.93, 0.90, 0.89, evals={50: 0.70})
+  write_cell(root, 'resnetA-56-seed0', 0.97, None, None, steps=75, evals={50: 0.85},
+             unfinished=True)
+  write_cell(root, 'plain-56-seed0', 0.0, 0.0, 0.0, steps=50, diverged=40)
+  rows = report.write_report(root, None, analyse=False)
+  by = {(r['depth'], r['shortcut']): r for r in rows}
+  assert by[(56, 'A')]['seeds_done'] == 0 and by[(20, 'A')]['seeds_done'] == 2
+  md = (tmp_path / 'report.md').read_text()
+  assert '- resnetA-56-seed0: at step 75, training error 3.00%, validation error ' \
+         '15.00% at step 50' in md
+  assert 'plain-56-seed0: at step' not in md  # Diverged: not unfinished.
+  # Validation error at steps 50 and 100 (ResNet-56 has not reached 100), then training
+  # error at the same steps; the diverged plain-56 has no column.
+  assert ('| step | ResNet(A)-20 | ResNet(A)-56 |\n|---|---|---|\n'
+          '| 50 | 25.00 | 15.00 |\n| 100 | 9.00 | - |\n') in md
+  assert '| 50 | 11.00 | 5.50 |\n| 100 | 6.00 | - |\n' in md
+  plain, residual = labels['training_curves.png']
+  assert plain == [] and len(residual) == 4  # Training dashed, held-out solid: labelled.
+  assert [l for l in residual if not l.startswith('_')] == ['ResNet-20', 'ResNet-56 (unfinished)']
+
+
+def test_step_tables_keep_at_most_max_rows_with_the_last():
+  cells = [{'depth': 20, 'shortcut': 'A', 'done': True, 'diverged_step': None,
+            'last_step': 1000, 'val_curve': [(s, 0.5) for s in range(50, 1001, 50)],
+            'train_curve': [(s, 0.4) for s in range(50, 1001, 50)]}]
+  val = report.step_tables(cells, max_rows=5).split('\n\n')[1]
+  assert [line.split(' | ')[0] for line in val.splitlines()[2:]] == [
+      '| 50', '| 300', '| 550', '| 750', '| 1,000']
 
 
 def test_paper_table_column():
