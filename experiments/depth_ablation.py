@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 import ml_collections
+import numpy as np
 
 from resnet_jax import config_lib
 
@@ -43,6 +45,9 @@ _VMAP_SEEDS = flags.DEFINE_enum(
     'the default JAX backend is not the CPU.')
 _CELLS = flags.DEFINE_list('cells', None, 'Run these cells (seeds of one depth and net) in '
                            'this process, and nothing else (what --dry_run prints).')
+_PROGRESS_EVERY = flags.DEFINE_float(
+    'progress_every', 60.0, 'Seconds between the lines that give each running cell\'s '
+    'step and the sweep\'s ETA (printed when a cell has logged a step since the last).')
 _WORKER = flags.DEFINE_bool('worker', False, 'Run the units named on stdin (internal: '
                             'the sweep\'s worker processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -202,7 +207,7 @@ def _passed_flags() -> list[str]:
   """This command's flags that a cell's or a worker's process shares."""
   return [a for a in sys.argv[1:] if not a.startswith(
       ('--parallel', '--dry_run', '--shard_', '--num_shards', '--vmap_seeds', '--cells',
-       '--worker'))]
+       '--worker', '--progress_every'))]
 
 
 @contextlib.contextmanager
@@ -309,6 +314,32 @@ class Worker:
     self.log.close()
 
 
+# The progress line a run prints at each log step (resnet_jax.train): step, total, ETA.
+_PROGRESS_RE = re.compile(r'^step (\d+)/(\d+) \|.*\| ETA (\d+):(\d\d):(\d\d)$')
+
+
+def unit_progress(log_path: str) -> tuple[int, int, float] | None:
+  """(step, total steps, seconds left) from the last progress line in a unit's log, or
+  None before its first one."""
+  try:
+    with open(log_path, 'rb') as f:
+      f.seek(0, os.SEEK_END)
+      f.seek(max(0, f.tell() - 16384))
+      tail = f.read().decode(errors='replace')
+  except OSError:
+    return None
+  for line in reversed(tail.splitlines()):
+    m = _PROGRESS_RE.match(line.strip())
+    if m:
+      h, mi, sec = (int(v) for v in m.groups()[2:])
+      return int(m[1]), int(m[2]), float(3600 * h + 60 * mi + sec)
+  return None
+
+
+def format_minutes(seconds: float) -> str:
+  return f'{seconds / 60:.1f} min' if seconds < 7200 else f'{seconds / 3600:.1f} h'
+
+
 def eta_seconds(rate: float, running: list[float], queued: list[float], workers: int) -> float:
   """Seconds until the sweep ends: each worker finishes what `running` says is left of its
   unit (in cost units), then takes queued units in order as it frees; `rate` is a worker's
@@ -323,7 +354,8 @@ def eta_seconds(rate: float, running: list[float], queued: list[float], workers:
 
 class Clock:
   """The sweep's ETA, at a worker's seconds per unit of cost (depth) measured on units run
-  from their first step: a resumed unit's time covers only the rest of it."""
+  from their first step (a resumed unit's time covers only the rest of it); until one has
+  finished, at the speed the running units' progress lines give."""
 
   def __init__(self, workers: int):
     self.workers, self.cost, self.seconds = workers, 0, 0.0
@@ -332,15 +364,24 @@ class Clock:
     if not resumed:
       self.cost, self.seconds = self.cost + cost, self.seconds + seconds
 
-  def eta(self, running: list[tuple[int, float]], queued: list[int]) -> float | None:
-    """Seconds left, given the (cost, seconds so far) of the units still running; None
-    until a unit has run from its start."""
+  def eta(self, running: list[tuple], queued: list[int]) -> float | None:
+    """Seconds left, given (cost, seconds so far[, progress]) of each unit still running,
+    progress being `unit_progress`'s (step, total, seconds left) or None; None while
+    nothing tells a unit's speed."""
     if not running and not queued:
       return 0.0
-    if not self.cost:
-      return None
-    rate = self.seconds / self.cost
-    return eta_seconds(rate, [c - t / rate for c, t in running], queued, self.workers)
+    running = [(r[0], r[1], r[2] if len(r) > 2 else None) for r in running]
+    if self.cost:
+      rate = self.seconds / self.cost
+    else:  # Seconds per cost unit of the running units, from their steps' speed.
+      rates = [left / (total - step) * total / cost for cost, _, (step, total, left)
+               in ((c, t, p) for c, t, p in running if p) if total > step]
+      if not rates:
+        return None
+      rate = float(np.mean(rates))
+    rate = max(rate, 1e-9)  # A log's ETA of 0:00:00 (tiny runs).
+    left = [p[2] / rate if p else c - t / rate for c, t, p in running]
+    return eta_seconds(rate, left, queued, self.workers)
 
 
 def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False):
@@ -369,12 +410,34 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
     else:
       worker.no_more()
 
+  log_of = lambda unit: os.path.join(workdir, f'{unit_name(unit)}.log')
+  shown = {'time': time.perf_counter(), 'steps': {}}
+
+  def show_progress():
+    """Every --progress_every seconds, if a running unit has logged a step since: each
+    running unit's step and the sweep's ETA (a long cell says nothing else for hours)."""
+    now = time.perf_counter()
+    if now - shown['time'] < _PROGRESS_EVERY.value:
+      return
+    running = [(w, unit_progress(log_of(w.unit))) for w in workers if w.unit]
+    steps = {unit_name(w.unit): p[0] for w, p in running if p}
+    if not steps or all(shown['steps'].get(k) == v for k, v in steps.items()):
+      return
+    shown.update(time=now, steps=steps)
+    eta = clock.eta([(cost(w.unit), now - w.started, p) for w, p in running],
+                    [cost(u) for u in queue])
+    parts = [f'{unit_name(w.unit)} step {p[0]:,}/{p[1]:,}' for w, p in running if p]
+    print(f'running: {", ".join(parts)}; {done}/{n_units} done'
+          + (f', ETA {format_minutes(eta)}' if eta is not None else ''), flush=True)
+
   try:
     for worker in workers:
       give_next(worker)
     while any(w.unit for w in workers):
+      show_progress()
       busy = {w.proc.stdout: w for w in workers if w.unit}
-      ready, _, _ = select.select(list(busy), [], [], 5.0)
+      ready, _, _ = select.select(list(busy), [], [],
+                                  min(max(_PROGRESS_EVERY.value, 0.2), 5.0))
       for out in ready:
         worker = busy[out]
         unit, name = worker.unit, unit_name(worker.unit)
@@ -383,7 +446,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
             continue
         except EOFError:  # The worker died with this unit.
           worker.close()
-          log = os.path.join(workdir, f'{name}.log')
+          log = log_of(unit)
           reason = _last_line(log)
           if not reason:  # It died before the unit began.
             log = worker.log_path
@@ -395,10 +458,11 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
         now = time.perf_counter()
         clock.finished(cost(unit), now - worker.started, name in resumed)
         done += 1
-        eta = clock.eta([(cost(w.unit), now - w.started) for w in workers
-                         if w.unit and w is not worker], [cost(u) for u in queue])
+        eta = clock.eta([(cost(w.unit), now - w.started, unit_progress(log_of(w.unit)))
+                         for w in workers if w.unit and w is not worker],
+                        [cost(u) for u in queue])
         eta = ('ETA once a cell has run from its start' if eta is None
-               else f'ETA {eta / 60:.1f} min')
+               else f'ETA {format_minutes(eta)}')
         print(f'{name}: {"/".join(sorted(set(statuses)))} in {now - worker.started:.0f} s; '
               f'{done}/{n_units} done, {eta}', flush=True)
         give_next(worker)

@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -278,10 +279,14 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
   with open(os.path.join(workdir, first, 'metrics.jsonl')) as f:
     first_metrics = f.read()
   # ...the same command finishes the sweep without redoing the finished cell.
-  out = subprocess.run(cmd + ['--parallel=2'], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=600)
+  out = subprocess.run(cmd + ['--parallel=2', '--progress_every=0'], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   assert '1 finished, 1 to run' in out.stdout
+  # While the cell runs, the driver says which step it has reached, from the cell's log.
+  assert re.search(r'^running: \w+-8-seed0 step [24]/4; 1/1 done', out.stdout, re.M) is None
+  assert re.search(r'^running: \w+-8-seed0 step [24]/4; 0/1 done', out.stdout, re.M), \
+      out.stdout
   assert f'started {first}' not in out.stdout
   with open(os.path.join(workdir, first, 'metrics.jsonl')) as f:
     assert f.read() == first_metrics
@@ -329,6 +334,35 @@ def test_eta_leaves_out_the_time_of_resumed_cells():
   # The running ResNet-20 has 600 of its 1,000 s left; a queued depth-56 cell takes 2,800.
   assert clock.eta([(20, 400.0)], [56]) == 2800.0
   assert clock.eta([(20, 400.0)], []) == 600.0
+
+
+def test_unit_progress_reads_the_last_progress_line_of_a_log(tmp_path):
+  log = tmp_path / 'resnetA-56-seed0.log'
+  assert depth_ablation.unit_progress(str(log)) is None  # No log yet.
+  log.write_text('Compiled the train step in 15.5 s.\n')
+  assert depth_ablation.unit_progress(str(log)) is None
+  log.write_text(
+      'step 600/8580 | loss 0.3910 | acc 0.8591 | 0.66 steps/s | 84 img/s | ETA 3:21:55\n'
+      'step 700/8580 | loss 0.3692 | acc 0.8677 | 0.61 steps/s | 78 img/s | ETA 3:35:17\n'
+      'step 700: validation loss 0.3712 accuracy 0.8712\n' + 'x' * 20000 + '\n'
+      'step 800/8580 | loss 0.35 0.36 | acc 0.87 0.86 | 0.6 steps/s | 77 img/s | ETA 12:01:05\n')
+  assert depth_ablation.unit_progress(str(log)) == (800, 8580, 12 * 3600 + 65.0)
+
+
+def test_eta_from_the_running_cells_progress_before_any_has_finished():
+  clock = depth_ablation.Clock(workers=1)
+  assert clock.eta([(56, 100.0, None)], [20]) is None  # No progress line yet.
+  # ResNet-56 at step 100 of 1,000 with 900 s left: 1 s a step, 1,000 s a cell, so
+  # 1000/56 s per layer; a queued depth-20 cell then takes 357 s.
+  eta = clock.eta([(56, 100.0, (100, 1000, 900.0))], [20])
+  np.testing.assert_allclose(eta, 900.0 + 20 * 1000 / 56)
+  clock.finished(20, 400.0, resumed=False)  # Measured: 20 s per layer.
+  # The running unit's own ETA stands; the queue goes at the measured speed.
+  assert clock.eta([(56, 100.0, (100, 1000, 900.0))], [20]) == 900.0 + 400.0
+  # A log's 0:00:00 (a tiny run) gives a speed of zero: the ETA is what the logs say.
+  assert depth_ablation.Clock(1).eta([(8, 1.0, (2, 4, 0.0))], [8]) < 1e-6
+  assert depth_ablation.format_minutes(90.0) == '1.5 min'
+  assert depth_ablation.format_minutes(9000.0) == '2.5 h'
 
 
 def test_units_group_seeds_only_when_asked():
