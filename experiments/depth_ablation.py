@@ -318,13 +318,13 @@ class Worker:
 _PROGRESS_RE = re.compile(r'^step (\d+)/(\d+) \|.*\| ETA (\d+):(\d\d):(\d\d)$')
 
 
-def unit_progress(log_path: str) -> tuple[int, int, float] | None:
-  """(step, total steps, seconds left) from the last progress line in a unit's log, or
-  None before its first one."""
+def unit_progress(log_path: str, start: int = 0) -> tuple[int, int, float] | None:
+  """(step, total steps, seconds left) from the last progress line in a unit's log after
+  byte `start` (where this session's output begins), or None before its first one."""
   try:
     with open(log_path, 'rb') as f:
       f.seek(0, os.SEEK_END)
-      f.seek(max(0, f.tell() - 16384))
+      f.seek(max(start, f.tell() - 16384))
       tail = f.read().decode(errors='replace')
   except OSError:
     return None
@@ -401,17 +401,22 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
   resumed = {unit_name(u) for u in queue if any(status[c] == 'partial' for c in u)}
   cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
 
+  log_of = lambda unit: os.path.join(workdir, f'{unit_name(unit)}.log')
+  shown = {'time': time.perf_counter(), 'steps': {}}
+  log_starts = {}  # Where each unit's log stood when it started: older lines are stale.
+  progress = lambda unit: unit_progress(log_of(unit), log_starts.get(unit_name(unit), 0))
+
   def give_next(worker):
     if queue:
-      worker.give(queue.pop(0))
-      name = unit_name(worker.unit)
+      unit = queue.pop(0)
+      name = unit_name(unit)
+      log = log_of(unit)
+      log_starts[name] = os.path.getsize(log) if os.path.exists(log) else 0
+      worker.give(unit)
       print(f'[{n_units - len(queue)}/{n_units}] started {name} (log: {name}.log)',
             flush=True)
     else:
       worker.no_more()
-
-  log_of = lambda unit: os.path.join(workdir, f'{unit_name(unit)}.log')
-  shown = {'time': time.perf_counter(), 'steps': {}}
 
   def show_progress():
     """Every --progress_every seconds, if a running unit has logged a step since: each
@@ -419,7 +424,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
     now = time.perf_counter()
     if now - shown['time'] < _PROGRESS_EVERY.value:
       return
-    running = [(w, unit_progress(log_of(w.unit))) for w in workers if w.unit]
+    running = [(w, progress(w.unit)) for w in workers if w.unit]
     steps = {unit_name(w.unit): p[0] for w, p in running if p}
     if not steps or all(shown['steps'].get(k) == v for k, v in steps.items()):
       return
@@ -458,7 +463,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
         now = time.perf_counter()
         clock.finished(cost(unit), now - worker.started, name in resumed)
         done += 1
-        eta = clock.eta([(cost(w.unit), now - w.started, unit_progress(log_of(w.unit)))
+        eta = clock.eta([(cost(w.unit), now - w.started, progress(w.unit))
                          for w in workers if w.unit and w is not worker],
                         [cost(u) for u in queue])
         eta = ('ETA once a cell has run from its start' if eta is None

@@ -347,6 +347,12 @@ def test_unit_progress_reads_the_last_progress_line_of_a_log(tmp_path):
       'step 700: validation loss 0.3712 accuracy 0.8712\n' + 'x' * 20000 + '\n'
       'step 800/8580 | loss 0.35 0.36 | acc 0.87 0.86 | 0.6 steps/s | 77 img/s | ETA 12:01:05\n')
   assert depth_ablation.unit_progress(str(log)) == (800, 8580, 12 * 3600 + 65.0)
+  # A resumed unit's log: only what this session wrote after byte `start` counts.
+  start = log.stat().st_size
+  assert depth_ablation.unit_progress(str(log), start) is None
+  with open(log, 'a') as f:
+    f.write('step 900/8580 | loss 0.34 | acc 0.88 | 0.6 steps/s | 77 img/s | ETA 3:00:00\n')
+  assert depth_ablation.unit_progress(str(log), start) == (900, 8580, 3 * 3600.0)
 
 
 def test_eta_from_the_running_cells_progress_before_any_has_finished():
