@@ -5,7 +5,7 @@ Presets (the argument):
   quick    Fashion-MNIST offline, width-8 nets, a budget of minutes on 2 CPU cores.
   full     Fashion-MNIST at full width, 20 epochs after a one-epoch warm-up: aimed at
            deeper residual nets winning (at 6 epochs with the warm-up ResNet-56 and
-           ResNet-20 tie: the README), ~40 h on 2 CPU cores.
+           ResNet-20 tie: docs/full_preset.md), ~40 h on 2 CPU cores.
   paper    CIFAR-10 exactly as the paper (configs/cifar10.py), 5 seeds.
   extreme  ResNet-1202 and plain-110 on CIFAR-10.
 Each cell is an ordinary run of `run_config` called with 'depth=N[,plain|,shortcut=X]',
@@ -38,7 +38,8 @@ def get_config(arg: str = 'quick'):
         'model': {'num_filters': 8, 'scan_blocks': True},
         'data': {'augment': 'none', 'validation_size': 2000},
         # A 10-step linear warm-up: without it (tried at 80 steps) one of ResNet-56's
-        # seeds stalled at 80% error after a loss spike in its first steps (the README).
+        # seeds stalled at 80% error after a loss spike in its first steps
+        # (docs/ablation_quick/README.md).
         'optimizer': {'learning_rate': 0.1, 'nesterov': False, 'weight_decay': 1e-4,
                       'warmup_steps': 10},
         'batch_size': 128, 'num_train_steps': 60, 'log_every_steps': 10,
@@ -52,7 +53,7 @@ def get_config(arg: str = 'quick'):
         'model': {'scan_blocks': True},
         'data': {'augment': 'crop_flip', 'pad': 2},
         # A linear warm-up over the first epoch (429 steps): without it ResNet-56's
-        # weights grow at lr 0.1, slowing it, and it trails ResNet-20 (the README).
+        # weights grow at lr 0.1, slowing it, and it trails ResNet-20 (docs/full_preset.md).
         'optimizer': {'learning_rate': 0.1, 'nesterov': False, 'weight_decay': 1e-4,
                       'warmup_steps': 429},
         'batch_size': 128, 'num_epochs': 20.0, 'log_every_steps': 100,
