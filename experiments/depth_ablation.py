@@ -364,18 +364,18 @@ class Clock:
     if not resumed:
       self.cost, self.seconds = self.cost + cost, self.seconds + seconds
 
-  def eta(self, running: list[tuple], queued: list[int]) -> float | None:
+  def eta(self, running: list[tuple[int, float, tuple | None]],
+          queued: list[int]) -> float | None:
     """Seconds left, given (cost, seconds so far[, progress]) of each unit still running,
     progress being `unit_progress`'s (step, total, seconds left) or None; None while
     nothing tells a unit's speed."""
     if not running and not queued:
       return 0.0
-    running = [(r[0], r[1], r[2] if len(r) > 2 else None) for r in running]
     if self.cost:
       rate = self.seconds / self.cost
-    else:  # Seconds per cost unit of the running units, from their steps' speed.
-      rates = [left / (total - step) * total / cost for cost, _, (step, total, left)
-               in ((c, t, p) for c, t, p in running if p) if total > step]
+    else:  # A whole unit's time per cost unit, from the running units' seconds per step.
+      rates = [left / (total - step) * total / c for c, _, p in running if p
+               for step, total, left in [p] if total > step]
       if not rates:
         return None
       rate = float(np.mean(rates))

@@ -328,12 +328,12 @@ def test_eta_leaves_out_the_time_of_resumed_cells():
   clock = depth_ablation.Clock(workers=2)
   # A depth-56 cell resumed near its end took 100 s: no measure of a whole cell's time.
   clock.finished(56, 100.0, resumed=True)
-  assert clock.eta([(20, 300.0)], []) is None
+  assert clock.eta([(20, 300.0, None)], []) is None
   assert clock.eta([], []) == 0.0  # Nothing left: no estimate needed.
   clock.finished(20, 1000.0, resumed=False)  # 50 s per layer.
   # The running ResNet-20 has 600 of its 1,000 s left; a queued depth-56 cell takes 2,800.
-  assert clock.eta([(20, 400.0)], [56]) == 2800.0
-  assert clock.eta([(20, 400.0)], []) == 600.0
+  assert clock.eta([(20, 400.0, None)], [56]) == 2800.0
+  assert clock.eta([(20, 400.0, None)], []) == 600.0
 
 
 def test_unit_progress_reads_the_last_progress_line_of_a_log(tmp_path):
