@@ -125,9 +125,10 @@ def step_tables(cells: list[dict], max_rows: int = 12) -> str:
                                           .round().astype(int)))]
   head = '| step | ' + ' | '.join(_group_label(*g) for g in groups) + ' |'
   out = []
-  for curve, what in (('val_curve', 'Validation error'), ('train_curve', 'Training error '
-                      '(its logging interval up to the step)')):
-    lines = [f'{what} (%) at the same steps, mean over the seeds that reached them:', '',
+  for curve, what in (('val_curve', 'Validation error (%)'),
+                      ('train_curve', 'Training error (%, over the logging interval that '
+                       'ends there)')):
+    lines = [f'{what} at the same steps, mean over the seeds that reached them:', '',
              head, '|' + '---|' * (len(groups) + 1)]
     by_group = {g: [dict(c[curve]) for c in alive if (c['depth'], c['shortcut']) == g]
                 for g in groups}
