@@ -26,7 +26,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 import ml_collections
-import numpy as np
 
 from resnet_jax import config_lib
 
@@ -366,7 +365,7 @@ class Clock:
 
   def eta(self, running: list[tuple[int, float, tuple | None]],
           queued: list[int]) -> float | None:
-    """Seconds left, given (cost, seconds so far[, progress]) of each unit still running,
+    """Seconds left, given (cost, seconds so far, progress) of each unit still running,
     progress being `unit_progress`'s (step, total, seconds left) or None; None while
     nothing tells a unit's speed."""
     if not running and not queued:
@@ -378,7 +377,7 @@ class Clock:
                for step, total, left in [p] if total > step]
       if not rates:
         return None
-      rate = float(np.mean(rates))
+      rate = sum(rates) / len(rates)
     rate = max(rate, 1e-9)  # A log's ETA of 0:00:00 (tiny runs).
     left = [p[2] / rate if p else c - t / rate for c, t, p in running]
     return eta_seconds(rate, left, queued, self.workers)

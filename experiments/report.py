@@ -296,9 +296,8 @@ def _analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=Fal
       if sort_right and key == key_pair[1]:
         values = np.sort(values)[::-1]
       style = '--' if a['shortcut'] == 'none' else '-'
-      name = 'plain' if a['shortcut'] == 'none' else f'ResNet({a["shortcut"]})'
       ax.plot(np.arange(1, len(values) + 1), values, style, color=colors[a['depth']],
-              label=f'{name}-{a["depth"]}')
+              label=_group_label(a['depth'], a['shortcut']))
     ax.set_title(title)
     ax.set_xlabel('layer index' if 'response' in key else 'block index')
     ax.set_ylabel(ylabel)

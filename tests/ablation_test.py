@@ -109,14 +109,12 @@ def write_cell(root, name, train_acc, val_acc, test_acc, steps=100, diverged=Non
            'loss': 1.0} for s in range(25, steps + 1, 25)]
   recs += [{'step': s, 'split': 'validation', 'accuracy': a, 'loss': 1.0}
            for s, a in dict(evals).items()]
-  if unfinished:
-    pass
-  elif diverged is None:
+  if diverged is None and not unfinished:
     recs += [{'step': steps, 'split': 'validation', 'accuracy': val_acc, 'loss': 1.0},
              {'step': steps, 'split': 'test', 'accuracy': test_acc, 'loss': 1.0},
              {'step': steps, 'split': 'run', 'params': 1234, 'train_seconds': 10.0,
               'compile_seconds': 2.0}]
-  else:
+  elif diverged is not None:
     with open(os.path.join(d, 'diverged.json'), 'w') as f:
       json.dump({'step': diverged}, f)
   with open(os.path.join(d, 'metrics.jsonl'), 'w') as f:
