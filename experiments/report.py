@@ -111,10 +111,28 @@ def _group_label(depth: int, shortcut: str) -> str:
   return f'{"plain" if shortcut == "none" else f"ResNet({shortcut})"}-{depth}'
 
 
+def _interval_means(curve, steps) -> dict:
+  """{step: the mean of `curve` ((step, value) per logging interval, each weighted by its
+  length) over the intervals that end in (the previous step, step]}, for each step of
+  `steps` that the curve reached."""
+  curve = sorted(dict(curve).items())
+  logged = [s for s, _ in curve]
+  lengths = np.diff([0] + logged)
+  out, prev = {}, 0
+  for step in steps:
+    inside = [k for k, s in enumerate(logged) if prev < s <= step]
+    if step in logged:
+      out[step] = float(np.average([curve[k][1] for k in inside], weights=lengths[inside]))
+    prev = step
+  return out
+
+
 def step_tables(cells: list[dict], max_rows: int = 12) -> str:
   """Validation and training error (%) of every (depth, net) at the same steps (each
   evaluation step), finished and unfinished cells alike: the comparison at matched steps
-  that a sweep in progress allows. Means over the seeds that have reached the step."""
+  that a sweep in progress allows. Means over the seeds that have reached the step;
+  training error averaged over the logging intervals since the row before, since one
+  interval alone is noisy."""
   alive = [c for c in cells if finished(c) or unfinished(c)]
   groups = sorted({(c['depth'], c['shortcut']) for c in alive}, key=_group_order)
   steps = sorted({s for c in alive for s, _ in c['val_curve']})
@@ -126,12 +144,13 @@ def step_tables(cells: list[dict], max_rows: int = 12) -> str:
   head = '| step | ' + ' | '.join(_group_label(*g) for g in groups) + ' |'
   out = []
   for curve, what in (('val_curve', 'Validation error (%)'),
-                      ('train_curve', 'Training error (%, over the logging interval that '
-                       'ends there)')):
+                      ('train_curve', 'Training error (%, over the steps since the row '
+                       'before)')):
     lines = [f'{what} at the same steps, mean over the seeds that reached them:', '',
              head, '|' + '---|' * (len(groups) + 1)]
-    by_group = {g: [dict(c[curve]) for c in alive if (c['depth'], c['shortcut']) == g]
-                for g in groups}
+    by_group = {g: [dict(c[curve]) if curve == 'val_curve' else
+                    _interval_means(c[curve], steps)
+                    for c in alive if (c['depth'], c['shortcut']) == g] for g in groups}
     for step in steps:
       row = []
       for g in groups:

@@ -208,13 +208,23 @@ def test_report_of_a_sweep_in_progress(tmp_path, monkeypatch):
          '15.00% at step 50' in md
   assert 'plain-56-seed0: at step' not in md  # Diverged: not unfinished.
   # Validation error at steps 50 and 100 (ResNet-56 has not reached 100), then training
-  # error at the same steps; the diverged plain-56 has no column.
+  # error over the steps since the row before (ResNet-20 at step 50: the seeds' 12.5 and
+  # 10 at steps 25 and 50, and 14.5 and 12); the diverged plain-56 has no column.
   assert ('| step | ResNet(A)-20 | ResNet(A)-56 |\n|---|---|---|\n'
           '| 50 | 25.00 | 15.00 |\n| 100 | 9.00 | - |\n') in md
-  assert '| 50 | 11.00 | 5.50 |\n| 100 | 6.00 | - |\n' in md
+  assert '| 50 | 12.25 | 6.75 |\n| 100 | 7.25 | - |\n' in md
   plain, residual = labels['training_curves.png']
   assert plain == [] and len(residual) == 4  # Training dashed, held-out solid: labelled.
   assert [l for l in residual if not l.startswith('_')] == ['ResNet-20', 'ResNet-56 (unfinished)']
+
+
+def test_training_error_at_matched_steps_averages_the_intervals_by_length():
+  # Intervals (0, 100], (100, 200], (200, 250]: the last, half as long, weighs half.
+  curve = [(200, 0.2), (100, 0.4), (250, 0.5), (200, 0.2)]  # Out of order, repeated.
+  means = report._interval_means(curve, [100, 250, 300])
+  assert means.keys() == {100, 250}  # Step 300 not reached.
+  np.testing.assert_allclose(means[100], 0.4)
+  np.testing.assert_allclose(means[250], (0.2 * 100 + 0.5 * 50) / 150)
 
 
 def test_step_tables_keep_at_most_max_rows_with_the_last():
