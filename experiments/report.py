@@ -143,14 +143,15 @@ def step_tables(cells: list[dict], max_rows: int = 12) -> str:
                                           .round().astype(int)))]
   head = '| step | ' + ' | '.join(_group_label(*g) for g in groups) + ' |'
   out = []
+  at_steps = {'val_curve': lambda curve: dict(curve),  # Evaluated at the step itself.
+              'train_curve': lambda curve: _interval_means(curve, steps)}
   for curve, what in (('val_curve', 'Validation error (%)'),
                       ('train_curve', 'Training error (%, over the steps since the row '
                        'before)')):
     lines = [f'{what} at the same steps, mean over the seeds that reached them:', '',
              head, '|' + '---|' * (len(groups) + 1)]
-    by_group = {g: [dict(c[curve]) if curve == 'val_curve' else
-                    _interval_means(c[curve], steps)
-                    for c in alive if (c['depth'], c['shortcut']) == g] for g in groups}
+    by_group = {g: [at_steps[curve](c[curve]) for c in alive
+                    if (c['depth'], c['shortcut']) == g] for g in groups}
     for step in steps:
       row = []
       for g in groups:
