@@ -3,6 +3,7 @@ gradient norms, computed from a finished cell's config and checkpoint."""
 
 import json
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,9 +74,20 @@ def _data(config):
   return _DATA_CACHE[key]
 
 
-def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
-  """Gradient norms at initialisation and at the newest checkpoint; response stds at
-  the newest checkpoint."""
+class RestoredCell(NamedTuple):
+  """A cell rebuilt from its directory: the pieces that evaluating its nets needs."""
+  config: ml_collections.ConfigDict
+  data: train.Data
+  model: Any
+  trainer: train.Trainer
+  init_state: train.TrainState
+  final_state: train.TrainState
+  step: int
+
+
+def restore_cell(celldir: str) -> RestoredCell:
+  """A cell's config, data, model and compiled steps, its state at initialisation and
+  at its newest checkpoint."""
   with open(os.path.join(celldir, 'config.json')) as f:
     config = ml_collections.ConfigDict(json.load(f))
   data = _data(config)
@@ -90,9 +102,17 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   mngr = train.checkpoint_manager(celldir, config)
   step = mngr.latest_step()
   if step is None:
+    mngr.close()
     raise FileNotFoundError(f'{celldir} has no checkpoint to analyse.')
   final, _ = checkpoints.restore(mngr, step, init_state)
   mngr.close()
+  return RestoredCell(config, data, model, trainer, init_state, final, int(step))
+
+
+def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
+  """Gradient norms at initialisation and at the newest checkpoint; response stds at
+  the newest checkpoint."""
+  _, data, model, trainer, init_state, final, step = restore_cell(celldir)
   held_out = data.splits['validation'] if len(data.splits['validation']) else data.splits['test']
   images = input_pipeline.preprocess(held_out.images[:num_examples], None, mean=data.mean,
                                      std=data.std)

@@ -1,0 +1,73 @@
+"""compare_cells: the McNemar test, the counts, and two real trained cells compared."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import compare_cells
+from resnet_jax import datasets
+from resnet_jax import train
+from tests.conftest import REPO
+from tests.main_test import small_run_config
+
+
+def test_mcnemar_p_is_the_exact_two_sided_binomial_tail():
+  assert compare_cells.mcnemar_p(0, 0) == 1.0
+  assert compare_cells.mcnemar_p(5, 5) == 1.0
+  assert compare_cells.mcnemar_p(0, 5) == compare_cells.mcnemar_p(5, 0) == 2 / 32
+  # 1 against 9: 2 * (1 + 10) / 1024.
+  assert math.isclose(compare_cells.mcnemar_p(1, 9), 22 / 1024)
+  assert compare_cells.mcnemar_p(167, 173) > 0.7  # The 20-epoch cells: a tie.
+  assert compare_cells.mcnemar_p(100, 200) < 1e-7
+
+
+def test_compare_counts_where_two_nets_are_wrong():
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  a = np.array([0, 1, 1, 0, 2, 1])  # Wrong at 1, 3, 5.
+  b = np.array([0, 1, 0, 1, 2, 2])  # Wrong at 1, 2.
+  result = compare_cells.compare(a, b, labels, num_classes=3)
+  assert result['wrong'] == (3, 2)
+  assert result['wrong_both'] == 1 and result['wrong_only'] == (2, 1)
+  assert result['p_value'] == 1.0
+  assert result['pairs'][0] == {(0, 1): 2, (1, 2): 1}
+  assert result['pairs'][1] == {(0, 1): 2}
+  assert result['class_error'] == ([0.5, 0.5, 0.5], [0.5, 0.5, 0.0])
+  md = compare_cells.comparison_markdown(('a', 'b'), result, ('cat', 'dog', 'owl'),
+                                         top_pairs=1)
+  assert '| wrong | 3 (50.00%) | 2 (33.33%) |' in md
+  assert '| cat / dog | 2 | 2 |' in md and 'dog / owl' not in md
+  assert '| owl | 50.0 | 0.0 |' in md
+  assert 'p = 1, no evidence that the nets differ' in md
+
+
+def test_two_trained_cells_compared_from_their_checkpoints(fashion_data_dir, tmp_path):
+  dirs = []
+  for seed in (0, 1):
+    config = small_run_config(fashion_data_dir, 4)
+    config.seed = seed
+    dirs.append(str(tmp_path / f'resnetA-8-seed{seed}'))
+    result = train.train_and_evaluate(config, dirs[-1])
+    pred = compare_cells.predictions(dirs[-1], 'test')
+    # The predictions of the restored checkpoint are the run's own test accuracy.
+    assert pred['step'] == 4 and len(pred['predicted']) == len(pred['labels'])
+    assert math.isclose(float((pred['predicted'] == pred['labels']).mean()),
+                        result['test']['accuracy'], abs_tol=1e-6)
+    assert pred['class_names'] == datasets.FASHION_MNIST_CLASSES
+  md = compare_cells.compare_cells(dirs, 'validation')
+  assert md.startswith('Validation split, 100 images.')
+  assert '| class | error %, resnetA-8-seed0 (step 4) | resnetA-8-seed1 (step 4) |' in md
+  assert '| Ankle boot |' in md
+  with pytest.raises(compare_cells.CompareError, match='takes two cell directories'):
+    compare_cells.compare_cells(dirs[:1])
+  # The command line: one line naming the problem, a non-zero exit.
+  out = subprocess.run([sys.executable, '-m', 'experiments.compare_cells',
+                        f'--cells={dirs[0]},{tmp_path}'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'error: {tmp_path} is not a cell directory (it has no config.json): pass the '
+      'directories of two runs.')
