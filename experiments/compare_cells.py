@@ -7,6 +7,7 @@ each confuses, from the cells' newest checkpoints.
 """
 
 import collections
+import json
 import math
 import os
 import sys
@@ -15,6 +16,7 @@ import jax
 import numpy as np
 
 from experiments import analysis
+from resnet_jax import datasets
 from resnet_jax import input_pipeline
 from resnet_jax import train
 
@@ -26,13 +28,15 @@ class CompareError(ValueError):
 def predictions(celldir: str, split: str = 'test') -> dict:
   """The predicted class of every image of `split` by the cell's newest checkpoint, with
   the true labels, the class names and the checkpoint's step."""
+  with open(os.path.join(celldir, 'config.json')) as f:
+    name = json.load(f)['data']['name']
+  if not datasets.get_spec(name).in_memory:
+    raise CompareError(f'{celldir} trained on {name}, which is streamed, not held in '
+                       'memory: compare_cells reads in-memory data sets only.')
   cell = analysis.restore_cell(celldir)
-  if not cell.data.spec.in_memory:
-    raise CompareError(f'{celldir} trained on {cell.config.data.name}, which is streamed, '
-                     'not held in memory: compare_cells reads in-memory data sets only.')
-  if split not in cell.data.splits or not len(cell.data.splits[split]):
+  if not len(cell.data.splits[split]):
     raise CompareError(f'{celldir} has no {split} images (its validation_size is 0): '
-                     'compare on the test split.')
+                       'compare on the test split.')
   state = cell.final_state
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   data = cell.data
