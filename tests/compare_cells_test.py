@@ -1,7 +1,6 @@
-"""compare_cells: the McNemar test, the counts, and two real trained cells compared."""
+"""compare_cells: the McNemar test, the counts, and a real trained cell's predictions."""
 
 import math
-import os
 import subprocess
 import sys
 
@@ -44,28 +43,26 @@ def test_compare_counts_where_two_nets_are_wrong():
   assert 'p = 1, no evidence that the nets differ' in md
 
 
-def test_two_trained_cells_compared_from_their_checkpoints(fashion_data_dir, tmp_path):
-  dirs = []
-  for seed in (0, 1):
-    config = small_run_config(fashion_data_dir, 4)
-    config.seed = seed
-    dirs.append(str(tmp_path / f'resnetA-8-seed{seed}'))
-    result = train.train_and_evaluate(config, dirs[-1])
-    pred = compare_cells.predictions(dirs[-1], 'test')
-    # The predictions of the restored checkpoint are the run's own test accuracy.
-    assert pred['step'] == 4 and len(pred['predicted']) == len(pred['labels'])
-    assert math.isclose(float((pred['predicted'] == pred['labels']).mean()),
-                        result['test']['accuracy'], abs_tol=1e-6)
-    assert pred['class_names'] == datasets.FASHION_MNIST_CLASSES
-  md = compare_cells.compare_cells(dirs, 'validation')
+def test_a_trained_cell_compared_from_its_checkpoint(fashion_data_dir, tmp_path):
+  celldir = str(tmp_path / 'resnetA-8-seed0')
+  result = train.train_and_evaluate(small_run_config(fashion_data_dir, 4), celldir)
+  pred = compare_cells.predictions(celldir, 'test')
+  # The predictions of the restored checkpoint give the run's own test accuracy.
+  assert pred['step'] == 4 and len(pred['predicted']) == len(pred['labels']) == 600
+  assert math.isclose(float((pred['predicted'] == pred['labels']).mean()),
+                      result['test']['accuracy'], abs_tol=1e-6)
+  assert pred['class_names'] == datasets.FASHION_MNIST_CLASSES
+  # A net against itself: every error shared, none its own.
+  md = compare_cells.compare_cells([celldir, celldir], 'validation')
   assert md.startswith('Validation split, 100 images.')
-  assert '| class | error %, resnetA-8-seed0 (step 4) | resnetA-8-seed1 (step 4) |' in md
+  assert '| wrong for this net only | 0 | 0 |' in md and 'p = 1, no evidence' in md
+  assert '| class | error %, resnetA-8-seed0 (step 4) | resnetA-8-seed0 (step 4) |' in md
   assert '| Ankle boot |' in md
   with pytest.raises(compare_cells.CompareError, match='takes two cell directories'):
-    compare_cells.compare_cells(dirs[:1])
+    compare_cells.compare_cells([celldir])
   # The command line: one line naming the problem, a non-zero exit.
   out = subprocess.run([sys.executable, '-m', 'experiments.compare_cells',
-                        f'--cells={dirs[0]},{tmp_path}'], cwd=REPO, capture_output=True,
+                        f'--cells={celldir},{tmp_path}'], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1] == (
