@@ -89,8 +89,8 @@ def comparison_markdown(names: tuple, result: dict, class_names: tuple,
                         split: str = 'test', top_pairs: int = 8) -> str:
   """The comparison as Markdown tables, nets as columns."""
   n = result['images']
-  head = f'| | {names[0]} | {names[1]} |\n|---|---|---|\n'
-  lines = [f'{split.capitalize()} split, {n:,} images.', '', head.rstrip('\n')]
+  lines = [f'{split.capitalize()} split, {n:,} images.', '',
+           f'| | {names[0]} | {names[1]} |', '|---|---|---|']
   lines += [f'| wrong | ' + ' | '.join(f'{w:,} ({100 * w / n:.2f}%)' for w in result['wrong'])
             + ' |',
             '| wrong for this net only | '

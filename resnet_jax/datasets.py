@@ -43,13 +43,11 @@ class DatasetSpec:
   test_split: str = 'test'
   in_memory: bool = True  # False: streamed through tf.data (ImageNet).
   how_to_get: str = ''
-  class_names: tuple = ()  # Empty: the TFDS builder's label names.
+  class_names: tuple = ()  # Empty: the TFDS builder's label names (the local import has none).
 
 
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
                          'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
-CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
-                   'ship', 'truck')
 
 DATASETS = {
     'fashion_mnist': DatasetSpec('fashion_mnist', (28, 28, 1), 10, 5000,
@@ -59,8 +57,7 @@ DATASETS = {
     'mnist': DatasetSpec('mnist', (28, 28, 1), 10, 6000,
                          how_to_get='run once with network access so TFDS can download it'),
     'cifar10': DatasetSpec('cifar10', (32, 32, 3), 10, 5000,
-                           how_to_get='run once with network access so TFDS can download it',
-                           class_names=CIFAR10_CLASSES),
+                           how_to_get='run once with network access so TFDS can download it'),
     'cifar100': DatasetSpec('cifar100', (32, 32, 3), 100, 5000,
                             how_to_get='run once with network access so TFDS can download it'),
     'imagenet2012': DatasetSpec('imagenet2012', (224, 224, 3), 1000, 10000,
