@@ -214,10 +214,13 @@ def machine_peak_gflops() -> float | None:
 
 
 def run_row_isolated(row: dict, flag: str = 'row') -> dict:
-  """Measures `row` in a fresh process: its peak memory is its own, and a row that
-  runs out of memory cannot take the whole benchmark down."""
+  """Measures `row` in a fresh process: its peak memory is its own, a row that runs out
+  of memory cannot take the whole benchmark down, and its compile time is XLA's, not a
+  read of a persistent compilation cache the caller may have set."""
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   out = subprocess.run([sys.executable, '-m', 'experiments.benchmark',
-                        f'--{flag}={json.dumps(row)}'], capture_output=True, text=True)
+                        f'--{flag}={json.dumps(row)}'], capture_output=True, text=True,
+                       env=env)
   if out.returncode == -9:
     return dict(row, error='killed (SIGKILL): out of memory?')
   if out.returncode != 0:

@@ -1,6 +1,9 @@
-"""Shared test set-up: fast compiles, and a small real Fashion-MNIST in a temporary TFDS dir."""
+"""Shared test set-up: fast compiles, one compilation cache per run, and a small real
+Fashion-MNIST in a temporary TFDS dir."""
 
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -9,6 +12,27 @@ jax.config.update('jax_disable_most_optimizations', True)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST_DIR = os.environ.get('FASHION_MNIST_DIR', '/usr/share/datasets/fashion-mnist')
 SUBSET = 600
+CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'  # JAX's own variable: subprocesses read it too.
+_OWN_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the whole run, shared by the xdist workers
+  and every subprocess a test starts: the suite's many small runs compile the same few
+  programs, and a hit skips XLA's compile (a third of a small CLI run's time). The
+  controller makes it (workers inherit the variable) and removes it at the end; a
+  cache the user set is used and kept."""
+  if CACHE_ENV not in os.environ:
+    os.environ[CACHE_ENV] = config.stash[_OWN_CACHE] = tempfile.mkdtemp(
+        prefix='resnet_jax_xla_cache_')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  jax.config.update('jax_compilation_cache_dir', os.environ[CACHE_ENV])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE in config.stash:
+    shutil.rmtree(config.stash[_OWN_CACHE], ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

@@ -109,26 +109,26 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(fashion_data_
   workdir = str(tmp_path / 'preempted')
   args = [sys.executable, '-m', 'resnet_jax.main', '--config=configs/fashion_mnist.py',
           f'--workdir={workdir}', f'--config.data.data_dir={fashion_data_dir}',
-          '--config.num_train_steps=400', '--config.checkpoint_every_steps=0', *SMALL]
+          '--config.num_train_steps=100', '--config.checkpoint_every_steps=0', *SMALL]
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   for line in proc.stdout:
-    if line.startswith('step 2/400'):
+    if line.startswith('step 2/100'):
       proc.send_signal(signal.SIGTERM)
       break
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert 'Stopped by SIGTERM after step' in out
   stopped = int(out.split('Stopped by SIGTERM after step ')[1].split(':')[0])
-  assert 2 <= stopped < 400
+  assert 2 <= stopped < 100
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
   again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'Resumed from the checkpoint of step {stopped}' in again.stdout
-  assert 'Final (step 400)' in again.stdout
+  assert 'Final (step 100)' in again.stdout
   steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
-  assert steps == list(range(2, 401, 2))  # No extra line at the stop: resume is exact.
+  assert steps == list(range(2, 101, 2))  # No extra line at the stop: resume is exact.
 
 
 def test_the_host_stays_a_step_ahead_so_a_sigterm_stops_the_run_at_once(

@@ -129,21 +129,25 @@ def test_scan_equals_unrolled(shortcut):
   unrolled = models.create_model('cifar_resnet', scan_blocks=False, **kw)
   scanned = models.create_model('cifar_resnet', scan_blocks=True, **kw)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
-  v = unrolled.init(jax.random.PRNGKey(1), x, train=False)
+  # Jitted (op by op, this test takes twice as long), and the scanned model's shapes only.
+  v = jax.jit(lambda key: unrolled.init(key, x, train=False))(jax.random.PRNGKey(1))
   v_scan = {c: unrolled_to_scanned(v[c], [2, 2, 2]) for c in v}
-  shapes = jax.tree_util.tree_map(jnp.shape, scanned.init(jax.random.PRNGKey(1), x))
-  assert jax.tree_util.tree_map(jnp.shape, v_scan) == flax.core.unfreeze(shapes)
+  shapes = jax.eval_shape(lambda: scanned.init(jax.random.PRNGKey(1), x))
+  assert jax.tree_util.tree_map(jnp.shape, v_scan) == jax.tree_util.tree_map(
+      lambda s: s.shape, flax.core.unfreeze(shapes))
   # Training mode: the same outputs and the same updated BatchNorm statistics.
-  y, upd = unrolled.apply(v, x, train=True, mutable=['batch_stats'])
-  y_scan, upd_scan = scanned.apply(v_scan, x, train=True, mutable=['batch_stats'])
+  train_apply = lambda m: jax.jit(lambda v: m.apply(v, x, train=True, mutable=['batch_stats']))
+  y, upd = train_apply(unrolled)(v)
+  y_scan, upd_scan = train_apply(scanned)(v_scan)
   np.testing.assert_allclose(y, y_scan, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
       upd['batch_stats']['stage3_block2']['bn2']['var'],
       upd_scan['batch_stats']['stage3_blocks']['block']['bn2']['var'][0], rtol=1e-5)
   # And the same gradients.
-  loss = lambda m, p, bs: m.apply({'params': p, 'batch_stats': bs}, x, train=False).sum()
-  g = jax.grad(loss, 1)(unrolled, v['params'], v['batch_stats'])
-  g_scan = jax.grad(loss, 1)(scanned, v_scan['params'], v_scan['batch_stats'])
+  grad = lambda m: jax.jit(jax.grad(
+      lambda p, bs: m.apply({'params': p, 'batch_stats': bs}, x, train=False).sum()))
+  g = grad(unrolled)(v['params'], v['batch_stats'])
+  g_scan = grad(scanned)(v_scan['params'], v_scan['batch_stats'])
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                          unrolled_to_scanned(g, [2, 2, 2]), g_scan)
 
@@ -152,10 +156,11 @@ def test_remat_computes_the_same_function():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   m = models.create_model('cifar_resnet', depth=14)
   m_remat = models.create_model('cifar_resnet', depth=14, remat=True)
-  v = m.init(jax.random.PRNGKey(1), x, train=False)
-  loss = lambda mod, p: mod.apply({**v, 'params': p}, x, train=False).sum()
-  g = jax.grad(loss, 1)(m, v['params'])
-  g_remat = jax.grad(loss, 1)(m_remat, v['params'])
+  v = jax.jit(lambda key: m.init(key, x, train=False))(jax.random.PRNGKey(1))
+  grad = lambda mod: jax.jit(jax.grad(
+      lambda p: mod.apply({**v, 'params': p}, x, train=False).sum()))
+  g = grad(m)(v['params'])
+  g_remat = grad(m_remat)(v['params'])
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                          g, g_remat)
 
@@ -186,17 +191,18 @@ def test_zero_init_last_bn_only_for_residual_nets():
 
 def test_bottleneck_and_preact_variants():
   x = jnp.ones((2, 64, 64, 3))
-  for preact in (False, True):
+  for preact in (False, True):  # Shapes only: run op by op, ResNet-50 takes half a minute.
     m = models.create_model('imagenet_resnet', depth=50, preact=preact, num_classes=7,
                             num_filters=8)
-    v = m.init(jax.random.PRNGKey(0), x, train=False)
-    assert m.apply(v, x, train=False).shape == (2, 7)
+    v = jax.eval_shape(lambda m=m: m.init(jax.random.PRNGKey(0), x, train=False))
+    assert jax.eval_shape(lambda v, m=m: m.apply(v, x, train=False), v).shape == (2, 7)
     block = v['params']['stage1_block1']
     assert block['conv3']['kernel'].shape == (1, 1, 8, 32)  # Expansion 4.
     assert 'proj_conv' in block  # B: 8 -> 32 channels needs a projection.
   m = models.create_model('cifar_resnet', depth=8, preact=True, shortcut='A')
   v = m.init(jax.random.PRNGKey(0), x, train=False)
   assert 'final_bn' in v['params'] and 'stem_bn' not in v['params']
+  assert np.isfinite(m.apply(v, x, train=False)).all()
 
 
 def test_dtype_and_param_dtype_are_separate():

@@ -21,7 +21,7 @@ from tests.main_test import small_run_config
 TIMING_KEYS = {'time', 'steps_per_second', 'images_per_second'}
 STEPS = 160
 ARGS = ['--config=configs/fashion_mnist.py', '--config.model.depth=8',
-        '--config.model.num_filters=4', '--config.batch_size=32',
+        '--config.model.num_filters=4', '--config.batch_size=16',
         '--config.eval_batch_size=100', '--config.data.validation_size=100',
         '--config.data.augment=crop_flip', f'--config.num_train_steps={STEPS}',
         '--config.log_every_steps=7', '--config.eval_every_steps=50',
@@ -74,7 +74,7 @@ def test_sigkill_at_any_point_then_the_same_command_gives_identical_results(
   assert kill_after(cmd, 1) == -signal.SIGKILL  # Before its first checkpoint.
   assert kill_after(cmd, 40) == -signal.SIGKILL  # Mid-run, between checkpoints.
   # Saving every step, a kill lands while a checkpoint is being written.
-  assert kill_after(cmd + ['--config.checkpoint_every_steps=1'], 80) == -signal.SIGKILL
+  assert kill_after(cmd + ['--config.checkpoint_every_steps=1'], 60) == -signal.SIGKILL
   ckpt_dir = os.path.join(killed, 'checkpoints')
   resumed_from = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
   assert 40 <= resumed_from < STEPS
