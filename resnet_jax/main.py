@@ -42,6 +42,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed; --verbosity=0 for INFO.
+  try:  # Bad values fail at once, not after TensorFlow's import (seconds).
+    config_lib.validate(flags.FLAGS.config)
+  except config_lib.ConfigError as e:
+    sys.exit(f'error: {e}')
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TF off the accelerators.
   init_distributed()
