@@ -42,7 +42,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed; --verbosity=0 for INFO.
-  try:  # Bad values fail at once, not after TensorFlow's import (seconds).
+  # Bad values fail at once, not after TensorFlow's import (seconds). validate builds
+  # the model abstractly: no JAX backend starts, so jax.distributed can still join.
+  try:
     config_lib.validate(flags.FLAGS.config)
   except config_lib.ConfigError as e:
     sys.exit(f'error: {e}')
