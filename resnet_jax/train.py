@@ -321,6 +321,12 @@ def say(*args):
     print(*args, flush=True)
 
 
+def seconds_left(done: int, total: int, first: int, elapsed: float) -> float:
+  """Seconds to step `total` at this session's average speed (steps `first` to `done` in
+  `elapsed` s): steadier than the last interval's, which one slow minute can swing."""
+  return (total - done) * elapsed / max(done - first, 1)
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
@@ -526,7 +532,7 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
       accuracies = ' '.join(f'{m["accuracy"]:.4f}' for m in shown)
       say(f'step {done}/{total_steps} | loss {losses} | acc {accuracies} | '
           f'{steps_per_s:.2f} steps/s | {steps_per_s * config.batch_size * k:.0f} img/s | '
-          f'ETA {_format_eta((total_steps - done) / steps_per_s)}')
+          f'ETA {_format_eta(seconds_left(done, total_steps, start, now - t_train))}')
 
   def save_all(done, force=False):
     host = to_host(pending)

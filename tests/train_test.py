@@ -85,6 +85,13 @@ def test_learning_rate_schedules():
     optim.learning_rate_schedule(c, 10)
 
 
+def test_the_eta_goes_at_the_sessions_average_speed():
+  # Resumed at step 100, at step 400 after 600 s: 2 s a step for the 600 left, however
+  # fast or slow the last interval between two progress lines was.
+  assert train.seconds_left(400, 1000, 100, 600.0) == 1200.0
+  assert train.seconds_left(1000, 1000, 0, 50.0) == 0.0
+
+
 def test_weight_decay_on_kernels_or_all():
   params = {'conv': {'kernel': jnp.ones(3)}, 'bn': {'scale': jnp.ones(3), 'bias': jnp.ones(3)}}
   assert optim.decay_mask(params, 'kernels') == {
