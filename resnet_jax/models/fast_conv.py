@@ -2,11 +2,14 @@
 
 XLA:CPU computes a convolution's weight gradient several times slower than its
 forward pass, and both gradients far slower still inside a loop (`nn.scan`).
-Here the weight gradient is written as im2col matmuls over small chunks of the
-batch inside `lax.scan` (the chunking keeps each matmul in cache), and the
-input gradient as an ordinary forward convolution with the flipped kernel; both
-equal XLA's results up to float32 rounding. Only the CPU lowering takes these
-paths (`lax.platform_dependent`): GPU and TPU keep XLA's own kernels.
+Here both are written as ordinary forward convolutions, which XLA runs fast in
+loops too: the input gradient with the flipped kernel, and the weight gradient of
+a stride-1 convolution with batch and channels swapped (the input's channels as
+the batch, the output gradient as the kernel). Strided weight gradients, which
+that form makes slower, are im2col matmuls over chunks of the batch inside
+`lax.scan` (the chunking keeps each matmul in cache). All equal XLA's results up
+to float32 rounding. Only the CPU lowering takes these paths
+(`lax.platform_dependent`): GPU and TPU keep XLA's own kernels.
 """
 
 import functools
@@ -59,6 +62,27 @@ def im2col_weight_grad(x, g, kernel_shape, strides, pads):
   return acc.reshape(kernel_shape)
 
 
+def swapped_weight_grad(x, g, kernel_shape, pads):
+  """dL/dW of a stride-1 NHWC/HWIO convolution, as one forward convolution.
+
+  The input with its channels as the batch and its batch as the features, padded
+  as the forward pass pads it and convolved with the output gradient as the kernel
+  (batch in, channels out), gives the weight gradient with its input channels first.
+  """
+  dw = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3),
+                                (1, 1), pads, dimension_numbers=_NHWC,
+                                preferred_element_type=jnp.float32)
+  assert dw.shape[1:3] == tuple(kernel_shape[:2]), (dw.shape, kernel_shape)
+  return dw.transpose(1, 2, 0, 3)
+
+
+def weight_grad(x, g, kernel_shape, strides, pads):
+  """dL/dW of an NHWC/HWIO convolution by the faster of the two forms for its stride."""
+  if tuple(strides) == (1, 1):
+    return swapped_weight_grad(x, g, kernel_shape, pads)
+  return im2col_weight_grad(x, g, kernel_shape, strides, pads)
+
+
 def input_grad(g, w, strides, pads, in_hw):
   """dL/dx of an NHWC/HWIO convolution, as a forward convolution of `g`."""
   flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
@@ -95,7 +119,7 @@ def _conv_bwd(strides, pads, res, g):
     return vjp(g)[0]
 
   def cpu_wgrad(x, g):
-    return im2col_weight_grad(x, g, w.shape, strides, pads).astype(w.dtype)
+    return weight_grad(x, g, w.shape, strides, pads).astype(w.dtype)
 
   dx = lax.platform_dependent(g, w, cpu=cpu_dgrad, default=xla_dgrad)
   dw = lax.platform_dependent(x, g, cpu=cpu_wgrad, default=xla_wgrad)
