@@ -41,6 +41,27 @@ def test_fast_conv_matches_xla(n, h, cin, cout, k, s, padding):
   np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(dw_ref).max()))
 
 
+@pytest.mark.parametrize('s,form', [(1, 'conv_general_dilated'), (2, 'dot_general')])
+def test_weight_grad_takes_the_form_for_its_stride(s, form):
+  """Stride 1: one swapped forward convolution; strided: im2col matmuls."""
+  x = jnp.ones((4, 8, 8, 3))
+  g = jnp.ones((4, 8 // s, 8 // s, 5))
+  jaxpr = str(jax.make_jaxpr(lambda x, g: fast_conv.weight_grad(
+      x, g, (3, 3, 3, 5), (s, s), ((1, 1), (1, 1))))(x, g))
+  other = {'conv_general_dilated', 'dot_general'} - {form}
+  assert form in jaxpr and other.pop() not in jaxpr
+
+
+def test_weight_grad_forms_agree_in_bfloat16():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3)).astype(jnp.bfloat16)
+  g = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 5)).astype(jnp.bfloat16)
+  args = (x, g, (3, 3, 3, 5))
+  swapped = fast_conv.swapped_weight_grad(*args, ((1, 1), (1, 1)))
+  im2col = fast_conv.im2col_weight_grad(*args, (1, 1), ((1, 1), (1, 1)))
+  assert swapped.dtype == im2col.dtype == jnp.float32
+  np.testing.assert_allclose(swapped, im2col, rtol=1e-5, atol=1e-4)
+
+
 def test_chunked_weight_grad_uses_several_chunks():
   assert fast_conv._chunk_size(128, 32 * 32) == 8
   assert fast_conv._chunk_size(6, 28 * 28) == 6
