@@ -62,10 +62,30 @@ def test_weight_grad_forms_agree_in_bfloat16():
   np.testing.assert_allclose(swapped, im2col, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize('n', [5, 12])
+def test_swapped_weight_grad_over_unrolled_and_scanned_chunks(n, monkeypatch):
+  """One image per chunk: 5 chunks unrolled; 12 as a scan of 2 steps of 6 unrolled."""
+  monkeypatch.setattr(fast_conv, '_SWAPPED_MAX_IMAGES', 1)
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, 6, 6, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+  y, vjp = jax.vjp(lambda w: lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                                      dimension_numbers=DN), w)
+  g = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  jaxpr = str(jax.make_jaxpr(fast_conv.swapped_weight_grad, static_argnums=(2, 3))(
+      x, g, w.shape, ((1, 1), (1, 1))))
+  assert ('scan' in jaxpr) == (n == 12)
+  dw = fast_conv.swapped_weight_grad(x, g, w.shape, ((1, 1), (1, 1)))
+  np.testing.assert_allclose(dw, vjp(g)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_weight_grad_uses_several_chunks():
   assert fast_conv._chunk_size(128, 32 * 32) == 8
   assert fast_conv._chunk_size(6, 28 * 28) == 6
   assert fast_conv._chunk_size(7, 100 * 100) == 1
+  # The swapped form's chunks: ResNet-56's three stages at batch 128, an odd batch.
+  assert [fast_conv._swapped_chunk_size(128, h * h * c)
+          for h, c in ((32, 16), (16, 32), (8, 64))] == [16, 32, 32]
+  assert fast_conv._swapped_chunk_size(7, 100) == 7
 
 
 def test_unsupported_convolutions_fall_back_to_xla():
