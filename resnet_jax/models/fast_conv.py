@@ -13,6 +13,7 @@ XLA's results up to float32 rounding. Only the CPU lowering takes these paths
 """
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +31,40 @@ def _xla_conv(x, w, strides, pads):
   return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
 
 
+def _largest_divisor(n, at_most):
+  """The largest divisor of `n` that is at most `at_most` (and at least 1)."""
+  return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, at_most))
+
+
 def _chunk_size(n, positions):
   """Largest divisor of the batch `n` whose chunk has at most _ROWS_PER_CHUNK rows."""
-  target = max(1, _ROWS_PER_CHUNK // max(positions, 1))
-  return max(b for b in range(1, n + 1) if n % b == 0 and b <= target)
+  return _largest_divisor(n, _ROWS_PER_CHUNK // max(positions, 1))
+
+
+def _swapped_chunk_size(n, positions_x_channels):
+  """Images per chunk: at most _SWAPPED_MAX_IMAGES and about 1 MiB of float32 input."""
+  return _largest_divisor(
+      n, min(_SWAPPED_MAX_IMAGES, _SWAPPED_FLOATS // max(positions_x_channels, 1)))
+
+
+def _sum_over_chunks(chunk, xs, gs, unroll):
+  """Sum of `chunk(xs[i], gs[i])` over the leading axis: `unroll` chunks per step of a
+  `lax.scan` (unrolled, so that they can run side by side), or no loop where one
+  step covers them all."""
+  k = xs.shape[0]
+  inner = _largest_divisor(k, unroll)
+
+  def group(xg, gg):
+    return functools.reduce(operator.add, [chunk(xg[i], gg[i]) for i in range(inner)])
+
+  if k == inner:
+    return group(xs, gs)
+  shape = (k // inner, inner)
+  xs, gs = xs.reshape(shape + xs.shape[1:]), gs.reshape(shape + gs.shape[1:])
+  first = jax.eval_shape(group, xs[0], gs[0])
+  total, _ = lax.scan(lambda acc, xg: (acc + group(*xg), None),
+                      jnp.zeros(first.shape, first.dtype), (xs, gs))
+  return total
 
 
 def im2col_weight_grad(x, g, kernel_shape, strides, pads):
@@ -43,11 +74,8 @@ def im2col_weight_grad(x, g, kernel_shape, strides, pads):
   sh, sw = strides
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   b = _chunk_size(n, ho * wo)
-  xc = xp.reshape((n // b, b) + xp.shape[1:])
-  gc = g.reshape(n // b, b * ho * wo, co)
 
-  def chunk(acc, xg):
-    xb, gb = xg
+  def chunk(xb, gb):
     taps = [
         lax.slice(xb, (0, i, j, 0),
                   (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, ci),
@@ -55,29 +83,11 @@ def im2col_weight_grad(x, g, kernel_shape, strides, pads):
         for i in range(kh) for j in range(kw)
     ]
     cols = jnp.concatenate(taps, axis=-1).reshape(b * ho * wo, kh * kw * ci)
-    return acc + lax.dot(cols.T, gb, preferred_element_type=jnp.float32), None
+    return lax.dot(cols.T, gb, preferred_element_type=jnp.float32)
 
-  acc = jnp.zeros((kh * kw * ci, co), jnp.float32)
-  if n // b == 1:
-    acc, _ = chunk(acc, (xc[0], gc[0]))
-  else:
-    acc, _ = lax.scan(chunk, acc, (xc, gc))
-  return acc.reshape(kernel_shape)
-
-
-def _swapped_chunk(x, g, kernel_shape, pads):
-  """The weight gradient of one chunk of the batch (float32), input channels first."""
-  dw = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3),
-                                (1, 1), pads, dimension_numbers=_NHWC,
-                                preferred_element_type=jnp.float32)
-  assert dw.shape[1:3] == tuple(kernel_shape[:2]), (dw.shape, kernel_shape)
-  return dw
-
-
-def _swapped_chunk_size(n, positions_x_channels):
-  """Images per chunk: at most _SWAPPED_MAX_IMAGES and about 1 MiB of float32 input."""
-  target = min(_SWAPPED_MAX_IMAGES, max(1, _SWAPPED_FLOATS // max(positions_x_channels, 1)))
-  return max(b for b in range(1, n + 1) if n % b == 0 and b <= target)
+  dw = _sum_over_chunks(chunk, xp.reshape((n // b, b) + xp.shape[1:]),
+                        g.reshape(n // b, b * ho * wo, co), unroll=1)
+  return dw.reshape(kernel_shape)
 
 
 def swapped_weight_grad(x, g, kernel_shape, pads):
@@ -91,22 +101,16 @@ def swapped_weight_grad(x, g, kernel_shape, pads):
   """
   n, h, w, ci = x.shape
   b = _swapped_chunk_size(n, h * w * ci)
-  k = n // b
-  xs = x.reshape((k, b) + x.shape[1:])
-  gs = g.reshape((k, b) + g.shape[1:])
-  inner = max(d for d in range(1, min(k, _SWAPPED_UNROLL) + 1) if k % d == 0)
 
-  def group(xg):  # `inner` chunks, unrolled so that they can run side by side.
-    xg, gg = xg
-    return sum(_swapped_chunk(xg[i], gg[i], kernel_shape, pads) for i in range(inner))
+  def chunk(xb, gb):
+    dw = lax.conv_general_dilated(xb.transpose(3, 1, 2, 0), gb.transpose(1, 2, 0, 3),
+                                  (1, 1), pads, dimension_numbers=_NHWC,
+                                  preferred_element_type=jnp.float32)
+    assert dw.shape[1:3] == tuple(kernel_shape[:2]), (dw.shape, kernel_shape)
+    return dw
 
-  if k == inner:
-    dw = group((xs, gs))
-  else:
-    shape = (k // inner, inner)
-    dw, _ = lax.scan(lambda acc, xg: (acc + group(xg), None),
-                     jnp.zeros((ci,) + tuple(kernel_shape[:2]) + (g.shape[-1],), jnp.float32),
-                     (xs.reshape(shape + xs.shape[1:]), gs.reshape(shape + gs.shape[1:])))
+  dw = _sum_over_chunks(chunk, x.reshape((n // b, b) + x.shape[1:]),
+                        g.reshape((n // b, b) + g.shape[1:]), unroll=_SWAPPED_UNROLL)
   return dw.transpose(1, 2, 0, 3)
 
 
