@@ -369,8 +369,9 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
                        'gradient l2 norm', os.path.join(workdir, 'gradient_norms.png'),
                        'Gradient norm of each block (plain dashed, residual solid)', log=True)
       figures += ['layer_responses.png', 'gradient_norms.png']
-  preset = ablation.get('preset', '?') if ablation else '?'
-  lines = [f'# Depth ablation: plain versus residual ({preset} preset)', '',
+  preset = ablation.get('preset') if ablation else None  # None: no ablation.json.
+  title = '# Depth ablation: plain versus residual' + (f' ({preset} preset)' if preset else '')
+  lines = [title, '',
            'Errors are in %, mean +- std over seeds. Training error: the last logging '
            'interval of training; validation: the held-out part of the training set; '
            'test: the test split, evaluated once at the end.', '', table, '']

@@ -164,7 +164,9 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
   assert len(csv_rows) == 3 and csv_rows[0]['net'] == 'plain'
   md = (tmp_path / 'results.md').read_text()
   assert '| 20 | plain | 1,234 | 15.00 +- 5.00 |' in md
-  assert '![training_curves.png]' in (tmp_path / 'report.md').read_text()
+  report_md = (tmp_path / 'report.md').read_text()
+  assert report_md.startswith('# Depth ablation: plain versus residual\n')  # No preset known.
+  assert '![training_curves.png]' in report_md
   for fig in ('training_curves.png', 'depth_vs_error.png'):
     assert (tmp_path / fig).stat().st_size > 10_000  # A real picture, not an empty canvas.
   # Figure 6: training error dashed (mean over seeds), held-out solid, plain left; the
@@ -301,6 +303,8 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
   for f in ('results.csv', 'results.md', 'report.md', 'training_curves.png',
             'depth_vs_error.png', 'layer_responses.png', 'gradient_norms.png'):
     assert os.path.exists(os.path.join(workdir, f)), f
+  with open(os.path.join(workdir, 'report.md')) as f:
+    assert f.readline() == '# Depth ablation: plain versus residual (tiny preset)\n'
   analyses = json.load(open(os.path.join(workdir, 'analysis.json')))
   assert len(analyses[0]['response_std_final']) == 7  # Stem + 2 per block, depth 8.
   assert len(analyses[0]['grad_norm_init']) == 3
