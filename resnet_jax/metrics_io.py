@@ -5,7 +5,6 @@ import os
 import time
 
 import jax
-from clu import metric_writers
 
 
 class MetricsLog:
@@ -14,6 +13,9 @@ class MetricsLog:
   def __init__(self, workdir: str, resume_step: int = 0):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    # Imported here: clu's writers import TensorFlow, which only a logging run needs (not
+    # the train step, its benchmark, or a machine that has no TensorFlow).
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.active, asynchronous=False)
     if self.active:

@@ -1,5 +1,10 @@
 """The benchmark's pieces: model names, FLOP counts from XLA, one measured row, targets."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -7,6 +12,7 @@ import pytest
 
 from experiments import benchmark
 from resnet_jax import models
+from tests.conftest import REPO
 
 
 def test_model_names():
@@ -61,3 +67,27 @@ def test_one_row_is_measured_and_the_targets_read_it():
              for l in benchmark.targets([small, remat], None))
   table = benchmark.table([small], peak=100.0)
   assert '| resnet20 | 8 | scan | 75,290 |' in table
+
+
+def test_a_row_runs_without_tensorflow(tmp_path):
+  """The train step and its benchmark need JAX, Flax, Optax, Orbax and ml_collections only,
+  as on an accelerator image without TensorFlow, clu or TFDS (they log and read data)."""
+  (tmp_path / 'sitecustomize.py').write_text(
+      'import sys\n'
+      'class Block:\n'
+      '  def find_spec(self, name, path=None, target=None):\n'
+      "    if name.split('.')[0] in ('tensorflow', 'clu', 'tensorflow_datasets'):\n"
+      "      raise ImportError('no ' + name)\n"
+      'sys.meta_path.insert(0, Block())\n')
+  code = ("import json, sys\n"
+          "from experiments import benchmark\n"
+          "row = benchmark.measure_row(dict(model='resnet8', batch_size=4, remat=False, "
+          "scan=True, steps=1, warmup=0, dtype='float32', conv_impl='fast', "
+          "cpu_convolutions='eigen'))\n"
+          "print(json.dumps([row['finite'], sorted({m.split('.')[0] for m in sys.modules} & "
+          "{'tensorflow', 'clu', 'tensorflow_datasets'})]))\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, []]
