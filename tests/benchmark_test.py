@@ -44,10 +44,12 @@ def test_flops_extrapolated_from_two_depths_equal_xla_on_the_whole_model():
   assert extrapolated == pytest.approx(flops, rel=1e-6)
 
 
+TINY_ROW = dict(model='resnet8', batch_size=8, remat=False, scan=True, steps=1, warmup=0,
+                dtype='float32', conv_impl='fast', cpu_convolutions='eigen')
+
+
 def test_one_row_is_measured_and_the_targets_read_it():
-  row = benchmark.measure_row(dict(model='resnet8', batch_size=8, remat=False, scan=True,
-                                   steps=1, warmup=0, dtype='float32', conv_impl='fast',
-                                   cpu_convolutions='eigen'))
+  row = benchmark.measure_row(TINY_ROW)
   assert row['params'] == 75_290 and row['finite']
   assert row['compile_s'] > 0 and row['step_ms'] > 0 and row['gflop_per_step'] > 0
   assert row['images_per_second'] == pytest.approx(8 / row['step_ms'] * 1e3)
@@ -81,9 +83,7 @@ def test_a_row_runs_without_tensorflow(tmp_path):
       'sys.meta_path.insert(0, Block())\n')
   code = ("import json, sys\n"
           "from experiments import benchmark\n"
-          "row = benchmark.measure_row(dict(model='resnet8', batch_size=4, remat=False, "
-          "scan=True, steps=1, warmup=0, dtype='float32', conv_impl='fast', "
-          "cpu_convolutions='eigen'))\n"
+          f"row = benchmark.measure_row({TINY_ROW!r})\n"
           "print(json.dumps([row['finite'], sorted({m.split('.')[0] for m in sys.modules} & "
           "{'tensorflow', 'clu', 'tensorflow_datasets'})]))\n")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
