@@ -63,6 +63,23 @@ def gradient_norms_fn(model, compiler_options=None):
   return jax.jit(norms, compiler_options=compiler_options)
 
 
+def probe_params(model, params, rng, image_shape):
+  """The parameters through which to measure gradients at initialisation: a zero head
+  passes back no gradient, so a net that starts with one is probed through the random
+  head (drawn from the same `rng`) that it would otherwise have started with."""
+  if not getattr(model, 'zero_init_head', False):
+    return params
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  random_head = model.clone(zero_init_head=False)
+  head = jax.jit(lambda r: random_head.init(r, x, train=False)['params']['head'])(rng)
+  return {**params, 'head': head}
+
+
+def init_rng(config):
+  """The key from which `resnet_jax.train` initialises a run of this config."""
+  return jax.random.split(jax.random.PRNGKey(config.seed))[0]
+
+
 _DATA_CACHE = {}
 
 
@@ -97,8 +114,7 @@ def restore_cell(celldir: str) -> RestoredCell:
   tx, schedule = optim.create_optimizer(config.optimizer, total)
   trainer = train.Trainer(config, model, tx, schedule, data.image_shape, data.mean,
                           data.std, spec.num_classes)
-  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  init_state = trainer.init_state(init_rng)
+  init_state = trainer.init_state(init_rng(config))
   mngr = train.checkpoint_manager(celldir, config)
   step = mngr.latest_step()
   if step is None:
@@ -112,7 +128,8 @@ def restore_cell(celldir: str) -> RestoredCell:
 def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   """Gradient norms at initialisation and at the newest checkpoint; response stds at
   the newest checkpoint."""
-  _, data, model, trainer, init_state, final, step = restore_cell(celldir)
+  config, data, model, trainer, init_state, final, step = restore_cell(celldir)
+  init_params = probe_params(model, init_state.params, init_rng(config), data.image_shape)
   held_out = data.splits['validation'] if len(data.splits['validation']) else data.splits['test']
   images = input_pipeline.preprocess(held_out.images[:num_examples], None, mean=data.mean,
                                      std=data.std)
@@ -122,8 +139,8 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   response_stds = response_stds_fn(model, trainer.compiler_options)
   gradient_norms = gradient_norms_fn(model, trainer.compiler_options)
   out = {'step': int(step)}
-  variables = {name: {'params': state.params, 'batch_stats': state.batch_stats}
-               for name, state in (('init', init_state), ('final', final))}
+  variables = {'init': {'params': init_params, 'batch_stats': init_state.batch_stats},
+               'final': {'params': final.params, 'batch_stats': final.batch_stats}}
   for name, v in variables.items():
     out[f'grad_norm_{name}'] = np.asarray(gradient_norms(v, images, labels)).tolist()
   # Responses of the trained net only (Figure 7): at initialisation BatchNorm's running

@@ -310,10 +310,10 @@ def _analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=Fal
   import matplotlib.pyplot as plt
   colors = _depth_colors({a['depth'] for a in analyses})
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-  for ax, key, title in zip(axes, key_pair, titles):
+  for panel, (ax, key, title) in enumerate(zip(axes, key_pair, titles)):
     for a in sorted(analyses, key=lambda a: (a['depth'], a['shortcut'])):
       values = np.array(a[key])
-      if sort_right and key == key_pair[1]:
+      if sort_right and panel == 1:  # By panel: both panels may draw the same key.
         values = np.sort(values)[::-1]
       style = '--' if a['shortcut'] == 'none' else '-'
       ax.plot(np.arange(1, len(values) + 1), values, style, color=colors[a['depth']],

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_filters = 16
   c.model.preact = False
   c.model.zero_init_last_bn = False
+  c.model.zero_init_head = False
   c.model.scan_blocks = True
   c.model.remat = False
   c.model.conv_impl = 'fast'

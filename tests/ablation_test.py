@@ -36,7 +36,36 @@ def test_quick_grid_and_shards():
   config = depth_ablation.cell_config(ab, depth_ablation.Cell(56, 'none', 1))
   assert (config.model.depth, config.model.shortcut, config.seed) == (56, 'none', 1)
   assert config.model.num_filters == 8 and config.num_train_steps == 60
+  # The same zero-initialised head for the plain net and its residual twin.
+  twin = depth_ablation.cell_config(ab, depth_ablation.Cell(56, 'A', 1))
+  assert config.model.zero_init_head and twin.model.zero_init_head
   assert (config.optimizer.warmup_steps, config.optimizer.warmup_kind) == (10, 'linear')
+
+
+def test_gradients_at_init_of_a_zero_head_net_are_probed_through_its_random_head():
+  import jax
+  import jax.numpy as jnp
+  from experiments import analysis
+  from resnet_jax import models
+  rng, shape = jax.random.PRNGKey(3), (16, 16, 3)
+  images = jax.random.normal(jax.random.PRNGKey(4), (8,) + shape)
+  labels = jnp.arange(8) % 10
+  def init(model):
+    return model.init(rng, jnp.zeros((1,) + shape), train=False)
+  for shortcut in ('none', 'A'):
+    zero = models.create_model('cifar_resnet', depth=8, num_filters=4, shortcut=shortcut,
+                               zero_init_head=True)
+    default = zero.clone(zero_init_head=False)
+    v_zero, v_default = init(zero), init(default)
+    norms = analysis.gradient_norms_fn(zero)
+    assert not np.any(np.asarray(norms(v_zero, images, labels)))  # No gradient comes back.
+    probed = analysis.probe_params(zero, v_zero['params'], rng, shape)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, probed, v_default['params'])
+    got = norms({**v_zero, 'params': probed}, images, labels)
+    np.testing.assert_allclose(got, norms(v_default, images, labels), rtol=1e-6)
+    assert np.all(np.asarray(got) > 0)
+    # A net with a random head is probed as it is.
+    assert analysis.probe_params(default, v_default['params'], rng, shape) is v_default['params']
 
 
 def preset_cells(preset: str):
@@ -182,6 +211,21 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
           if len(c) == 2}
   assert bars == {'plain, training': [15.0, 50.0], 'plain, test': [14.0, 60.0],
                   'residual (A), training': [5.0], 'residual (A), test': [9.0]}
+
+
+def test_layer_responses_left_in_layer_order_right_sorted(tmp_path, monkeypatch):
+  import matplotlib
+  import matplotlib.figure
+  matplotlib.use('Agg')
+  drawn, savefig = [], matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', lambda fig, path, *a, **k: (
+      drawn.extend([list(l.get_ydata()) for l in ax.get_lines()] for ax in fig.axes),
+      savefig(fig, path, *a, **k)))
+  analyses = [{'depth': 20, 'shortcut': 'none', 'response_std_final': [1.0, 3.0, 2.0]}]
+  report._analysis_figure(analyses, ('response_std_final', 'response_std_final'),
+                          ('in layer order', 'sorted'), 'std', str(tmp_path / 'f.png'), 't',
+                          sort_right=True)
+  assert drawn == [[[1.0, 3.0, 2.0]], [[3.0, 2.0, 1.0]]]
 
 
 def test_report_of_a_sweep_in_progress(tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ class ResNet(nn.Module):
   shortcut: str = 'B'
   preact: bool = False
   zero_init_last_bn: bool = False
+  zero_init_head: bool = False  # Logits start at 0 (loss ln C), for plain and residual nets.
   scan_blocks: bool = True
   remat: bool = False
   conv_impl: str = 'fast'  # 'fast': fast_conv (CPU weight gradient); 'xla'.
@@ -99,8 +100,10 @@ class ResNet(nn.Module):
     if self.preact:
       x = nn.relu(norm(name='final_bn')(x))
     x = jnp.mean(x, axis=(1, 2))
+    head_init = (nn.initializers.zeros if self.zero_init_head
+                 else nn.initializers.lecun_normal())
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='head')(x)
+                 kernel_init=head_init, name='head')(x)
     return x.astype(jnp.float32)
 
 
