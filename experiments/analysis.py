@@ -75,11 +75,6 @@ def probe_params(model, params, rng, image_shape):
   return {**params, 'head': head}
 
 
-def init_rng(config):
-  """The key from which `resnet_jax.train` initialises a run of this config."""
-  return jax.random.split(jax.random.PRNGKey(config.seed))[0]
-
-
 _DATA_CACHE = {}
 
 
@@ -114,7 +109,7 @@ def restore_cell(celldir: str) -> RestoredCell:
   tx, schedule = optim.create_optimizer(config.optimizer, total)
   trainer = train.Trainer(config, model, tx, schedule, data.image_shape, data.mean,
                           data.std, spec.num_classes)
-  init_state = trainer.init_state(init_rng(config))
+  init_state = trainer.init_state(train.seed_rngs(config.seed)[0])
   mngr = train.checkpoint_manager(celldir, config)
   step = mngr.latest_step()
   if step is None:
@@ -129,7 +124,8 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   """Gradient norms at initialisation and at the newest checkpoint; response stds at
   the newest checkpoint."""
   config, data, model, trainer, init_state, final, step = restore_cell(celldir)
-  init_params = probe_params(model, init_state.params, init_rng(config), data.image_shape)
+  init_params = probe_params(model, init_state.params, train.seed_rngs(config.seed)[0],
+                             data.image_shape)
   held_out = data.splits['validation'] if len(data.splits['validation']) else data.splits['test']
   images = input_pipeline.preprocess(held_out.images[:num_examples], None, mean=data.mean,
                                      std=data.std)

@@ -57,6 +57,11 @@ def build_model(config, num_classes: int):
   return models.create_model(num_classes=num_classes, **config.model.to_dict())
 
 
+def seed_rngs(seed: int):
+  """The keys a run of `seed` initialises its state from and draws its steps' keys from."""
+  return jax.random.split(jax.random.PRNGKey(seed))
+
+
 def create_train_state(rng, model, tx, image_shape) -> TrainState:
   variables = model.init(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
@@ -453,7 +458,7 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
   tx, schedule = optim.create_optimizer(config.optimizer, total_steps)
   trainer = Trainer(config, model, tx, schedule, data.image_shape, data.mean, data.std,
                     spec.num_classes, resident=data.resident(), num_seeds=k)
-  rngs = [jax.random.split(jax.random.PRNGKey(seed)) for seed in seeds]
+  rngs = [seed_rngs(seed) for seed in seeds]
   states = [trainer.init_state(r[0]) for r in rngs]
   n_params = models.count_params(states[0].params)
 
