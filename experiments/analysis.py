@@ -147,6 +147,10 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   return out
 
 
+# Why a cell cannot be analysed: no checkpoint, a corrupt one, its data missing here.
+UNAVAILABLE = (FileNotFoundError,) + train.USER_ERRORS
+
+
 def cell_analysis(celldir: str, num_examples: int = 256) -> dict:
   """`analyse_cell`, kept in CELL/analysis.json: computed once per checkpoint (the
   sweep does it in each cell's own process, in parallel with other cells)."""
@@ -158,7 +162,8 @@ def cell_analysis(celldir: str, num_examples: int = 256) -> dict:
         saved = json.load(f)
       except ValueError:
         saved = {}
-    if saved.get('step') == step and saved.get('examples') == num_examples:
+    # With its checkpoints deleted (to free disk), a cell keeps the analysis it had.
+    if saved.get('examples') == num_examples and step in (saved.get('step'), None):
       return saved
   out = dict(analyse_cell(celldir, num_examples), examples=num_examples)
   with open(path + '.tmp', 'w') as f:

@@ -73,8 +73,18 @@ class Cell:
 
 def grid(ablation) -> list[Cell]:
   """Every cell of the sweep, shallow first so that early results come early."""
+  for key in ('depths', 'seeds', 'shortcuts'):
+    values = list(ablation[key])
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if repeated:  # Two runs of one cell would write into one directory.
+      raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '
+                                   f'value once.')
   cells = [Cell(d, s, seed) for d in ablation.depths for seed in ablation.seeds
            for s in ablation.shortcuts if f'{s}-{d}' not in ablation.exclude]
+  if not cells:
+    raise config_lib.ConfigError('The grid has no cells: config.depths, config.seeds and '
+                                 'config.shortcuts each need a value, and config.exclude '
+                                 'must leave a cell.')
   return cells
 
 
@@ -485,8 +495,8 @@ def main(argv):
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from experiments import report
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
-  cells = grid(ablation)
   try:
+    cells = grid(ablation)
     if _CELLS.value:
       by_name = {c.name: c for c in cells}
       unknown = [n for n in _CELLS.value if n not in by_name]
@@ -516,7 +526,7 @@ def main(argv):
       signal.signal(signal.SIGINT, _stop)
       run_sweep(ablation, workdir, mine, _PARALLEL.value, seeds_together(_VMAP_SEEDS.value))
     report.write_report(workdir, ablation)
-  except (config_lib.ConfigError, CellFailed) as e:
+  except (config_lib.ConfigError, CellFailed, report.NoCellsError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit('Interrupted: finished cells are kept and the others resume from their last '

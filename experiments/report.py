@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -72,7 +73,13 @@ def read_cell(celldir: str) -> dict | None:
   }
 
 
+class NoCellsError(ValueError):
+  """The directory holds no ablation cell with metrics to report."""
+
+
 def read_cells(workdir: str) -> list[dict]:
+  if not os.path.isdir(workdir):
+    raise NoCellsError(f'{workdir} is not a directory: pass the sweep\'s --workdir.')
   cells = []
   for name in sorted(os.listdir(workdir)):
     if os.path.isdir(os.path.join(workdir, name)):
@@ -337,7 +344,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   matplotlib.use('Agg')
   cells = read_cells(workdir)
   if not cells:
-    raise FileNotFoundError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
+    raise NoCellsError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
   rows = summarise(cells)
   paper = bool(ablation and ablation.get('paper_table', False))
   table = results_markdown(rows, paper)
@@ -354,7 +361,11 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
     analyses = []
     for c in cells:
       if c['seed'] == seed and finished(c):
-        a = analysis.cell_analysis(os.path.join(workdir, c['name']), n)
+        try:
+          a = analysis.cell_analysis(os.path.join(workdir, c['name']), n)
+        except analysis.UNAVAILABLE as e:
+          print(f'No layer analysis of {c["name"]}: {e}', flush=True)
+          continue
         analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
     if analyses:
       with open(os.path.join(workdir, 'analysis.json'), 'w') as f:
@@ -402,7 +413,10 @@ def main(argv):
   if os.path.exists(path):
     with open(path) as f:
       ablation = ml_collections.ConfigDict(json.load(f))
-  write_report(workdir, ablation, analyse=not flags.FLAGS.no_analysis)
+  try:
+    write_report(workdir, ablation, analyse=not flags.FLAGS.no_analysis)
+  except NoCellsError as e:
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -42,6 +42,30 @@ def test_quick_grid_and_shards():
   assert (config.optimizer.warmup_steps, config.optimizer.warmup_kind) == (10, 'linear')
 
 
+def test_a_grid_with_no_cells_or_a_repeated_value_is_refused():
+  ab = ablation_config.get_config('quick')
+  ab.seeds = (0, 1, 0)  # Two runs of resnetA-20-seed0 would share one directory.
+  with pytest.raises(config_lib.ConfigError, match=r'^config.seeds repeats 0: give each'):
+    depth_ablation.grid(ab)
+  ab.seeds = ()
+  with pytest.raises(config_lib.ConfigError, match='^The grid has no cells'):
+    depth_ablation.grid(ab)
+  ab.seeds, ab.depths, ab.exclude = (0,), (20,), ('none-20', 'A-20')
+  with pytest.raises(config_lib.ConfigError, match='^The grid has no cells'):
+    depth_ablation.grid(ab)
+
+
+def test_a_report_of_no_sweep_says_so_in_one_line(tmp_path):
+  for workdir in (tmp_path / 'missing', tmp_path):
+    out = subprocess.run([sys.executable, '-m', 'experiments.report', f'--workdir={workdir}'],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f'error: {workdir} is not a directory: pass the sweep\'s --workdir.'
+        if workdir != tmp_path else
+        f'error: No ablation cells with metrics in {workdir}: run the sweep first.']
+
+
 def test_gradients_at_init_of_a_zero_head_net_are_probed_through_its_random_head():
   import jax
   import jax.numpy as jnp
@@ -309,7 +333,7 @@ def get_config():
   return cfg
 
 
-def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
+def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path, capsys):
   cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('none', 'A'), seeds=(0,),
                       steps=4, eval_every=2)
   workdir = str(tmp_path / 'sweep')
@@ -367,6 +391,21 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path):
       f'4 -> 6): give this sweep a new --workdir (or move that cell away to run it again).')
   with open(os.path.join(workdir, 'results.md')) as f:
     assert f.read() == results
+  # Checkpoints deleted to free disk: the report keeps each cell's analysis; a cell with
+  # neither is left out of the analysis figures, named, and the report is still written.
+  import shutil
+  import ml_collections
+  for name in ('plain-8-seed0', 'resnetA-8-seed0'):
+    shutil.rmtree(os.path.join(workdir, name, 'checkpoints'))
+  with open(os.path.join(workdir, 'ablation.json')) as f:
+    ablation = ml_collections.ConfigDict(json.load(f))
+  report.write_report(workdir, ablation)
+  assert json.load(open(os.path.join(workdir, 'analysis.json'))) == analyses
+  os.remove(os.path.join(workdir, 'plain-8-seed0', 'analysis.json'))
+  report.write_report(workdir, ablation)
+  assert 'No layer analysis of plain-8-seed0: ' in capsys.readouterr().out
+  kept = json.load(open(os.path.join(workdir, 'analysis.json')))
+  assert [a['shortcut'] for a in kept] == ['A']
 
 
 def test_eta_counts_the_running_cells_and_the_queue_per_worker():
