@@ -91,7 +91,7 @@ def comparison_markdown(names: tuple, result: dict, class_names: tuple,
   n = result['images']
   lines = [f'{split.capitalize()} split, {n:,} images.', '',
            f'| | {names[0]} | {names[1]} |', '|---|---|---|']
-  lines += [f'| wrong | ' + ' | '.join(f'{w:,} ({100 * w / n:.2f}%)' for w in result['wrong'])
+  lines += ['| wrong | ' + ' | '.join(f'{w:,} ({100 * w / n:.2f}%)' for w in result['wrong'])
             + ' |',
             '| wrong for this net only | '
             + ' | '.join(f'{w:,}' for w in result['wrong_only']) + ' |', '']

@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Any
 
-from absl import logging
 from flax.training import train_state
 import jax
 from jax.experimental import multihost_utils
