@@ -526,7 +526,7 @@ def main(argv):
       signal.signal(signal.SIGINT, _stop)
       run_sweep(ablation, workdir, mine, _PARALLEL.value, seeds_together(_VMAP_SEEDS.value))
     report.write_report(workdir, ablation)
-  except (config_lib.ConfigError, CellFailed, report.NoCellsError) as e:
+  except (config_lib.ConfigError, CellFailed, report.ReportError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit('Interrupted: finished cells are kept and the others resume from their last '

@@ -73,13 +73,13 @@ def read_cell(celldir: str) -> dict | None:
   }
 
 
-class NoCellsError(ValueError):
-  """The directory holds no ablation cell with metrics to report."""
+class ReportError(ValueError):
+  """The directory cannot be reported: no cells with metrics, or an unreadable ablation.json."""
 
 
 def read_cells(workdir: str) -> list[dict]:
   if not os.path.isdir(workdir):
-    raise NoCellsError(f'{workdir} is not a directory: pass the sweep\'s --workdir.')
+    raise ReportError(f'{workdir} is not a directory: pass the sweep\'s --workdir.')
   cells = []
   for name in sorted(os.listdir(workdir)):
     if os.path.isdir(os.path.join(workdir, name)):
@@ -344,7 +344,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   matplotlib.use('Agg')
   cells = read_cells(workdir)
   if not cells:
-    raise NoCellsError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
+    raise ReportError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
   rows = summarise(cells)
   paper = bool(ablation and ablation.get('paper_table', False))
   table = results_markdown(rows, paper)
@@ -410,12 +410,16 @@ def main(argv):
   workdir = flags.FLAGS.workdir
   ablation = None
   path = os.path.join(workdir, 'ablation.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      ablation = ml_collections.ConfigDict(json.load(f))
   try:
+    if os.path.exists(path):
+      with open(path) as f:
+        try:
+          ablation = ml_collections.ConfigDict(json.load(f))
+        except ValueError as e:
+          raise ReportError(f'{path} is unreadable ({e}): rerun the sweep\'s command with '
+                             '--report_only, which rewrites it and the report.') from e
     write_report(workdir, ablation, analyse=not flags.FLAGS.no_analysis)
-  except NoCellsError as e:
+  except ReportError as e:
     sys.exit(f'error: {e}')
 
 

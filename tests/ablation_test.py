@@ -64,6 +64,14 @@ def test_a_report_of_no_sweep_says_so_in_one_line(tmp_path):
         f'error: {workdir} is not a directory: pass the sweep\'s --workdir.'
         if workdir != tmp_path else
         f'error: No ablation cells with metrics in {workdir}: run the sweep first.']
+  (tmp_path / 'ablation.json').write_text('{"preset": "qu')  # Cut short by a full disk.
+  out = subprocess.run([sys.executable, '-m', 'experiments.report', f'--workdir={tmp_path}'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f'error: {tmp_path}/ablation.json is unreadable (') and lines[0].endswith(
+          'rerun the sweep\'s command with --report_only, which rewrites it and the report.')
 
 
 def test_gradients_at_init_of_a_zero_head_net_are_probed_through_its_random_head():
