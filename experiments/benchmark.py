@@ -34,8 +34,9 @@ _REMAT = flags.DEFINE_list('remat_models', ['resnet1202'],
                            'Models also measured with model.remat=True (memory).')
 _UNROLLED = flags.DEFINE_list('unrolled_models', ['resnet20'],
                               'Models also measured with model.scan_blocks=False.')
-_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per row (the median is reported).')
-_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
+_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per row (the median is reported).',
+                              lower_bound=1)
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.', lower_bound=0)
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'model.dtype: float32 or bfloat16.')
 _CONV = flags.DEFINE_string('conv_impl', 'fast', 'model.conv_impl: fast or xla.')
 _CPU_CONV = flags.DEFINE_enum('cpu_convolutions', 'eigen', ['eigen', 'default'],

@@ -153,5 +153,6 @@ if __name__ == '__main__':
   from absl import flags as _flags
   _flags.DEFINE_list('cells', None, 'The two cell directories to compare.', required=True)
   _flags.DEFINE_enum('split', 'test', ['test', 'validation'], 'The held-out split.')
-  _flags.DEFINE_integer('top_pairs', 8, 'How many of the most confused class pairs to list.')
+  _flags.DEFINE_integer('top_pairs', 8, 'How many of the most confused class pairs to list.',
+                        lower_bound=0)
   app.run(main)

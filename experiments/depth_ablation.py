@@ -36,7 +36,7 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the cells and their comman
 _SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which slice of the grid to run.')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Into how many slices to cut the grid.')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once, by as many worker '
-                                 'processes (2 is faster on a 2-core CPU).')
+                                 'processes (2 is faster on a 2-core CPU).', lower_bound=1)
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only (re)write the report.')
 _VMAP_SEEDS = flags.DEFINE_enum(
     'vmap_seeds', 'auto', ['auto', 'on', 'off'], 'Train the seeds of each (depth, net) in '
@@ -46,7 +46,8 @@ _CELLS = flags.DEFINE_list('cells', None, 'Run these cells (seeds of one depth a
                            'this process, and nothing else (what --dry_run prints).')
 _PROGRESS_EVERY = flags.DEFINE_float(
     'progress_every', 60.0, 'Seconds between the lines that give each running cell\'s '
-    'step and the sweep\'s ETA (printed when a cell has logged a step since the last).')
+    'step and the sweep\'s ETA (printed when a cell has logged a step since the last).',
+    lower_bound=0)
 _WORKER = flags.DEFINE_bool('worker', False, 'Run the units named on stdin (internal: '
                             'the sweep\'s worker processes).')
 flags.mark_flags_as_required(['config', 'workdir'])

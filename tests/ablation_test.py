@@ -512,6 +512,15 @@ def test_an_override_the_preset_lacks_is_named_in_one_line(tmp_path):
   assert not os.path.exists(tmp_path / 'sweep')
 
 
+def test_no_worker_is_refused_not_taken_for_one(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                        '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
+                        '--parallel=0'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert 'flag --parallel=0: 0 is not a positive integer' in out.stderr
+  assert not os.path.exists(tmp_path / 'sweep')
+
+
 def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
   local = datasets.local_fashion_mnist_dir(str(tmp_path / 'tfds'))
   os.makedirs(local)
