@@ -25,6 +25,6 @@ def get_config(arg: str = ''):
   c.optimizer.schedule = 'cosine'
   c.optimizer.weight_decay = 5e-4
   c.batch_size = 64
-  c.num_epochs = 6.0  # About 25 minutes on 2 CPU cores.
+  c.num_epochs = 6.0  # 13 minutes on 2 AVX-512 CPU cores, 19 on AVX2.
   c.eval_every_steps = 1000
   return c
