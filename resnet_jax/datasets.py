@@ -187,9 +187,12 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
 
   spec = get_spec(name)
   data_dir = data_dir or default_data_dir()
-  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-  if builder.is_prepared():
-    return builder
+  builder = None
+  # TFDS warns of a dataset folder that is not there: look only where one may be.
+  if '://' in data_dir or os.path.isdir(os.path.join(data_dir, spec.tfds_name)):
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    if builder.is_prepared():
+      return builder
   if name == 'fashion_mnist':
     local = local_fashion_mnist_dir(data_dir)
     if _imported(data_dir):
@@ -205,6 +208,7 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
   if not download:
     raise DataMissingError(f'{name} is not prepared in {data_dir}: {spec.how_to_get}.')
   try:
+    builder = builder or tfds.builder(spec.tfds_name, data_dir=data_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
   except Exception as e:  # pylint: disable=broad-except

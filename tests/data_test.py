@@ -1,6 +1,7 @@
 """Data: the offline Fashion-MNIST import, TFDS mock data, batches by step, augmentation."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from resnet_jax import input_pipeline
 from tests.conftest import FASHION_MNIST_DIR, REPO, SUBSET
 
 
-def test_fashion_mnist_import_is_a_real_tfds_dataset(fashion_data_dir):
+def test_fashion_mnist_import_is_a_real_tfds_dataset(fashion_data_dir, caplog):
   builder = datasets.get_builder('fashion_mnist', fashion_data_dir, download=False)
+  # No TFDS warning of the official fashion_mnist folder, which is not there.
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
   assert builder.info.splits['train'].num_examples == SUBSET
   splits = datasets.load_arrays('fashion_mnist', builder, validation_size=100)
   assert [len(splits[k]) for k in ('train', 'validation', 'test')] == [500, 100, SUBSET]
