@@ -19,8 +19,6 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 from absl import app
 from absl import flags
 from absl import logging

@@ -141,6 +141,9 @@ def compare_cells(celldirs: list, split: str = 'test', top_pairs: int = 8) -> st
 def main(argv):
   del argv
   from absl import flags
+  from absl import logging
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Its tables are printed.
   try:
     print(compare_cells(flags.FLAGS.cells or [], flags.FLAGS.split, flags.FLAGS.top_pairs),
           end='')

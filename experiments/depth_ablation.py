@@ -493,7 +493,6 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from experiments import report
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
   try:

@@ -406,7 +406,10 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
 def main(argv):
   del argv
   from absl import flags
+  from absl import logging
   import ml_collections
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Its table and the figures' names are printed.
   workdir = flags.FLAGS.workdir
   ablation = None
   path = os.path.join(workdir, 'ablation.json')

@@ -1,9 +1,6 @@
 """Command line: python -m resnet_jax.main --config=configs/FILE.py[:ARGS] --workdir=DIR."""
 
-import os
 import sys
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only feeds tf.data here.
 
 from absl import app
 from absl import flags

@@ -59,7 +59,11 @@ def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_
 
 
 def run_cli(args, env_extra=None):
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1', **(env_extra or {}))
+  # Without the TensorFlow settings this process got from importing resnet_jax: the
+  # command line must keep TensorFlow quiet by itself.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')}
+  env.update(JAX_DISABLE_MOST_OPTIMIZATIONS='1', **(env_extra or {}))
   return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
 
@@ -71,6 +75,8 @@ def test_command_line_end_to_end(fashion_data_dir, tmp_path):
                  '--config.num_train_steps=3', *SMALL])
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'Final (step 3)' in out.stdout
+  # No start-up notices: TensorFlow's oneDNN one, TFDS's of a folder that is not there.
+  assert 'oneDNN' not in out.stderr and 'Variant folder' not in out.stderr, out.stderr
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
   assert config['model']['shortcut'] == 'none' and config['model']['depth'] == 8
