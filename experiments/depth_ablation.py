@@ -516,7 +516,7 @@ def main(argv):
         status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)
         print(f'{unit_name(unit):28s} {status:8s} {" ".join(unit_command(unit)[1:])}')
       return
-    os.makedirs(workdir, exist_ok=True)
+    config_lib.check_workdir(workdir)
     with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
       f.write(ablation.to_json_best_effort(indent=2))
     if not _REPORT_ONLY.value:

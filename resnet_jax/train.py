@@ -340,19 +340,6 @@ def checkpoint_manager(workdir: str, config):
   return checkpoints.manager(workdir, config.checkpoints_to_keep)
 
 
-def check_workdir(workdir: str) -> None:
-  """Creates `workdir` and makes sure it is writable, before any work is done."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise config_lib.ConfigError(f'The workdir {workdir} is not writable '
-                                 f'({e.strerror}): choose another --workdir.') from e
-
-
 def remember_config(workdir: str, config, allow_change: bool) -> None:
   """Writes `config.json`; refuses a workdir that holds a run of another config.
 
@@ -397,7 +384,7 @@ class SeedRun:
 
   def __init__(self, config, workdir: str, allow_config_change: bool):
     self.config, self.workdir = config, workdir
-    check_workdir(workdir)
+    config_lib.check_workdir(workdir)
     remember_config(workdir, config, allow_config_change)
     self.mngr = checkpoint_manager(workdir, config)
     self.log = None

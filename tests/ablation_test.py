@@ -521,6 +521,17 @@ def test_no_worker_is_refused_not_taken_for_one(tmp_path):
   assert not os.path.exists(tmp_path / 'sweep')
 
 
+def test_a_sweep_into_an_unwritable_workdir_is_refused_in_one_line(tmp_path):
+  (tmp_path / 'file').write_text('not a directory')
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                        '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/file'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'error: The workdir {tmp_path}/file is not writable (File exists): choose another '
+      '--workdir.')
+
+
 def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
   local = datasets.local_fashion_mnist_dir(str(tmp_path / 'tfds'))
   os.makedirs(local)
