@@ -28,6 +28,7 @@ from ml_collections import config_flags
 import ml_collections
 
 from resnet_jax import config_lib
+from resnet_jax import run_dir
 
 config_flags.DEFINE_config_file('config', None, 'configs/ablation.py[:PRESET].',
                                 lock_config=False)
@@ -516,7 +517,7 @@ def main(argv):
         status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)
         print(f'{unit_name(unit):28s} {status:8s} {" ".join(unit_command(unit)[1:])}')
       return
-    config_lib.check_workdir(workdir)
+    run_dir.check_writable(workdir)
     with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
       f.write(ablation.to_json_best_effort(indent=2))
     if not _REPORT_ONLY.value:

@@ -255,16 +255,3 @@ def parse_flags(argv: list[str]) -> list[str]:
              f'does not have{" (" + hint.group(0) + "?)" if hint else ""}; check its spelling '
              'against the config file (the command line can change the keys a config has, '
              'not add new ones).')
-
-
-def check_workdir(workdir: str) -> None:
-  """Creates `workdir` and makes sure it is writable, before any work is done."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f'The workdir {workdir} is not writable '
-                      f'({e.strerror}): choose another --workdir.') from e

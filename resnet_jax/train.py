@@ -29,6 +29,7 @@ from resnet_jax import input_pipeline
 from resnet_jax import metrics_io
 from resnet_jax import models
 from resnet_jax import optim
+from resnet_jax import run_dir
 from resnet_jax import streaming_input
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -384,7 +385,6 @@ class SeedRun:
 
   def __init__(self, config, workdir: str, allow_config_change: bool):
     self.config, self.workdir = config, workdir
-    config_lib.check_workdir(workdir)
     remember_config(workdir, config, allow_config_change)
     self.mngr = checkpoint_manager(workdir, config)
     self.log = None
@@ -421,7 +421,16 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
   its own workdir (config, metrics, checkpoints) that follows its single-seed
   trajectory to float tolerance. A seed whose loss turns NaN is marked diverged and
   the others go on. Returns {seed: final metrics, or 'diverged_at' and 'message'}.
+  A workdir that another process is training in is refused.
   """
+  for workdir in workdirs.values():
+    run_dir.check_writable(workdir)
+  # Process 0 holds the workdirs for all the processes of a multi-host run.
+  with run_dir.exclusive(list(workdirs.values()) if jax.process_index() == 0 else []):
+    return _train_seeds(config, workdirs, allow_config_change)
+
+
+def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
   seeds = list(workdirs)
   k = len(seeds)
   n_dev = jax.device_count()

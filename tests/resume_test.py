@@ -14,6 +14,7 @@ import pytest
 from resnet_jax import checkpoints
 from resnet_jax import config_lib
 from resnet_jax import metrics_io
+from resnet_jax import run_dir
 from resnet_jax import train
 from tests.conftest import REPO
 from tests.main_test import small_run_config
@@ -123,6 +124,31 @@ def test_a_workdir_refuses_another_config_unless_asked(fashion_data_dir, tmp_pat
   train.train_and_evaluate(other, workdir, allow_config_change=True)
   kept = [f for f in os.listdir(workdir) if f.startswith('config.') and f != 'config.json']
   assert len(kept) == 1
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused_and_the_first_goes_on(fashion_data_dir,
+                                                                         tmp_path):
+  workdir = str(tmp_path / 'run')
+  cmd = command(workdir, fashion_data_dir, '--config.num_train_steps=100000')
+  first = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+  try:
+    for line in first.stdout:
+      if line.startswith('step '):  # Training.
+        break
+    second = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert first.poll() is None  # Still training, undisturbed.
+  finally:
+    first.kill()
+    first.communicate()
+  assert second.returncode == 1, second.stderr[-2000:]
+  assert second.stderr.strip().splitlines()[-1] == (
+      f'error: Another process (pid {first.pid}) is running in {workdir}: wait for it to '
+      f'end or stop it, or choose another --workdir.')
+  # The killed run's hold went with it.
+  with run_dir.exclusive([workdir]):
+    pass
 
 
 def test_cli_refuses_another_config_in_one_line(fashion_data_dir, tmp_path):

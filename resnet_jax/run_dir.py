@@ -1,0 +1,47 @@
+"""A run's directory: writable before any work is done, and held by one process at a time."""
+
+import contextlib
+import fcntl
+import os
+
+from resnet_jax import config_lib
+
+LOCK = '.lock'
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and makes sure it is writable, before any work is done."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise config_lib.ConfigError(f'The workdir {workdir} is not writable '
+                                 f'({e.strerror}): choose another --workdir.') from e
+
+
+@contextlib.contextmanager
+def exclusive(workdirs):
+  """Holds `workdirs` for this process until the block ends, so that a second run started
+  in one of them (the same command twice, a sweep relaunched while it runs) is refused
+  instead of writing beside the first. A killed process's lock goes with it."""
+  with contextlib.ExitStack() as stack:
+    for workdir in workdirs:
+      if '://' in workdir:  # A bucket: no file locks there.
+        continue
+      f = stack.enter_context(open(os.path.join(workdir, LOCK), 'a+'))
+      try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        raise config_lib.ConfigError(
+            f'Another process{f" (pid {holder})" if holder else ""} is running in '
+            f'{workdir}: wait for it to end or stop it, or choose another '
+            f'--workdir.') from None
+      f.truncate(0)
+      f.write(str(os.getpid()))
+      f.flush()
+    yield
