@@ -518,14 +518,18 @@ def main(argv):
         print(f'{unit_name(unit):28s} {status:8s} {" ".join(unit_command(unit)[1:])}')
       return
     run_dir.check_writable(workdir)
-    with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
-      f.write(ablation.to_json_best_effort(indent=2))
-    if not _REPORT_ONLY.value:
-      # Workers checkpoint their cells and stop (SIGINT too: a shell's background job
-      # inherits it ignored).
-      signal.signal(signal.SIGTERM, _stop)
-      signal.signal(signal.SIGINT, _stop)
-      run_sweep(ablation, workdir, mine, _PARALLEL.value, seeds_together(_VMAP_SEEDS.value))
+    # One driver per shard (shards may share the directory): a second is refused before
+    # it writes anything. A report alone may be written while the sweep runs.
+    held = [] if _REPORT_ONLY.value else [workdir]
+    with run_dir.exclusive(held, f'.lock-shard{_SHARD_INDEX.value}of{_NUM_SHARDS.value}'):
+      with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
+        f.write(ablation.to_json_best_effort(indent=2))
+      if not _REPORT_ONLY.value:
+        # Workers checkpoint their cells and stop (SIGINT too: a shell's background job
+        # inherits it ignored).
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        run_sweep(ablation, workdir, mine, _PARALLEL.value, seeds_together(_VMAP_SEEDS.value))
     report.write_report(workdir, ablation)
   except (config_lib.ConfigError, CellFailed, report.ReportError) as e:
     sys.exit(f'error: {e}')

@@ -23,7 +23,7 @@ def check_writable(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(workdirs):
+def exclusive(workdirs, lock: str = LOCK):
   """Holds `workdirs` for this process until the block ends, so that a second run started
   in one of them (the same command twice, a sweep relaunched while it runs) is refused
   instead of writing beside the first. A killed process's lock goes with it."""
@@ -31,7 +31,7 @@ def exclusive(workdirs):
     for workdir in workdirs:
       if '://' in workdir:  # A bucket: no file locks there.
         continue
-      f = stack.enter_context(open(os.path.join(workdir, LOCK), 'a+'))
+      f = stack.enter_context(open(os.path.join(workdir, lock), 'a+'))
       try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:

@@ -532,6 +532,21 @@ def test_a_sweep_into_an_unwritable_workdir_is_refused_in_one_line(tmp_path):
       '--workdir.')
 
 
+def test_a_second_driver_of_one_shard_is_refused_before_it_writes(tmp_path):
+  from resnet_jax import run_dir
+  workdir = str(tmp_path / 'sweep')
+  os.makedirs(workdir)
+  cmd = [sys.executable, '-m', 'experiments.depth_ablation',
+         '--config=configs/ablation.py:quick', f'--workdir={workdir}']
+  with run_dir.exclusive([workdir], '.lock-shard0of1'):  # The first driver, running.
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f'error: Another process (pid {os.getpid()}) is running in {workdir}: wait for it '
+        f'to end or stop it, or choose another --workdir.')
+    assert sorted(os.listdir(workdir)) == ['.lock-shard0of1']  # Nothing written.
+
+
 def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
   local = datasets.local_fashion_mnist_dir(str(tmp_path / 'tfds'))
   os.makedirs(local)
