@@ -77,7 +77,7 @@ def grid(ablation) -> list[Cell]:
   """Every cell of the sweep, shallow first so that early results come early."""
   for key in ('depths', 'seeds', 'shortcuts'):
     values = list(ablation[key])
-    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
     if repeated:  # Two runs of one cell would write into one directory.
       raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '
                                    f'value once.')

@@ -403,25 +403,29 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   return rows
 
 
+def read_ablation(workdir: str):
+  """The sweep's ablation config as its driver wrote it, or None if there is none."""
+  import ml_collections
+  path = os.path.join(workdir, 'ablation.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except ValueError as e:
+      raise ReportError(f'{path} is unreadable ({e}): rerun the sweep\'s command with '
+                        '--report_only, which rewrites it and the report.') from e
+
+
 def main(argv):
   del argv
   from absl import flags
   from absl import logging
-  import ml_collections
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Its table and the figures' names are printed.
   workdir = flags.FLAGS.workdir
-  ablation = None
-  path = os.path.join(workdir, 'ablation.json')
   try:
-    if os.path.exists(path):
-      with open(path) as f:
-        try:
-          ablation = ml_collections.ConfigDict(json.load(f))
-        except ValueError as e:
-          raise ReportError(f'{path} is unreadable ({e}): rerun the sweep\'s command with '
-                             '--report_only, which rewrites it and the report.') from e
-    write_report(workdir, ablation, analyse=not flags.FLAGS.no_analysis)
+    write_report(workdir, read_ablation(workdir), analyse=not flags.FLAGS.no_analysis)
   except ReportError as e:
     sys.exit(f'error: {e}')
 

@@ -402,11 +402,9 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path, capsys):
   # Checkpoints deleted to free disk: the report keeps each cell's analysis; a cell with
   # neither is left out of the analysis figures, named, and the report is still written.
   import shutil
-  import ml_collections
   for name in ('plain-8-seed0', 'resnetA-8-seed0'):
     shutil.rmtree(os.path.join(workdir, name, 'checkpoints'))
-  with open(os.path.join(workdir, 'ablation.json')) as f:
-    ablation = ml_collections.ConfigDict(json.load(f))
+  ablation = report.read_ablation(workdir)
   report.write_report(workdir, ablation)
   assert json.load(open(os.path.join(workdir, 'analysis.json'))) == analyses
   os.remove(os.path.join(workdir, 'plain-8-seed0', 'analysis.json'))
