@@ -11,13 +11,14 @@ from resnet_jax import config_lib
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_arg(arg, flags=('plain',), values=('depth', 'shortcut'))
+  args = config_lib.parse_arg(arg, flags=('plain',), values=('depth', 'shortcut'),
+                              ints=('depth',))
   c = config_lib.base_config()
   c.data.name = 'cifar10'
   c.data.validation_size = 5000
   c.data.augment = 'crop_flip'
   c.data.pad = 4
-  c.model.depth = int(args.get('depth', 20))
+  c.model.depth = args.get('depth', 20)
   c.model.shortcut = 'none' if args.get('plain') else args.get('shortcut', 'A')
   c.model.scan_blocks = True
   c.optimizer.name = 'sgd'

@@ -9,13 +9,14 @@ from resnet_jax import config_lib
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_arg(arg, flags=('plain',), values=('depth', 'shortcut'))
+  args = config_lib.parse_arg(arg, flags=('plain',), values=('depth', 'shortcut'),
+                              ints=('depth',))
   c = config_lib.base_config()
   c.data.name = 'fashion_mnist'
   # Short budgets favour no augmentation: in one epoch flips cost about two points
   # of test accuracy, pad-and-crop more (measured here; the README has the table).
   c.data.augment = 'none'
-  c.model.depth = int(args.get('depth', 20))
+  c.model.depth = args.get('depth', 20)
   c.model.shortcut = 'none' if args.get('plain') else args.get('shortcut', 'A')
   # On XLA:CPU an unrolled ResNet-20 steps ~1.4x faster than a scanned one; deep
   # nets should scan (model.scan_blocks=True) so that compile time stays flat.

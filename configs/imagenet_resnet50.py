@@ -8,14 +8,14 @@ from resnet_jax import config_lib
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_arg(arg, flags=('plain',), values=('depth',))
+  args = config_lib.parse_arg(arg, flags=('plain',), values=('depth',), ints=('depth',))
   c = config_lib.base_config()
   c.data.name = 'imagenet2012'
   c.data.validation_size = 10000
   c.data.augment = 'inception_crop_flip'
   c.data.image_size = 224
   c.model.name = 'imagenet_resnet'
-  c.model.depth = int(args.get('depth', 50))
+  c.model.depth = args.get('depth', 50)
   c.model.shortcut = 'none' if args.get('plain') else 'B'
   c.model.num_filters = 64
   c.model.zero_init_last_bn = True

@@ -108,3 +108,45 @@ def test_cli_refuses_a_value_of_the_wrong_type(tmp_path):
             '--config.batch_size=lots')
   assert out.returncode != 0
   assert 'batch_size' in out.stderr
+
+
+def test_config_arguments_are_checked():
+  assert config_lib.parse_arg('depth=56,plain', ('plain',), ('depth',), ints=('depth',)) == {
+      'depth': 56, 'plain': True}
+  with pytest.raises(ValueError, match="argument 'depth=abc' needs an integer"):
+    config_lib.parse_arg('depth=abc', values=('depth',), ints=('depth',))
+
+
+# A config file that cannot be found or called, or a bad argument to one: one line, exit 1.
+BAD_CONFIG_FILES = [
+    ('resnet_jax.main', ['--config=configs/nope.py'],
+     "error: --config: there is no config file 'configs/nope.py' (relative paths start at "),
+    ('resnet_jax.main', ['--config', 'configs/nope.py:depth=8', '--config.seed=1'],
+     "error: --config: there is no config file 'configs/nope.py'"),
+    ('resnet_jax.main', ['--config=configs/fashion_mnist.py:depth=abc'],
+     "error: --config=configs/fashion_mnist.py:depth=abc: The config argument 'depth=abc' "
+     'needs an integer, as in depth=56.'),
+    ('resnet_jax.main', ['--config=NO_GET_CONFIG'],
+     "error: --config: 'NO_GET_CONFIG' has no get_config(arg) function"),
+    ('experiments.depth_ablation', ['--config=configs/ablation.py:bogus'],
+     "error: --config=configs/ablation.py:bogus: Unknown ablation preset 'bogus': use one of "
+     'quick, full, paper, extreme.'),
+]
+
+
+@pytest.mark.parametrize('module,args,start', BAD_CONFIG_FILES,
+                         ids=[' '.join(a) for _, a, _ in BAD_CONFIG_FILES])
+def test_cli_refuses_a_bad_config_file_in_one_line(module, args, start, tmp_path):
+  no_get_config = tmp_path / 'no_get_config.py'
+  no_get_config.write_text('config = None\n')
+  args = [a.replace('NO_GET_CONFIG', str(no_get_config)) for a in args]
+  start = start.replace('NO_GET_CONFIG', str(no_get_config))
+  workdir = tmp_path / 'run'
+  out = subprocess.run([sys.executable, '-m', module, *args, f'--workdir={workdir}'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(start), lines
+  if 'nope.py' in start:  # The message names the shipped config files.
+    assert os.path.join(REPO, 'configs', 'fashion_mnist.py') in lines[0]
+  assert not workdir.exists()
