@@ -57,6 +57,10 @@ def parse_model(name: str) -> tuple[dict, tuple, int]:
   if not match:
     raise ValueError(f'Unknown benchmark model {name!r}: use resnetN or plainN.')
   residual, depth = match.group(1) == 'resnet', int(match.group(2))
+  if depth not in (18, 34, 50, 101, 152) and (depth < 8 or (depth - 2) % 6):
+    raise ValueError(f'Unknown benchmark model {name!r}: the depth of a CIFAR ResNet is 6n+2 '
+                     '(20, 32, 44, 56, 110, 1202, ...), of an ImageNet one 18, 34, 50, 101 or '
+                     '152.')
   if depth in (18, 34, 50, 101, 152):
     return (dict(name='imagenet_resnet', depth=depth, num_filters=64,
                  shortcut='B' if residual else 'none'), (64, 64, 3), 1000)
@@ -306,8 +310,14 @@ def main(argv):
         parse_model(row['model'])[0]['depth'], row['model'].startswith('resnet'),
         row['batch_size'], steps=row['steps'], warmup=row['warmup'])))
     return
-  for name in _MODELS.value + _REMAT.value:
-    parse_model(name)  # Bad names fail before anything runs.
+  try:  # Bad names and batch sizes fail in one line, before anything runs.
+    for name in _MODELS.value + _REMAT.value + _UNROLLED.value:
+      parse_model(name)
+    for b in _BATCH_SIZES.value:
+      if not b.isdigit() or int(b) < 1:
+        raise ValueError(f'--batch_sizes takes positive integers, not {b!r}.')
+  except ValueError as e:
+    sys.exit(f'error: {e}')
   try:
     import torch  # pylint: disable=unused-import
     have_torch = _TORCH.value > 0

@@ -77,6 +77,12 @@ def grid(ablation) -> list[Cell]:
   """Every cell of the sweep, shallow first so that early results come early."""
   for key in ('depths', 'seeds', 'shortcuts'):
     values = list(ablation[key])
+    kind = str if key == 'shortcuts' else int
+    wrong = [v for v in values if not isinstance(v, kind) or isinstance(v, bool)]
+    if wrong:
+      raise config_lib.ConfigError(
+          f'config.{key} holds {wrong[0]!r}: give {"names" if kind is str else "integers"}, '
+          f'as in --config.{key}={dict(depths="20,32", seeds="0,1", shortcuts="none,A")[key]}.')
     repeated = [v for i, v in enumerate(values) if v in values[:i]]
     if repeated:  # Two runs of one cell would write into one directory.
       raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '

@@ -53,6 +53,14 @@ def test_a_grid_with_no_cells_or_a_repeated_value_is_refused():
   ab.seeds, ab.depths, ab.exclude = (0,), (20,), ('none-20', 'A-20')
   with pytest.raises(config_lib.ConfigError, match='^The grid has no cells'):
     depth_ablation.grid(ab)
+  ab = ablation_config.get_config('quick')
+  ab.depths = ('abc',)  # What --config.depths=abc sets.
+  with pytest.raises(config_lib.ConfigError, match=r"^config.depths holds 'abc': give integers"):
+    depth_ablation.grid(ab)
+  ab = ablation_config.get_config('quick')
+  ab.shortcuts = (1, 2)
+  with pytest.raises(config_lib.ConfigError, match=r'^config.shortcuts holds 1: give names'):
+    depth_ablation.grid(ab)
 
 
 def test_a_report_of_no_sweep_says_so_in_one_line(tmp_path):

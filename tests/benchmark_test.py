@@ -22,6 +22,23 @@ def test_model_names():
   assert kwargs['name'] == 'imagenet_resnet' and shape == (64, 64, 3) and classes == 1000
   with pytest.raises(ValueError, match='resnetN or plainN'):
     benchmark.parse_model('vgg16')
+  with pytest.raises(ValueError, match='6n\\+2'):
+    benchmark.parse_model('resnet21')
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--models=resnet20,foo', "error: Unknown benchmark model 'foo': use resnetN or plainN."),
+    ('--remat_models=plain21', "error: Unknown benchmark model 'plain21': the depth of a "),
+    ('--batch_sizes=128,big', "error: --batch_sizes takes positive integers, not 'big'."),
+])
+def test_bad_flags_are_refused_in_one_line_before_any_row(flag, message, tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.benchmark', flag,
+                        f'--output={tmp_path}/b.json'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), lines
+  assert not out.stdout and not os.listdir(tmp_path)
 
 
 def test_flops_extrapolated_from_two_depths_equal_xla_on_the_whole_model():
