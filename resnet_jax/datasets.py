@@ -170,10 +170,23 @@ def ensure_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | Non
   if '://' in data_dir:  # A bucket: no file locks there.
     import_fashion_mnist(source_dir, data_dir, max_examples)
     return
-  os.makedirs(data_dir, exist_ok=True)
+  _make_data_dir(data_dir, 'Fashion-MNIST')
   with _exclusive(os.path.join(data_dir, f'{LOCAL_FASHION_MNIST}.lock')):
     if not _imported(data_dir):
       import_fashion_mnist(source_dir, data_dir, max_examples)
+
+
+def _make_data_dir(data_dir: str, name: str) -> None:
+  """Creates the TFDS data dir, or says in one sentence why `name` cannot be put there."""
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    if not os.access(data_dir, os.W_OK):
+      raise PermissionError(13, 'Permission denied')
+  except OSError as e:
+    raise DataMissingError(
+        f'{name} is not prepared and the TFDS data dir {data_dir} cannot be written '
+        f'({e.strerror}): pass a writable --config.data.data_dir (or set TFDS_DATA_DIR).') \
+        from None
 
 
 def default_data_dir() -> str:
@@ -207,6 +220,8 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
       return tfds.builder_from_directory(local)
   if not download:
     raise DataMissingError(f'{name} is not prepared in {data_dir}: {spec.how_to_get}.')
+  if '://' not in data_dir:
+    _make_data_dir(data_dir, name)
   try:
     builder = builder or tfds.builder(spec.tfds_name, data_dir=data_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None

@@ -99,6 +99,16 @@ def test_missing_data_says_how_to_get_it(tmp_path):
     datasets.import_fashion_mnist(str(tmp_path), str(tmp_path / 'out'))
 
 
+def test_a_data_dir_that_cannot_be_written_is_named_before_any_import_or_download(tmp_path):
+  (tmp_path / 'a_file').write_text('not a directory')
+  data_dir = str(tmp_path / 'a_file' / 'tfds')
+  for name in ('fashion_mnist', 'cifar10'):  # The offline import, and a download.
+    with pytest.raises(datasets.DataMissingError,
+                       match=f'data dir {data_dir} cannot be written .Not a directory.: pass a '
+                       'writable --config.data.data_dir'):
+      datasets.get_builder(name, data_dir, fashion_mnist_dir=str(tmp_path))
+
+
 def test_truncated_idx_file_is_refused(tmp_path):
   import gzip
   path = tmp_path / 'bad-idx1-ubyte.gz'
