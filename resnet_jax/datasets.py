@@ -220,8 +220,24 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
       return tfds.builder_from_directory(local)
   if not download:
     raise DataMissingError(f'{name} is not prepared in {data_dir}: {spec.how_to_get}.')
-  if '://' not in data_dir:
-    _make_data_dir(data_dir, name)
+  if '://' in data_dir:  # A bucket: no file locks there.
+    return _download_and_prepare(spec, name, data_dir, manual_dir, builder)
+  _make_data_dir(data_dir, name)
+  # One download however many processes ask at a time (a sweep's workers): the
+  # others wait, then read what it prepared.
+  with _exclusive(os.path.join(data_dir, f'{spec.tfds_name}.lock')):
+    if os.path.isdir(os.path.join(data_dir, spec.tfds_name)):
+      builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    return _download_and_prepare(spec, name, data_dir, manual_dir, builder)
+
+
+def _download_and_prepare(spec, name, data_dir, manual_dir, builder):
+  import tensorflow_datasets as tfds
+  if builder is not None and builder.is_prepared():
+    return builder
+  print(f'{name} is not prepared in the TFDS data dir {data_dir}: TFDS downloads and '
+        'prepares it, once (offline, the download fails after its retries, about 3 '
+        'minutes).', flush=True)
   try:
     builder = builder or tfds.builder(spec.tfds_name, data_dir=data_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None

@@ -135,6 +135,27 @@ def test_download_datasets_with_mock_data(tmp_path, name, shape, classes):
   assert splits['train'].labels.max() < classes
 
 
+def test_a_download_waits_for_another_process_downloading_into_the_same_dir(tmp_path, capsys):
+  """A sweep's workers on a new machine: the second waits for the first's download."""
+  holder = subprocess.Popen([sys.executable, '-c', (
+      'import fcntl, sys, time\n'
+      'f = open(sys.argv[1], "a"); fcntl.flock(f, fcntl.LOCK_EX)\n'
+      'open(sys.argv[2], "w").close(); time.sleep(3)\n'
+      'open(sys.argv[3], "w").close(); fcntl.flock(f, fcntl.LOCK_UN)\n'),
+      str(tmp_path / 'cifar10.lock'), str(tmp_path / 'locked'), str(tmp_path / 'released')])
+  while not (tmp_path / 'locked').exists():
+    assert holder.poll() is None
+    time.sleep(0.02)
+  with tfds.testing.mock_data(num_examples=8):
+    builder = datasets.get_builder('cifar10', str(tmp_path))
+  assert (tmp_path / 'released').exists()  # It went on only once the other let go.
+  assert holder.wait(timeout=60) == 0
+  assert builder.name == 'cifar10'
+  out = capsys.readouterr().out
+  assert 'Waiting for another process that holds' in out
+  assert 'cifar10 is not prepared in the TFDS data dir' in out
+
+
 def test_train_batches_depend_only_on_seed_and_step():
   split = datasets.ArraySplit(np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1),
                               np.arange(100, dtype=np.int32))
