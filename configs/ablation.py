@@ -7,7 +7,7 @@ Presets (the argument):
   full     Fashion-MNIST at full width, 20 epochs after a one-epoch warm-up: aimed at
            deeper residual nets winning; at 20 epochs ResNet-56 reaches a lower
            training error than ResNet-20 but ties on held-out images
-           (docs/full_preset.md); 40-55 h on 2 CPU cores.
+           (docs/full_preset.md); about 22 h on 2 AVX-512 CPU cores, 39 h on AVX2.
   paper    CIFAR-10 exactly as the paper (configs/cifar10.py), 5 seeds.
   extreme  ResNet-1202 and plain-110 on CIFAR-10.
 Each cell is an ordinary run of `run_config` called with 'depth=N[,plain|,shortcut=X]',
