@@ -401,6 +401,18 @@ class Clock:
     return eta_seconds(rate, left, queued, self.workers)
 
 
+def worker_env(workdir: str, n_workers: int, environ=None) -> dict:
+  """The environment of the sweep's worker processes."""
+  env = dict(os.environ if environ is None else environ)
+  # Cells of one architecture compile the same programs: JAX's persistent cache
+  # compiles them once for the sweep.
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(workdir),
+                                                           '.jax_cache'))
+  if n_workers > 1:  # On one GPU each JAX process would take 75% of its memory.
+    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / n_workers:.2f}')
+  return env
+
+
 def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False):
   status = {c: cell_status(os.path.join(workdir, c.name)) for c in cells}
   todo = [c for c in cells if status[c] not in ('done', 'diverged')]
@@ -408,12 +420,9 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
         f'{len(todo)} to run.', flush=True)
   queue = units(todo, together)
   n_units = len(queue)
-  # Cells of one architecture compile the same programs: JAX's persistent cache
-  # compiles them once for the sweep.
-  env = dict(os.environ)
-  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(workdir),
-                                                           '.jax_cache'))
-  workers = [Worker(workdir, i, env) for i in range(min(max(parallel, 1), n_units))]
+  n_workers = min(max(parallel, 1), n_units)
+  env = worker_env(workdir, n_workers)
+  workers = [Worker(workdir, i, env) for i in range(n_workers)]
   clock, done = Clock(len(workers)), 0
   resumed = {unit_name(u) for u in queue if any(status[c] == 'partial' for c in u)}
   cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.

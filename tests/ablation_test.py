@@ -63,6 +63,15 @@ def test_a_grid_with_no_cells_or_a_repeated_value_is_refused():
     depth_ablation.grid(ab)
 
 
+def test_workers_share_one_gpu_and_one_compilation_cache(tmp_path):
+  env = depth_ablation.worker_env(str(tmp_path), 2, environ={'PATH': '/bin'})
+  assert env == {'PATH': '/bin', 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / '.jax_cache'),
+                 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45'}
+  assert 'XLA_PYTHON_CLIENT_MEM_FRACTION' not in depth_ablation.worker_env(str(tmp_path), 1, {})
+  mine = {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.3', 'JAX_COMPILATION_CACHE_DIR': '/c'}
+  assert depth_ablation.worker_env(str(tmp_path), 3, mine) == mine  # The user's win.
+
+
 def test_a_report_of_no_sweep_says_so_in_one_line(tmp_path):
   for workdir in (tmp_path / 'missing', tmp_path):
     out = subprocess.run([sys.executable, '-m', 'experiments.report', f'--workdir={workdir}'],
