@@ -75,6 +75,15 @@ class Cell:
 
 def grid(ablation) -> list[Cell]:
   """Every cell of the sweep, shallow first so that early results come early."""
+  if 'model' in ablation and 'depths' not in ablation:
+    raise config_lib.ConfigError(
+        'This is the config of a single run: the sweep takes configs/ablation.py:PRESET '
+        '(a single run: python -m resnet_jax.main).')
+  missing = [key for key in ('run_config', 'depths', 'seeds', 'shortcuts', 'exclude',
+                             'overrides') if key not in ablation]
+  if missing:
+    raise config_lib.ConfigError(f'The ablation config has no {missing[0]!r}: start from '
+                                 'a preset of configs/ablation.py.')
   for key in ('depths', 'seeds', 'shortcuts'):
     values = list(ablation[key])
     kind = str if key == 'shortcuts' else int

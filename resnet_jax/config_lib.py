@@ -146,6 +146,13 @@ def validate(config, device_count: int = 1) -> None:
   from resnet_jax import streaming_input
   from resnet_jax.models import resnet
 
+  if 'depths' in config and 'run_config' in config:
+    _fail('This is a depth-ablation config (configs/ablation.py): run it with '
+          'python -m experiments.depth_ablation --config=... --workdir=....')
+  missing = [key for key in base_config() if key not in config]
+  if missing:
+    _fail(f'The config has no {missing[0]!r}: a run config starts from '
+          f'config_lib.base_config() and overrides some of its keys (see configs/).')
   if config.data.name not in datasets.DATASETS:
     _fail(f'Unknown dataset {config.data.name!r} (data.name): use one of '
           f'{", ".join(datasets.DATASETS)}.')

@@ -50,6 +50,14 @@ def test_bad_config_is_refused(overrides, message):
     config_lib.validate(config_with(**overrides))
 
 
+def test_a_config_without_a_base_key_is_refused():
+  c = config_with()
+  del c['optimizer']
+  with pytest.raises(config_lib.ConfigError, match="^The config has no 'optimizer': a run "
+                     'config starts from config_lib.base_config'):
+    config_lib.validate(c)
+
+
 def test_batch_not_divisible_by_devices_is_refused():
   with pytest.raises(config_lib.ConfigError, match='not divisible by the 3 devices'):
     config_lib.validate(config_with(batch_size=128), device_count=3)
@@ -128,6 +136,11 @@ BAD_CONFIG_FILES = [
      'needs an integer, as in depth=56.'),
     ('resnet_jax.main', ['--config=NO_GET_CONFIG'],
      "error: --config: 'NO_GET_CONFIG' has no get_config(arg) function"),
+    ('resnet_jax.main', ['--config=configs/ablation.py:quick'],
+     'error: This is a depth-ablation config (configs/ablation.py): run it with python -m '
+     'experiments.depth_ablation'),
+    ('experiments.depth_ablation', ['--config=configs/fashion_mnist.py'],
+     'error: This is the config of a single run: the sweep takes configs/ablation.py:PRESET'),
     ('experiments.depth_ablation', ['--config=configs/ablation.py:bogus'],
      "error: --config=configs/ablation.py:bogus: Unknown ablation preset 'bogus': use one of "
      'quick, full, paper, extreme.'),
