@@ -297,6 +297,33 @@ def targets(rows: list[dict], pipeline: dict | None) -> list[str]:
   return out
 
 
+def preset_hours(rows: list[dict], presets=('paper', 'extreme')) -> dict:
+  """Hours the ablation presets on CIFAR shapes would train at this run's step times.
+
+  Step time is linear in depth (plain and residual alike), so a least-squares line
+  through the timed batch-128 CIFAR rows (at least two depths) gives every cell's;
+  summed over each preset's cells and steps, one cell at a time, steps only.
+  """
+  import numpy as np
+  from experiments import depth_ablation
+  timed = [(parse_model(r['model'])[0]['depth'], r['step_ms'] / 1000) for r in rows
+           if 'error' not in r and r['batch_size'] == 128 and r['scan'] and not r['remat']
+           and parse_model(r['model'])[0]['name'] == 'cifar_resnet']
+  if len({d for d, _ in timed}) < 2:
+    return {}
+  slope, intercept = np.polyfit([d for d, _ in timed], [t for _, t in timed], 1)
+  out = {}
+  for preset in presets:
+    ablation = depth_ablation.load_config_file('ablation.py').get_config(preset)
+    seconds = 0.0
+    for cell in depth_ablation.grid(ablation):
+      config = depth_ablation.cell_config(ablation, cell)
+      assert config.batch_size == 128 and config.data.name.startswith('cifar')
+      seconds += config.num_train_steps * (intercept + slope * cell.depth)
+    out[preset] = seconds / 3600
+  return out
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -357,6 +384,9 @@ def main(argv):
         f'{os.cpu_count()} cores).')
   for line in targets(rows, pipeline):
     print(line)
+  for preset, hours in preset_hours(rows).items():
+    print(f'At these step times the {preset} preset of the depth ablation trains in about '
+          f'{hours:,.1f} h here ({hours / 24:,.1f} days), one cell at a time, steps only.')
   save(rows, pipeline, peak)
   print(f'Wrote {_OUTPUT.value}.')
 
@@ -366,7 +396,8 @@ def save(rows, pipeline, peak):
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
   with open(_OUTPUT.value + '.tmp', 'w') as f:
     json.dump({'rows': rows, 'pipeline': pipeline, 'peak_gflops': peak,
-               'targets': targets(rows, pipeline)}, f, indent=2)
+               'targets': targets(rows, pipeline), 'preset_hours': preset_hours(rows)},
+              f, indent=2)
   os.replace(_OUTPUT.value + '.tmp', _OUTPUT.value)
 
 

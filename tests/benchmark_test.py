@@ -41,6 +41,20 @@ def test_bad_flags_are_refused_in_one_line_before_any_row(flag, message, tmp_pat
   assert not out.stdout and not os.listdir(tmp_path)
 
 
+def test_preset_hours_at_step_times_linear_in_depth():
+  def row(model, step_ms, **kw):
+    return dict(dict(model=model, batch_size=128, scan=True, remat=False, step_ms=step_ms), **kw)
+  rows = [row('resnet20', 300.0), row('plain56', 660.0),  # 0.01 s per layer + 0.1 s.
+          row('resnet56', 9e9, remat=True), row('resnet56', 9e9, batch_size=256),
+          dict(model='plain110', batch_size=128, scan=True, remat=False, error='OOM')]
+  hours = benchmark.preset_hours(rows)
+  # paper: 5 seeds x 64,000 steps x 2 nets x sum over depths 20-110 of (0.01 d + 0.1) s.
+  assert hours['paper'] == pytest.approx(5 * 64000 * 2 * (0.01 * 262 + 0.5) / 3600)
+  # extreme: plain-110, ResNet-110 and ResNet-1202, 64,000 steps each.
+  assert hours['extreme'] == pytest.approx(64000 * (2 * 1.2 + 12.12) / 3600)
+  assert benchmark.preset_hours(rows[:1]) == {}  # One depth gives no line.
+
+
 def test_flops_extrapolated_from_two_depths_equal_xla_on_the_whole_model():
   kwargs = dict(name='cifar_resnet', depth=20, shortcut='A', num_filters=4)
   extrapolated = benchmark._train_step_flops(kwargs, (8, 8, 3), 10, 2)
