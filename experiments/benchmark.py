@@ -3,7 +3,8 @@
   python -m experiments.benchmark --models=resnet20,plain20,resnet1202 --batch_sizes=128
 
 Each (model, batch size, remat) row runs in its own process, so its peak memory is
-its own. Prints a table, the issue's targets as ratios within this one run, and
+its own. Prints a table, the issue's targets as ratios within this one run, the
+hours the paper and extreme ablation presets would train at these step times, and
 writes everything as JSON. Models: `resnetN` / `plainN` (CIFAR family, 32x32x3),
 `resnet50` / `plain50` (ImageNet family at 64x64x3). A PyTorch column is added where
 torch is installed.

@@ -115,6 +115,8 @@ def test_a_row_runs_without_tensorflow(tmp_path):
   code = ("import json, sys\n"
           "from experiments import benchmark\n"
           f"row = benchmark.measure_row({TINY_ROW!r})\n"
+          "assert benchmark.preset_hours([dict(row, model='resnet20', batch_size=128), "
+          "dict(row, model='resnet56', batch_size=128)])['paper'] > 0\n"
           "print(json.dumps([row['finite'], sorted({m.split('.')[0] for m in sys.modules} & "
           "{'tensorflow', 'clu', 'tensorflow_datasets'})]))\n")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
