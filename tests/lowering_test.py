@@ -20,6 +20,10 @@ PLATFORMS = ('cuda', 'rocm', 'tpu')
 
 VARIANTS = {
     'resnetA-8-scan': {'model.scan_blocks': True},
+    'paper-resnetA-110': {'model.depth': 110, 'model.num_filters': 16,
+                          'model.scan_blocks': True},
+    'paper-plain-110': {'model.depth': 110, 'model.num_filters': 16, 'model.shortcut': 'none',
+                        'model.scan_blocks': True},
     'plain-8-unrolled': {'model.shortcut': 'none', 'model.scan_blocks': False},
     'resnetB-8-preact': {'model.shortcut': 'B', 'model.preact': True},
     'bfloat16': {'model.dtype': 'bfloat16'},
