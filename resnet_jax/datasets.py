@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import struct
 
 from absl import logging
@@ -281,8 +282,16 @@ def load_split_arrays(builder, split: str) -> ArraySplit:
           return ArraySplit(f['images'], f['labels'])
     except (OSError, ValueError, KeyError):
       pass  # Unreadable: decode again and rewrite it.
-  ds = builder.as_dataset(split=split, shuffle_files=False).batch(10000)
-  parts = list(tfds.as_numpy(ds))
+  import tensorflow as tf
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False).batch(10000)
+    parts = list(tfds.as_numpy(ds))
+  except tf.errors.OpError as e:  # A truncated or corrupt file (a full disk, a copy cut short).
+    reason = re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:.*', '', str(e.message)).strip()[:200]
+    raise DataMissingError(
+        f'The {split} split of {builder.name} in {data_dir} is unreadable '
+        f'({type(e).__name__}: {reason}): delete {data_dir} and run again to prepare it '
+        'afresh.') from None
   if not parts:
     raise DataMissingError(f'The {split} split of {builder.name} is empty.')
   out = ArraySplit(np.concatenate([p['image'] for p in parts]).astype(np.uint8),

@@ -1,5 +1,6 @@
 """Data: the offline Fashion-MNIST import, TFDS mock data, batches by step, augmentation."""
 
+import glob
 import json
 import logging
 import os
@@ -55,6 +56,22 @@ def test_decoded_splits_are_cached_and_a_bad_cache_is_ignored(fashion_data_dir):
   np.testing.assert_array_equal(rebuilt.images, first.images)
   with np.load(cache) as f:  # Rewritten whole.
     assert f['images'].shape == first.images.shape
+
+
+def test_a_corrupt_prepared_split_is_named_with_the_fix(fashion_data_dir, tmp_path):
+  import shutil
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(fashion_data_dir, data_dir)
+  builder = datasets.get_builder('fashion_mnist', str(data_dir), download=False)
+  version_dir = str(builder.data_dir)
+  for cache in glob.glob(os.path.join(version_dir, '*.npz')):
+    os.remove(cache)
+  shard, = glob.glob(os.path.join(version_dir, '*-train.tfrecord*'))
+  os.truncate(shard, os.path.getsize(shard) // 2)  # A copy cut short.
+  with pytest.raises(datasets.DataMissingError,
+                     match=f'^The train split of fashion_mnist_local in {version_dir} is '
+                     rf'unreadable \(DataLossError: .*\): delete {version_dir} and run again'):
+    datasets.load_split_arrays(builder, 'train')
 
 
 _IMPORT_AT_ONCE = """
