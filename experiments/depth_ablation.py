@@ -27,6 +27,7 @@ from absl import logging
 from ml_collections import config_flags
 import ml_collections
 
+from resnet_jax import cli
 from resnet_jax import config_lib
 from resnet_jax import run_dir
 
@@ -569,4 +570,4 @@ def _stop(signum, frame):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -7,6 +7,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from resnet_jax import cli
 from resnet_jax import config_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
@@ -57,4 +58,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
