@@ -27,9 +27,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     _exit_if_unknown_override(error, argv)
     raise
   if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
-    # ml_collections defers a config file's load error to the config's first use.
-    _exit_if_config_file_unreadable(_config_path(argv),
-                                    getattr(flags.FLAGS['config'].value, '__dict__', {}).get('_error'))
+    # ml_collections defers a config file's load error to the config's first use: it
+    # stands in a placeholder holding the error.
+    placeholder = vars(flags.FLAGS['config'].value) \
+        if hasattr(flags.FLAGS['config'].value, '__dict__') else {}
+    _exit_if_config_file_unreadable(_config_path(argv), placeholder.get('_error'))
   return remaining
 
 
