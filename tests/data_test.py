@@ -154,10 +154,15 @@ def test_download_datasets_with_mock_data(tmp_path, name, shape, classes):
 
 def test_a_download_waits_for_another_process_downloading_into_the_same_dir(tmp_path, capsys):
   """A sweep's workers on a new machine: the second waits for the first's download."""
+  # The holder lets go once the kernel lists a process blocked on its lock (or after 60 s).
   holder = subprocess.Popen([sys.executable, '-c', (
-      'import fcntl, sys, time\n'
+      'import fcntl, os, sys, time\n'
       'f = open(sys.argv[1], "a"); fcntl.flock(f, fcntl.LOCK_EX)\n'
-      'open(sys.argv[2], "w").close(); time.sleep(3)\n'
+      'inode = os.fstat(f.fileno()).st_ino\n'
+      'open(sys.argv[2], "w").close(); deadline = time.time() + 60\n'
+      'while time.time() < deadline and not any(\n'
+      '    "->" in l and f":{inode} " in l for l in open("/proc/locks")):\n'
+      '  time.sleep(0.05)\n'
       'open(sys.argv[3], "w").close(); fcntl.flock(f, fcntl.LOCK_UN)\n'),
       str(tmp_path / 'cifar10.lock'), str(tmp_path / 'locked'), str(tmp_path / 'released')])
   while not (tmp_path / 'locked').exists():
