@@ -57,12 +57,16 @@ def parse_model(name: str) -> tuple[dict, tuple, int]:
   match = re.fullmatch(r'(resnet|plain)(\d+)', name)
   if not match:
     raise ValueError(f'Unknown benchmark model {name!r}: use resnetN or plainN.')
+  from resnet_jax.models import resnet  # The families' own depth rules.
   residual, depth = match.group(1) == 'resnet', int(match.group(2))
-  if depth not in (18, 34, 50, 101, 152) and (depth < 8 or (depth - 2) % 6):
-    raise ValueError(f'Unknown benchmark model {name!r}: the depth of a CIFAR ResNet is 6n+2 '
-                     '(20, 32, 44, 56, 110, 1202, ...), of an ImageNet one 18, 34, 50, 101 or '
-                     '152.')
-  if depth in (18, 34, 50, 101, 152):
+  if depth not in resnet.IMAGENET_DEPTHS:
+    try:
+      resnet.cifar_stage_sizes(depth)
+    except ValueError:
+      raise ValueError(f'Unknown benchmark model {name!r}: the depth of a CIFAR ResNet is '
+                       '6n+2 (20, 32, 44, 56, 110, 1202, ...), of an ImageNet one '
+                       f'{", ".join(map(str, sorted(resnet.IMAGENET_DEPTHS)))}.') from None
+  if depth in resnet.IMAGENET_DEPTHS:
     return (dict(name='imagenet_resnet', depth=depth, num_filters=64,
                  shortcut='B' if residual else 'none'), (64, 64, 3), 1000)
   return (dict(name='cifar_resnet', depth=depth, num_filters=16,
@@ -307,9 +311,10 @@ def preset_hours(rows: list[dict], presets=('paper', 'extreme')) -> dict:
   """
   import numpy as np
   from experiments import depth_ablation
-  timed = [(parse_model(r['model'])[0]['depth'], r['step_ms'] / 1000) for r in rows
+  timed = [(kwargs['depth'], r['step_ms'] / 1000)
+           for r, kwargs in ((r, parse_model(r['model'])[0]) for r in rows)
            if 'error' not in r and r['batch_size'] == 128 and r['scan'] and not r['remat']
-           and parse_model(r['model'])[0]['name'] == 'cifar_resnet']
+           and kwargs['name'] == 'cifar_resnet']
   if len({d for d, _ in timed}) < 2:
     return {}
   slope, intercept = np.polyfit([d for d, _ in timed], [t for _, t in timed], 1)
@@ -385,19 +390,20 @@ def main(argv):
         f'{os.cpu_count()} cores).')
   for line in targets(rows, pipeline):
     print(line)
-  for preset, hours in preset_hours(rows).items():
+  hours = preset_hours(rows)
+  for preset, h in hours.items():
     print(f'At these step times the {preset} preset of the depth ablation trains in about '
-          f'{hours:,.1f} h here ({hours / 24:,.1f} days), one cell at a time, steps only.')
-  save(rows, pipeline, peak)
+          f'{h:,.1f} h here ({h / 24:,.1f} days), one cell at a time, steps only.')
+  save(rows, pipeline, peak, hours)
   print(f'Wrote {_OUTPUT.value}.')
 
 
-def save(rows, pipeline, peak):
+def save(rows, pipeline, peak, hours=None):
   """Writes the JSON (after every row, so a long benchmark keeps what it measured)."""
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
   with open(_OUTPUT.value + '.tmp', 'w') as f:
     json.dump({'rows': rows, 'pipeline': pipeline, 'peak_gflops': peak,
-               'targets': targets(rows, pipeline), 'preset_hours': preset_hours(rows)},
+               'targets': targets(rows, pipeline), 'preset_hours': hours},
               f, indent=2)
   os.replace(_OUTPUT.value + '.tmp', _OUTPUT.value)
 

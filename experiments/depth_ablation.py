@@ -54,10 +54,6 @@ _WORKER = flags.DEFINE_bool('worker', False, 'Run the units named on stdin (inte
                             'the sweep\'s worker processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          'configs')
-
-
 class CellFailed(RuntimeError):
   """A cell's process failed for a reason other than divergence."""
 
@@ -115,7 +111,7 @@ def shard(cells, index: int, count: int):
 
 
 def load_config_file(name: str):
-  path = name if os.path.isabs(name) else os.path.join(CONFIG_DIR, name)
+  path = name if os.path.isabs(name) else os.path.join(config_lib.CONFIG_DIR, name)
   spec = importlib.util.spec_from_file_location(f'resnet_jax_config_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

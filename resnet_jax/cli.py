@@ -6,6 +6,8 @@ import sys
 
 from absl import flags
 
+from resnet_jax import config_lib
+
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (`app.run(main, flags_parser=...)`), where a missing config file,
@@ -63,8 +65,7 @@ def _exit_if_config_file_unreadable(path: str, error) -> None:
   if not isinstance(error, OSError) or not path:
     return
   if not os.path.isfile(path):
-    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'configs')
+    shipped = config_lib.CONFIG_DIR
     names = sorted(n for n in os.listdir(shipped) if n.endswith('.py')) \
         if os.path.isdir(shipped) else []
     sys.exit(f'error: --config: there is no config file {path!r} (relative paths start at '

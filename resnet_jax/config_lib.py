@@ -6,6 +6,10 @@ import ml_collections
 
 from resnet_jax import datasets
 
+# The shipped config files (configs/ beside the package, in a checkout or editable install).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'configs')
+
 
 def base_config() -> ml_collections.ConfigDict:
   """Every key a run reads, with defaults; config files override a few of them."""

@@ -168,13 +168,21 @@ def _exclusive(path: str):
 def ensure_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | None = None):
   """Imports Fashion-MNIST into `data_dir` unless it is there, once however many processes
   ask at a time (a sweep's workers, a run's processes): the others wait, then read it."""
-  if '://' in data_dir:  # A bucket: no file locks there.
-    import_fashion_mnist(source_dir, data_dir, max_examples)
-    return
-  _make_data_dir(data_dir, 'Fashion-MNIST')
-  with _exclusive(os.path.join(data_dir, f'{LOCAL_FASHION_MNIST}.lock')):
+  with _one_at_a_time(data_dir, 'Fashion-MNIST', LOCAL_FASHION_MNIST):
     if not _imported(data_dir):
       import_fashion_mnist(source_dir, data_dir, max_examples)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(data_dir: str, name: str, lock: str):
+  """Held while a process prepares `name` in the TFDS data dir `data_dir`: others wait,
+  then find it prepared. The dir is made first; a bucket has no file locks."""
+  if '://' in data_dir:
+    yield
+    return
+  _make_data_dir(data_dir, name)
+  with _exclusive(os.path.join(data_dir, f'{lock}.lock')):
+    yield
 
 
 def _make_data_dir(data_dir: str, name: str) -> None:
@@ -221,32 +229,23 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
       return tfds.builder_from_directory(local)
   if not download:
     raise DataMissingError(f'{name} is not prepared in {data_dir}: {spec.how_to_get}.')
-  if '://' in data_dir:  # A bucket: no file locks there.
-    return _download_and_prepare(spec, name, data_dir, manual_dir, builder)
-  _make_data_dir(data_dir, name)
-  # One download however many processes ask at a time (a sweep's workers): the
-  # others wait, then read what it prepared.
-  with _exclusive(os.path.join(data_dir, f'{spec.tfds_name}.lock')):
-    if os.path.isdir(os.path.join(data_dir, spec.tfds_name)):
+  # One download however many processes ask at a time (a sweep's workers).
+  with _one_at_a_time(data_dir, name, spec.tfds_name):
+    if builder is None and os.path.isdir(os.path.join(data_dir, spec.tfds_name)):
       builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-    return _download_and_prepare(spec, name, data_dir, manual_dir, builder)
-
-
-def _download_and_prepare(spec, name, data_dir, manual_dir, builder):
-  import tensorflow_datasets as tfds
-  if builder is not None and builder.is_prepared():
-    return builder
-  print(f'{name} is not prepared in the TFDS data dir {data_dir}: TFDS downloads and '
-        'prepares it, once (offline, the download fails after its retries, about 3 '
-        'minutes).', flush=True)
-  try:
-    builder = builder or tfds.builder(spec.tfds_name, data_dir=data_dir)
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    builder.download_and_prepare(download_config=config)
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataMissingError(
-        f'{name} is not prepared in the TFDS data dir {data_dir} and could not be '
-        f'downloaded ({type(e).__name__}): {spec.how_to_get}.') from e
+    if builder is not None and builder.is_prepared():
+      return builder  # Another process prepared it while this one waited.
+    print(f'{name} is not prepared in the TFDS data dir {data_dir}: TFDS downloads and '
+          'prepares it, once (offline, the download fails after its retries, about 3 '
+          'minutes).', flush=True)
+    try:
+      builder = builder or tfds.builder(spec.tfds_name, data_dir=data_dir)
+      config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+      builder.download_and_prepare(download_config=config)
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataMissingError(
+          f'{name} is not prepared in the TFDS data dir {data_dir} and could not be '
+          f'downloaded ({type(e).__name__}): {spec.how_to_get}.') from e
   return builder
 
 
