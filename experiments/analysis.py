@@ -72,6 +72,9 @@ def probe_params(model, params, rng, image_shape):
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   random_head = model.clone(zero_init_head=False)
   head = jax.jit(lambda r: random_head.init(r, x, train=False)['params']['head'])(rng)
+  # Placed as the rest (a trained net's params live on the run's mesh), so that one
+  # compiled program measures both states.
+  head = jax.device_put(head, jax.tree_util.tree_map(lambda a: a.sharding, params['head']))
   return {**params, 'head': head}
 
 

@@ -115,6 +115,14 @@ def test_gradients_at_init_of_a_zero_head_net_are_probed_through_its_random_head
     assert np.all(np.asarray(got) > 0)
     # A net with a random head is probed as it is.
     assert analysis.probe_params(default, v_default['params'], rng, shape) is v_default['params']
+  # Params on a mesh (a restored run's) are probed on it: one program serves both states.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
+  on_mesh = jax.device_put(v_zero, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  probed = analysis.probe_params(zero, on_mesh['params'], rng, shape)
+  norms = analysis.gradient_norms_fn(zero)
+  for v in (on_mesh, {**on_mesh, 'params': probed}):
+    norms(v, images, labels)
+  assert norms._cache_size() == 1
 
 
 def preset_cells(preset: str):
