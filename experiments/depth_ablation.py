@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -194,15 +195,49 @@ def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
   return not any('stopped_at' in r for r in results.values())
 
 
-def seeds_together(choice: str) -> bool:
-  """Resolves --vmap_seeds; 'auto' asks JAX for its backend in a short-lived process,
-  so that this driver never holds the accelerator its cells need."""
+class Devices(NamedTuple):
+  """The devices a cell's process sees: JAX's platform ('cpu', 'cuda', 'rocm', 'tpu')
+  and how many."""
+  platform: str
+  count: int
+
+
+_PROBE = """
+import jax
+platform = jax.default_backend()
+if platform == 'gpu':
+  version = jax.local_devices()[0].client.platform_version.lower()
+  platform = 'rocm' if 'rocm' in version else 'cuda'
+print(platform, jax.local_device_count())
+"""
+
+
+def probe_devices() -> Devices:
+  """This machine's devices, asked of JAX in a short-lived process, so that this driver
+  never holds the accelerator its cells need."""
+  out = subprocess.run([sys.executable, '-c', _PROBE], capture_output=True, text=True,
+                       timeout=300)
+  try:
+    platform, count = out.stdout.split()[-2:]
+    return Devices(platform, int(count))
+  except ValueError:  # JAX failed to start: the cells will say why.
+    return Devices('cpu', 1)
+
+
+def seeds_together(choice: str, devices: Devices) -> bool:
+  """Resolves --vmap_seeds: 'auto' is on wherever the cells' devices are not the CPU."""
   if choice != 'auto':
     return choice == 'on'
-  out = subprocess.run([sys.executable, '-c', 'import jax; print(jax.default_backend())'],
-                       capture_output=True, text=True, timeout=300)
-  backend = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else 'cpu'
-  return backend not in ('cpu', '')
+  return devices.platform != 'cpu'
+
+
+def check_parallel(parallel: int, devices: Devices):
+  """Refuses more workers than a TPU VM can serve (its chips take one process)."""
+  if devices.platform == 'tpu' and parallel > 1:
+    raise config_lib.ConfigError(
+        f'--parallel={parallel} on a TPU VM: its TPU serves one process at a time, so '
+        'run --parallel=1 (each depth and net then trains its seeds together in one '
+        'program), or spread the grid over several VMs with --shard_index/--num_shards.')
 
 
 def units(todo: list[Cell], together: bool) -> list[list[Cell]]:
@@ -408,19 +443,41 @@ class Clock:
     return eta_seconds(rate, left, queued, self.workers)
 
 
-def worker_env(workdir: str, n_workers: int, environ=None) -> dict:
-  """The environment of the sweep's worker processes."""
+_VISIBLE = {'cuda': 'CUDA_VISIBLE_DEVICES', 'rocm': 'HIP_VISIBLE_DEVICES'}
+
+
+def worker_envs(workdir: str, n_workers: int, devices: Devices, sizes=(1,),
+                environ=None) -> list[dict]:
+  """The environments of the sweep's worker processes. On GPUs each worker gets GPUs of
+  its own while there are enough (as many as divide every batch size in `sizes`),
+  else a share of one GPU's memory; a cell's run shards over the GPUs it sees."""
   env = dict(os.environ if environ is None else environ)
   # Cells of one architecture compile the same programs: JAX's persistent cache
   # compiles them once for the sweep.
   env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(workdir),
                                                            '.jax_cache'))
-  if n_workers > 1:  # On one GPU each JAX process would take 75% of its memory.
-    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / n_workers:.2f}')
-  return env
+  envs = [dict(env) for _ in range(n_workers)]
+  var = _VISIBLE.get(devices.platform)
+  if var is None or n_workers == 1:
+    return envs
+  # The ids the user made visible, if any, else all: what the cells' JAX counts from.
+  ids = env[var].split(',')[:devices.count] if env.get(var) else [
+      str(i) for i in range(devices.count)]
+  if n_workers <= len(ids):
+    k = max(d for d in range(1, len(ids) // n_workers + 1)
+            if all(size % d == 0 for size in sizes))
+    for i, e in enumerate(envs):
+      e[var] = ','.join(ids[i * k:(i + 1) * k])
+  else:  # Workers share GPUs: each JAX process would otherwise take 75% of one.
+    sharing = -(-n_workers // len(ids))
+    for i, e in enumerate(envs):
+      e[var] = ids[i % len(ids)]
+      e.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / sharing:.2f}')
+  return envs
 
 
-def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False):
+def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = False,
+              devices: Devices = Devices('cpu', 1)):
   status = {c: cell_status(os.path.join(workdir, c.name)) for c in cells}
   todo = [c for c in cells if status[c] not in ('done', 'diverged')]
   print(f'{len(cells)} cells in this shard: {len(cells) - len(todo)} finished, '
@@ -428,8 +485,10 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
   queue = units(todo, together)
   n_units = len(queue)
   n_workers = min(max(parallel, 1), n_units)
-  env = worker_env(workdir, n_workers)
-  workers = [Worker(workdir, i, env) for i in range(n_workers)]
+  sizes = {size for c in todo for config in [cell_config(ablation, c)]
+           for size in (config.batch_size, config.eval_batch_size)}
+  envs = worker_envs(workdir, n_workers, devices, sizes)
+  workers = [Worker(workdir, i, env) for i, env in enumerate(envs)]
   clock, done = Clock(len(workers)), 0
   resumed = {unit_name(u) for u in queue if any(status[c] == 'partial' for c in u)}
   cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
@@ -534,11 +593,21 @@ def main(argv):
     for cell in cells:  # Check every cell's config before anything runs.
       config_lib.validate(cell_config(ablation, cell))
     check_cell_configs(ablation, cells, workdir)
+    # Which devices the cells will see, where it matters: vmapped seeds and workers.
+    probe = not _REPORT_ONLY.value and (_VMAP_SEEDS.value == 'auto' or _PARALLEL.value > 1)
+    devices = probe_devices() if probe else Devices('cpu', 1)
+    together = seeds_together(_VMAP_SEEDS.value, devices)
     if _DRY_RUN.value:
-      for unit in units(mine, seeds_together(_VMAP_SEEDS.value)):
-        status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)
-        print(f'{unit_name(unit):28s} {status:8s} {" ".join(unit_command(unit)[1:])}')
+      try:
+        for unit in units(mine, together):
+          status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)
+          print(f'{unit_name(unit):28s} {status:8s} {" ".join(unit_command(unit)[1:])}')
+        sys.stdout.flush()
+      except BrokenPipeError:  # Piped into `head`: the reader has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
       return
+    if not _REPORT_ONLY.value:
+      check_parallel(_PARALLEL.value, devices)
     run_dir.check_writable(workdir)
     # One driver per shard (shards may share the directory): a second is refused before
     # it writes anything. A report alone may be written while the sweep runs.
@@ -551,7 +620,7 @@ def main(argv):
         # inherits it ignored).
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-        run_sweep(ablation, workdir, mine, _PARALLEL.value, seeds_together(_VMAP_SEEDS.value))
+        run_sweep(ablation, workdir, mine, _PARALLEL.value, together, devices)
     report.write_report(workdir, ablation)
   except (config_lib.ConfigError, CellFailed, report.ReportError) as e:
     sys.exit(f'error: {e}')

@@ -63,13 +63,38 @@ def test_a_grid_with_no_cells_or_a_repeated_value_is_refused():
     depth_ablation.grid(ab)
 
 
-def test_workers_share_one_gpu_and_one_compilation_cache(tmp_path):
-  env = depth_ablation.worker_env(str(tmp_path), 2, environ={'PATH': '/bin'})
-  assert env == {'PATH': '/bin', 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / '.jax_cache'),
-                 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45'}
-  assert 'XLA_PYTHON_CLIENT_MEM_FRACTION' not in depth_ablation.worker_env(str(tmp_path), 1, {})
+def test_workers_get_gpus_of_their_own_or_share_one_and_one_compilation_cache(tmp_path):
+  envs = lambda n, devices, environ=None, sizes=(128, 1000): depth_ablation.worker_envs(
+      str(tmp_path), n, depth_ablation.Devices(*devices), sizes,
+      {'PATH': '/bin'} if environ is None else environ)
+  cache = {'PATH': '/bin', 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / '.jax_cache')}
+  assert envs(2, ('cpu', 1)) == [cache, cache]  # CPU workers share the cores.
+  assert envs(1, ('cuda', 4)) == [cache]  # One worker: every GPU joins its cells' mesh.
+  # One GPU: the workers share it, each with its part of the memory.
+  assert envs(2, ('cuda', 1)) == [
+      dict(cache, CUDA_VISIBLE_DEVICES='0', XLA_PYTHON_CLIENT_MEM_FRACTION='0.45')] * 2
+  # Enough GPUs: each worker its own, as many as divide the batch sizes.
+  gpus = lambda n, devices, **kw: [e['CUDA_VISIBLE_DEVICES'] for e in envs(n, devices, **kw)]
+  assert gpus(2, ('cuda', 8)) == ['0,1,2,3', '4,5,6,7']
+  assert gpus(3, ('cuda', 8)) == ['0,1', '2,3', '4,5']
+  assert gpus(2, ('cuda', 6), sizes=(128, 1000)) == ['0,1', '2,3']  # Not 3 each.
+  assert gpus(3, ('cuda', 2)) == ['0', '1', '0']
+  assert envs(3, ('cuda', 2))[0]['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '0.45'
+  assert all('XLA_PYTHON_CLIENT_MEM_FRACTION' not in e for e in envs(2, ('cuda', 2)))
+  # The GPUs the user made visible are the ones handed out; ROCm has its own variable.
+  assert gpus(2, ('cuda', 2), environ={'CUDA_VISIBLE_DEVICES': '3,5'}) == ['3', '5']
+  assert [e['HIP_VISIBLE_DEVICES'] for e in envs(2, ('rocm', 2))] == ['0', '1']
   mine = {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.3', 'JAX_COMPILATION_CACHE_DIR': '/c'}
-  assert depth_ablation.worker_env(str(tmp_path), 3, mine) == mine  # The user's win.
+  assert envs(3, ('cuda', 1), mine)[2] == dict(mine, CUDA_VISIBLE_DEVICES='0')  # The user's win.
+
+
+def test_more_than_one_worker_on_a_tpu_vm_is_refused():
+  tpu = depth_ablation.Devices('tpu', 4)
+  depth_ablation.check_parallel(1, tpu)
+  depth_ablation.check_parallel(4, depth_ablation.Devices('cuda', 1))
+  with pytest.raises(config_lib.ConfigError, match=r'^--parallel=2 on a TPU VM: .* run '
+                     r'--parallel=1 .* or spread the grid over several VMs'):
+    depth_ablation.check_parallel(2, tpu)
 
 
 def test_a_report_of_no_sweep_says_so_in_one_line(tmp_path):
@@ -504,8 +529,11 @@ def test_units_group_seeds_only_when_asked():
   groups = depth_ablation.units(cells, True)
   assert [[c.name for c in u] for u in groups][0] == ['plain-20-seed0', 'plain-20-seed1']
   assert len(groups) == 4 and depth_ablation.unit_name(groups[-1]) == 'resnetA-56-seeds0+1'
-  assert depth_ablation.seeds_together('on') and not depth_ablation.seeds_together('off')
-  assert not depth_ablation.seeds_together('auto')  # This machine's JAX backend is the CPU.
+  cpu, gpu = depth_ablation.Devices('cpu', 1), depth_ablation.Devices('cuda', 1)
+  assert depth_ablation.seeds_together('on', cpu) and not depth_ablation.seeds_together('off', gpu)
+  assert depth_ablation.seeds_together('auto', gpu)
+  assert not depth_ablation.seeds_together('auto', cpu)
+  assert depth_ablation.probe_devices() == cpu  # This machine's JAX sees one CPU.
 
 
 def test_sweep_with_vmapped_seeds(fashion_data_dir, tmp_path):
