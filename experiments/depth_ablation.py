@@ -458,7 +458,7 @@ def worker_envs(workdir: str, n_workers: int, devices: Devices, sizes=(1,),
                                                            '.jax_cache'))
   envs = [dict(env) for _ in range(n_workers)]
   var = _VISIBLE.get(devices.platform)
-  if var is None or n_workers == 1:
+  if var is None or n_workers <= 1:  # (None when every cell is done.)
     return envs
   # The ids the user made visible, if any, else all: what the cells' JAX counts from.
   ids = env[var].split(',')[:devices.count] if env.get(var) else [

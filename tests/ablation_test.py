@@ -70,6 +70,7 @@ def test_workers_get_gpus_of_their_own_or_share_one_and_one_compilation_cache(tm
   cache = {'PATH': '/bin', 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / '.jax_cache')}
   assert envs(2, ('cpu', 1)) == [cache, cache]  # CPU workers share the cores.
   assert envs(1, ('cuda', 4)) == [cache]  # One worker: every GPU joins its cells' mesh.
+  assert envs(0, ('cuda', 4)) == []  # Every cell was done.
   # One GPU: the workers share it, each with its part of the memory.
   assert envs(2, ('cuda', 1)) == [
       dict(cache, CUDA_VISIBLE_DEVICES='0', XLA_PYTHON_CLIENT_MEM_FRACTION='0.45')] * 2
