@@ -488,6 +488,10 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
   sizes = {size for c in todo for config in [cell_config(ablation, c)]
            for size in (config.batch_size, config.eval_batch_size)}
   envs = worker_envs(workdir, n_workers, devices, sizes)
+  var = _VISIBLE.get(devices.platform)
+  if var and n_workers > 1:
+    print(f'Workers\' {devices.platform.upper()} devices: '
+          + '; '.join(f'{i}: {e[var]}' for i, e in enumerate(envs)), flush=True)
   workers = [Worker(workdir, i, env) for i, env in enumerate(envs)]
   clock, done = Clock(len(workers)), 0
   resumed = {unit_name(u) for u in queue if any(status[c] == 'partial' for c in u)}
