@@ -1,7 +1,8 @@
 # Two commands: `make run` (set up, then the quick depth ablation on Fashion-MNIST)
 # and `make test`. `make train` trains the single default ResNet-20 run instead.
-# Both set up first: a virtual environment with the package, and the Debian
-# package dataset-fashion-mnist where apt-get is available. A second call is fast.
+# Both set up first: a virtual environment with the package (at the versions of
+# constraints.txt), and the Debian package dataset-fashion-mnist where apt-get is
+# available. A second call is fast.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,10 +14,10 @@ WORKDIR ?= runs/ablation
 .PHONY: setup data run train test ablation benchmark
 setup: $(STAMP) data
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 data:
