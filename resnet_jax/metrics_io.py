@@ -63,6 +63,25 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def final_metrics(workdir: str, step: int) -> dict | None:
+  """{'validation': ..., 'test': ...} of a run that ended at `step` (its 'run' record is
+  written last), or None if it has not: a rerun of a finished run has nothing to redo."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return None
+  final = {}
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # A line cut short by a kill.
+      if record.get('step') == step and record.get('split') in ('validation', 'test', 'run'):
+        final[record['split']] = {k: v for k, v in record.items()
+                                  if k not in ('step', 'split', 'time')}
+  return final if 'run' in final else None
+
+
 def flat_hparams(config) -> dict:
   """The config flattened to {'model.depth': 20, ...} with scalar values only."""
   out = {}

@@ -430,6 +430,22 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
     return _train_seeds(config, workdirs, allow_config_change)
 
 
+def _already_trained(runs: list[SeedRun], finals: list[dict], states: list, step: int):
+  """The logged results and final states of runs that trained and evaluated to the end:
+  a rerun of the same command recompiles, retrains and rewrites nothing."""
+  results = {}
+  for run, final, state in zip(runs, finals, states):
+    state, _ = checkpoints.restore(run.mngr, step, state)
+    run.close()
+    final.pop('run')
+    val_acc = final.get('validation', {}).get('accuracy', float('nan'))
+    say(f'{run.workdir} finished its {step} steps already (validation accuracy '
+        f'{val_acc:.4f}, test accuracy {final["test"]["accuracy"]:.4f}): nothing to do. '
+        f'Use a new --workdir to train again.')
+    results[run.config.seed] = dict(final, state=state)
+  return results
+
+
 def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
   seeds = list(workdirs)
   k = len(seeds)
@@ -460,6 +476,10 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
   # Resume from the newest step every seed has saved (the same one, unless a group was
   # killed between its seeds' saves: then the later ones are dropped, to train again).
   start = max(set.intersection(*(set(r.mngr.all_steps()) for r in runs)), default=0)
+  if start == total_steps:
+    finals = [metrics_io.final_metrics(r.workdir, start) for r in runs]
+    if all(finals):
+      return _already_trained(runs, finals, states, start)
   pendings = [[] for _ in runs]
   for i, run in enumerate(runs):
     for later in [s for s in run.mngr.all_steps() if s > start]:

@@ -57,6 +57,19 @@ def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_
   train_steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
   assert train_steps == [2, 4, 6]
 
+  # The same command again, once finished: the logged results, and nothing rewritten.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    logged = f.read()
+  files = sorted(os.listdir(workdir))
+  again = train.train_and_evaluate(small_run_config(fashion_data_dir, 6), workdir)
+  out = capsys.readouterr().out
+  assert 'finished its 6 steps already' in out and 'Compiled' not in out
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert f.read() == logged
+  assert sorted(os.listdir(workdir)) == files  # No second TensorBoard events file.
+  test = [r for r in metrics_io.read_metrics(workdir) if r['split'] == 'test'][-1]
+  assert again['test']['accuracy'] == test['accuracy'] and int(again['state'].step) == 6
+
 
 def run_cli(args, env_extra=None):
   # Without the TensorFlow settings this process got from importing resnet_jax: the

@@ -1,5 +1,6 @@
 """Two processes (2 fake CPU devices each, localhost coordinator) train like one with 4,
-and stop together on SIGTERM to either, to continue from their shared checkpoint."""
+stop together on SIGTERM to either, continue from their shared checkpoint, and once
+finished, stop together again when rerun."""
 
 import os
 import signal
@@ -81,3 +82,14 @@ def test_two_processes_match_one_process_with_four_devices_through_a_preemption(
   assert f'Resumed from the checkpoint of step {stopped}' in outs[0][0]
   assert len(losses(tmp_path / 'one')) == len(losses(tmp_path / 'two')) == STEPS
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
+
+  # Once finished, both processes see it and stop together, rewriting nothing.
+  with open(tmp_path / 'two' / 'metrics.jsonl') as f:
+    logged = f.read()
+  procs = start_two(fashion_data_dir, tmp_path / 'two')
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert f'finished its {STEPS} steps already' in outs[0][0]
+  with open(tmp_path / 'two' / 'metrics.jsonl') as f:
+    assert f.read() == logged
