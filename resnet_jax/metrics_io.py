@@ -10,7 +10,9 @@ import jax
 class MetricsLog:
   """Writes each record to TensorBoard and as one JSON line; only process 0 writes."""
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: int = 0, final_step: int | None = None):
+    """Resuming at `resume_step` drops the records after it; at `final_step` (the run's
+    last), also its final evaluation's, from an attempt killed while it ran."""
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     # Imported here: clu's writers import TensorFlow, which only a logging run needs (not
@@ -19,7 +21,7 @@ class MetricsLog:
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.active, asynchronous=False)
     if self.active:
-      _truncate_after(self.path, resume_step)
+      _truncate_after(self.path, resume_step, final_step)
 
   def write(self, step: int, split: str, metrics: dict):
     metrics = {k: float(v) for k, v in metrics.items()}
@@ -37,8 +39,9 @@ class MetricsLog:
     self.writer.close()
 
 
-def _truncate_after(path: str, step: int):
-  """Drops records past `step`: they belong to an attempt that died before its checkpoint."""
+def _truncate_after(path: str, step: int, final_step: int | None = None):
+  """Drops records past `step`, which belong to an attempt that died before its checkpoint,
+  and the evaluations at `final_step` (only the final evaluation writes any there)."""
   if not os.path.exists(path):
     return
   with open(path) as f:
@@ -46,7 +49,9 @@ def _truncate_after(path: str, step: int):
   keep = []
   for line in lines:
     try:
-      if json.loads(line)['step'] <= step:
+      record = json.loads(line)
+      if record['step'] <= step and not (record['step'] == final_step
+                                         and record['split'] != 'train'):
         keep.append(line)
     except (ValueError, KeyError):
       continue  # A line cut short by a kill.

@@ -488,7 +488,7 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
       states[i], pendings[i] = checkpoints.restore(run.mngr, start, states[i])
     elif config.init_from:
       states[i] = checkpoints.load_weights(config.init_from, states[i])
-    run.log = metrics_io.MetricsLog(run.workdir, resume_step=start)
+    run.log = metrics_io.MetricsLog(run.workdir, resume_step=start, final_step=total_steps)
     if start == 0:
       run.log.write_hparams(metrics_io.flat_hparams(run.config))
   if start:

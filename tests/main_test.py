@@ -71,6 +71,21 @@ def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_
   assert again['test']['accuracy'] == test['accuracy'] and int(again['state'].step) == 6
 
 
+@pytest.mark.parametrize('final_step,kept', [
+    (4, [(2, 'train'), (2, 'validation'), (4, 'train')]),  # Killed in its final evaluation.
+    (6, [(2, 'train'), (2, 'validation'), (4, 'train'), (4, 'validation'), (4, 'test')]),
+])
+def test_resuming_drops_the_records_of_the_attempt_that_died(tmp_path, final_step, kept):
+  rows = [(2, 'train'), (2, 'validation'), (4, 'train'), (4, 'validation'), (4, 'test'),
+          (5, 'train')]
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    f.writelines(json.dumps({'step': step, 'split': split, 'loss': 1.0}) + '\n'
+                 for step, split in rows)
+    f.write('{"step": 6, "spl')  # A line cut short by the kill.
+  metrics_io.MetricsLog(str(tmp_path), resume_step=4, final_step=final_step).close()
+  assert [(r['step'], r['split']) for r in metrics_io.read_metrics(str(tmp_path))] == kept
+
+
 def run_cli(args, env_extra=None):
   # Without the TensorFlow settings this process got from importing resnet_jax: the
   # command line must keep TensorFlow quiet by itself.
