@@ -159,8 +159,8 @@ def check_cell_configs(ablation, cells: list[Cell], workdir: str):
   them as finished and report another experiment under this one's name."""
   for cell in cells:
     path = os.path.join(workdir, cell.name, 'config.json')
-    if not os.path.exists(path):
-      continue
+    if not os.path.exists(path) or not run_dir.holds_results(os.path.join(workdir, cell.name)):
+      continue  # An attempt that kept nothing: the cell's run replaces its config.
     new = json.loads(cell_config(ablation, cell).to_json_best_effort())
     try:
       with open(path) as f:

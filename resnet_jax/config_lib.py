@@ -194,6 +194,10 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'Unknown data.normalize {d.normalize!r}: use "channel" or "unit".')
   if d.pad < 0:
     _fail(f'data.pad must be >= 0, got {d.pad}.')
+  if d.validation_size < -1:
+    _fail(f'data.validation_size must be a count of training examples to hold out (0 for '
+          f'none) or -1 for the data set\'s default ({spec.validation_size}), got '
+          f'{d.validation_size}.')
   size = min(spec.image_shape[:2]) if spec.in_memory else d.image_size
   stride = {'cifar_resnet': 4, 'imagenet_resnet': 32}.get(m.name, 1)
   if size < stride:

@@ -35,6 +35,20 @@ class DataMissingError(RuntimeError):
   """The data set is neither prepared nor obtainable; the message says how to get it."""
 
 
+class ValidationSizeError(ValueError):
+  """A hold-out that leaves no training examples."""
+
+
+def check_validation_size(name: str, validation_size: int, num_train: int) -> None:
+  """Refuses a hold-out of `validation_size` of `num_train` training examples that leaves
+  none to train on."""
+  if not 0 <= validation_size < num_train:
+    raise ValidationSizeError(
+        f'data.validation_size {validation_size} does not fit the {num_train} training '
+        f'examples of {name}: hold out fewer (0 for none), or -1 for its default of '
+        f'{get_spec(name).validation_size}.')
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   tfds_name: str
@@ -310,9 +324,7 @@ def load_arrays(name: str, builder, validation_size: int | None = None):
   spec = get_spec(name)
   validation_size = spec.validation_size if validation_size is None else validation_size
   full = load_split_arrays(builder, 'train')
-  if not 0 <= validation_size < len(full):
-    raise ValueError(f'validation_size {validation_size} must be at least 0 and '
-                     f'below the {len(full)} training examples of {name}.')
+  check_validation_size(name, validation_size, len(full))
   cut = len(full) - validation_size
   return {
       'train': ArraySplit(full.images[:cut], full.labels[:cut]),

@@ -22,6 +22,21 @@ def check_writable(workdir: str) -> None:
                                  f'({e.strerror}): choose another --workdir.') from e
 
 
+def holds_results(workdir: str) -> bool:
+  """Whether `workdir` keeps something of a run: a complete checkpoint, a logged record or
+  a divergence. One that does not (its attempt failed or was stopped before any) has
+  nothing that another config could mix with."""
+  if '://' in workdir:  # A bucket: assume it does.
+    return True
+  saved = os.path.join(workdir, 'checkpoints')
+  if os.path.isdir(saved) and any(name.isdigit() for name in os.listdir(saved)):
+    return True  # Orbax names a step's directory by its number once it is complete.
+  if os.path.exists(os.path.join(workdir, 'diverged.json')):
+    return True
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
 @contextlib.contextmanager
 def exclusive(workdirs, lock: str = LOCK):
   """Holds `workdirs` for this process until the block ends, so that a second run started

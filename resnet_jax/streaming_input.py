@@ -41,6 +41,10 @@ def _split_for_process(split: str, process_index: int, process_count: int):
 
 
 def train_split_names(spec, validation_size: int):
+  """TFDS split names of (train, validation): the validation images are the last
+  `validation_size` of TFDS's train split; with none held out, validation is None."""
+  if validation_size == 0:  # 'train[:-0]' would be empty.
+    return 'train', None
   return f'train[:-{validation_size}]', f'train[-{validation_size}:]'
 
 

@@ -238,6 +238,7 @@ class Data:
                                   streaming_input.train_split_names(self.spec, val)),
                               test=self.spec.test_split)
       n_train = self.builder.info.splits['train'].num_examples
+      datasets.check_validation_size(cfg.name, val, n_train)
       self.sizes = {'train': n_train - val, 'validation': val,
                     'test': self.builder.info.splits[self.spec.test_split].num_examples}
       self.steps_per_epoch = self.sizes['train'] // config.batch_size
@@ -317,7 +318,7 @@ class StopSignal:
 
 # Bad input: each of these errors says what is wrong and how to fix it, in one sentence.
 USER_ERRORS = (config_lib.ConfigError, checkpoints.CheckpointError,
-               datasets.DataMissingError)
+               datasets.DataMissingError, datasets.ValidationSizeError)
 
 
 def say(*args):
@@ -344,7 +345,9 @@ def checkpoint_manager(workdir: str, config):
 def remember_config(workdir: str, config, allow_change: bool) -> None:
   """Writes `config.json`; refuses a workdir that holds a run of another config.
 
-  With `allow_change` the old config is kept beside it as `config.<time>.json`.
+  With `allow_change`, or when the workdir kept nothing of that run (an attempt that
+  failed before its first log line or checkpoint), the old config is kept beside it as
+  `config.<time>.json`.
   """
   path = os.path.join(workdir, 'config.json')
   new = config.to_json_best_effort(indent=2)
@@ -355,13 +358,18 @@ def remember_config(workdir: str, config, allow_change: bool) -> None:
       changes = config_lib.config_changes(json.loads(old), json.loads(new))
     except ValueError:
       changes = ['config.json: unreadable']
-    if changes and not allow_change:
+    kept = run_dir.holds_results(workdir)
+    if changes and kept and not allow_change:
       raise config_lib.ConfigError(
           f'The workdir {workdir} holds a run of another config '
           f'({config_lib.describe_changes(changes)}): use a new '
           f'--workdir, or pass --allow_config_change to continue that run with this one.')
     if changes and jax.process_index() == 0:
-      os.replace(path, os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'))
+      kept_as = os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json')
+      os.replace(path, kept_as)
+      if not kept:
+        say(f'The workdir {workdir} kept no checkpoint or metrics of its earlier attempt: '
+            f'starting this config there (the old one is {kept_as}).')
   if jax.process_index() == 0:
     with open(path + '.tmp', 'w') as f:
       f.write(new)
@@ -430,6 +438,12 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
     return _train_seeds(config, workdirs, allow_config_change)
 
 
+def _accuracies(final: dict) -> str:
+  """'validation accuracy A, test accuracy B' (without the first when none is held out)."""
+  return ', '.join(f'{split} accuracy {final[split]["accuracy"]:.4f}'
+                   for split in ('validation', 'test') if split in final)
+
+
 def _already_trained(runs: list[SeedRun], finals: list[dict], states: list, step: int):
   """The logged results and final states of runs that trained and evaluated to the end:
   a rerun of the same command recompiles, retrains and rewrites nothing."""
@@ -438,10 +452,8 @@ def _already_trained(runs: list[SeedRun], finals: list[dict], states: list, step
     state, _ = checkpoints.restore(run.mngr, step, state)
     run.close()
     final.pop('run')
-    val_acc = final.get('validation', {}).get('accuracy', float('nan'))
-    say(f'{run.workdir} finished its {step} steps already (validation accuracy '
-        f'{val_acc:.4f}, test accuracy {final["test"]["accuracy"]:.4f}): nothing to do. '
-        f'Use a new --workdir to train again.')
+    say(f'{run.workdir} finished its {step} steps already ({_accuracies(final)}): '
+        f'nothing to do. Use a new --workdir to train again.')
     results[run.config.seed] = dict(final, state=state)
   return results
 
@@ -577,7 +589,7 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
         if not any(run.active for run in runs):
           break
       if config.eval_every_steps > 0 and done % config.eval_every_steps == 0 \
-          and done != total_steps:
+          and done != total_steps and data.sizes['validation']:
         for i, run in enumerate(runs):
           if run.active:
             val = trainer.evaluate(trainer.pick(state, i), data.eval_batches('validation'))
@@ -614,10 +626,8 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
                                        'train_seconds': train_s, 'first_step': start,
                                        'params': n_params, 'seeds_together': k})
     run.close()
-    val_acc = final.get('validation', {}).get('accuracy', float('nan'))
     say(f'Final (step {total_steps}{f", seed {run.config.seed}" if k > 1 else ""}): '
-        f'validation accuracy {val_acc:.4f}, test accuracy '
-        f'{final["test"]["accuracy"]:.4f}, test loss {final["test"]["loss"]:.4f}; '
+        f'{_accuracies(final)}, test loss {final["test"]["loss"]:.4f}; '
         f'trained in {train_s:.0f} s.')
     run.result = dict(final, state=mine)
   return {run.config.seed: run.result for run in runs}

@@ -599,6 +599,25 @@ def test_a_second_driver_of_one_shard_is_refused_before_it_writes(tmp_path):
     assert sorted(os.listdir(workdir)) == ['.lock-shard0of1']  # Nothing written.
 
 
+def test_a_cell_that_kept_nothing_takes_the_sweeps_config(tmp_path):
+  """A cell whose attempt failed before it logged or saved anything holds no run of its
+  old config: the sweep's is not refused there (it is, once the cell has kept a record)."""
+  cfg = tiny_ablation(tmp_path, str(tmp_path / 'tfds'), shortcuts=('A',), seeds=(0,),
+                      steps=2, eval_every=0)
+  ablation = depth_ablation.load_config_file(str(cfg)).get_config()
+  cells = depth_ablation.grid(ablation)
+  celldir = tmp_path / 'sweep' / cells[0].name
+  os.makedirs(celldir / 'checkpoints')
+  old = depth_ablation.cell_config(ablation, cells[0])
+  old.num_train_steps = 3
+  (celldir / 'config.json').write_text(old.to_json_best_effort())
+  depth_ablation.check_cell_configs(ablation, cells, str(tmp_path / 'sweep'))
+  (celldir / 'metrics.jsonl').write_text('{"step": 2, "split": "train", "loss": 2.3}\n')
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'holds a run of another config \(num_train_steps: 3 -> 2\)'):
+    depth_ablation.check_cell_configs(ablation, cells, str(tmp_path / 'sweep'))
+
+
 def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
   local = datasets.local_fashion_mnist_dir(str(tmp_path / 'tfds'))
   os.makedirs(local)

@@ -38,6 +38,8 @@ BAD = [
     ({'eval_batch_size': 0}, 'eval_batch_size must be positive'),
     ({'num_train_steps': 0, 'num_epochs': 0.0}, 'no length'),
     ({'log_every_steps': 0}, 'log_every_steps'),
+    ({'data.validation_size': -2}, r'data.validation_size must be a count .* -1 for the data '
+                                   r"set's default \(5000\), got -2"),
     ({'data.name': 'imagenet2012', 'model.name': 'imagenet_resnet', 'model.depth': 18,
       'data.on_device': True}, 'data.on_device applies to in-memory'),
     ({'init_from': '/nonexistent/run'}, 'init_from .* does not exist'),

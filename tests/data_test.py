@@ -235,6 +235,21 @@ def test_streaming_imagenet_path_with_mock_data(tmp_path):
   assert all(b['image'].shape == (5, 32, 32, 3) for b in evals)
 
 
+def test_a_hold_out_must_leave_training_examples():
+  from resnet_jax import streaming_input
+  spec = datasets.get_spec('imagenet2012')
+  assert streaming_input.train_split_names(spec, 10000) == ('train[:-10000]', 'train[-10000:]')
+  assert streaming_input.train_split_names(spec, 0) == ('train', None)  # Not 'train[:-0]'.
+  datasets.check_validation_size('imagenet2012', 0, 5)
+  datasets.check_validation_size('imagenet2012', 4, 5)
+  for size in (5, 6, -1):
+    with pytest.raises(datasets.ValidationSizeError,
+                       match=rf'^data.validation_size {size} does not fit the 5 training '
+                             r'examples of imagenet2012: hold out fewer \(0 for none\), or -1 '
+                             r'for its default of 10000.$'):
+      datasets.check_validation_size('imagenet2012', size, 5)
+
+
 def test_channel_stats_match_float64_mean_and_std():
   images = np.random.RandomState(0).randint(0, 256, (50, 7, 5, 3)).astype(np.uint8)
   mean, std = input_pipeline.channel_stats(images)

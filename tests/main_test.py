@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -69,6 +70,19 @@ def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_
   assert sorted(os.listdir(workdir)) == files  # No second TensorBoard events file.
   test = [r for r in metrics_io.read_metrics(workdir) if r['split'] == 'test'][-1]
   assert again['test']['accuracy'] == test['accuracy'] and int(again['state'].step) == 6
+
+
+def test_a_run_that_holds_nothing_out_evaluates_the_test_split_only(fashion_data_dir,
+                                                                    tmp_path, capsys):
+  config = small_run_config(fashion_data_dir, 4)  # Evaluates every 2 steps.
+  config.data.validation_size = 0
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert set(result) == {'test', 'state'}
+  splits = [r['split'] for r in metrics_io.read_metrics(str(tmp_path / 'run'))]
+  assert splits == ['train', 'train', 'test', 'run']
+  out = capsys.readouterr().out
+  assert 'fashion_mnist 600/0/600;' in out
+  assert re.search(r'^Final \(step 4\): test accuracy [0-9.]+, test loss', out, re.M), out
 
 
 @pytest.mark.parametrize('final_step,kept', [

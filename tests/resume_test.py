@@ -157,12 +157,39 @@ def test_cli_refuses_another_config_in_one_line(fashion_data_dir, tmp_path):
   config = small_run_config(fashion_data_dir, 2)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort())
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    f.write('{"step": 2, "split": "train", "loss": 2.3}\n')  # A result of that config.
   out = subprocess.run(command(workdir, fashion_data_dir), cwd=REPO, env=ENV,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith('error: The workdir') and 'another config' in last
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
+
+def test_an_attempt_that_kept_nothing_leaves_its_workdir_to_the_corrected_command(
+    fashion_data_dir, tmp_path, capsys):
+  """A run that failed before its first log line or checkpoint (here: a hold-out of the
+  whole training split) holds no results, so the corrected config needs no
+  --allow_config_change; once a run has kept something, another config is refused."""
+  workdir = str(tmp_path / 'run')
+  cmd = [a.replace('validation_size=100', 'validation_size=600')
+         for a in command(workdir, fashion_data_dir)]
+  out = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == (
+      'error: data.validation_size 600 does not fit the 600 training examples of '
+      'fashion_mnist: hold out fewer (0 for none), or -1 for its default of 5000.')
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert not run_dir.holds_results(workdir)
+  train.train_and_evaluate(small_run_config(fashion_data_dir, 2), workdir)
+  assert 'kept no checkpoint or metrics of its earlier attempt' in capsys.readouterr().out
+  kept = [f for f in os.listdir(workdir) if f.startswith('config.') and f != 'config.json']
+  assert len(kept) == 1 and run_dir.holds_results(workdir)
+  other = small_run_config(fashion_data_dir, 2)
+  other.optimizer.learning_rate = 0.5
+  with pytest.raises(config_lib.ConfigError, match='another config'):
+    train.train_and_evaluate(other, workdir)
 
 
 def corrupt(step_dir):
