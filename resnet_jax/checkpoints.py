@@ -94,7 +94,8 @@ def resolve_source(path: str) -> tuple[str, int]:
   if base.isdigit() and os.path.isdir(path):
     return os.path.dirname(path), int(base)
   if not os.path.isdir(path):
-    raise CheckpointError(f'init_from={path} does not exist: give a run\'s workdir, its '
+    what = 'is a file' if os.path.exists(path) else 'does not exist'
+    raise CheckpointError(f'init_from={path} {what}: give a run\'s workdir, its '
                           f'checkpoints directory or one step\'s directory.')
   steps = ocp.utils.checkpoint_steps(path)
   if not steps:

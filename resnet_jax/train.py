@@ -229,6 +229,7 @@ class Data:
     if self.spec.in_memory:
       self.splits = datasets.load_arrays(cfg.name, self.builder, val)
       self.sizes = {k: len(v) for k, v in self.splits.items()}
+      self._check_batch_size(config.batch_size, val)
       self._batches = {}
       self.steps_per_epoch = self.batches(config.seed).steps_per_epoch
       self.image_shape = self.splits['train'].images.shape[1:]
@@ -241,6 +242,7 @@ class Data:
       datasets.check_validation_size(cfg.name, val, n_train)
       self.sizes = {'train': n_train - val, 'validation': val,
                     'test': self.builder.info.splits[self.spec.test_split].num_examples}
+      self._check_batch_size(config.batch_size, val)
       self.steps_per_epoch = self.sizes['train'] // config.batch_size
       self.image_shape = (cfg.image_size, cfg.image_size, self.spec.image_shape[-1])
       self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
@@ -248,6 +250,13 @@ class Data:
     if cfg.normalize == 'unit':  # config_lib.validate has refused any other value.
       self.mean = np.zeros_like(self.mean)
       self.std = np.ones_like(self.std)
+
+  def _check_batch_size(self, batch_size: int, held_out: int):
+    if batch_size > self.sizes['train']:
+      raise config_lib.ConfigError(
+          f'batch_size {batch_size} is larger than the {self.sizes["train"]} training '
+          f'examples of {self.spec.tfds_name} ({held_out} held out for validation): lower '
+          f'batch_size (or data.validation_size).')
 
   def resident(self):
     """The arrays to keep in device memory, or None when batches come from the host."""
@@ -473,10 +482,14 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
     c = config.copy_and_resolve_references()
     c.seed = seed
     configs.append(c)
-  runs = [SeedRun(c, workdirs[c.seed], allow_config_change) for c in configs]
-
-  data = Data(config)
+  data = Data(config)  # Before any file is written: bad data settings leave nothing.
   total_steps = steps_for(config, data.steps_per_epoch)
+  if total_steps <= 0:
+    raise config_lib.ConfigError(
+        f'num_epochs {config.num_epochs} rounds to 0 steps: an epoch of '
+        f'{data.sizes["train"]} training examples is {data.steps_per_epoch} steps of batch '
+        f'{config.batch_size}; train for longer (num_epochs, or num_train_steps).')
+  runs = [SeedRun(c, workdirs[c.seed], allow_config_change) for c in configs]
   model = build_model(config, spec.num_classes)
   tx, schedule = optim.create_optimizer(config.optimizer, total_steps)
   trainer = Trainer(config, model, tx, schedule, data.image_shape, data.mean, data.std,

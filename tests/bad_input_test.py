@@ -88,6 +88,33 @@ def test_unwritable_workdir_is_refused(tmp_path):
     train.train_and_evaluate(config_with(), str(blocker / 'run'))
 
 
+def test_settings_that_do_not_fit_the_data_are_refused_before_anything_is_written(
+    fashion_data_dir, tmp_path):
+  from tests.main_test import small_run_config  # 600 train images, 100 held out.
+  big_batch = small_run_config(fashion_data_dir, 2)
+  big_batch.batch_size = 512
+  no_step = small_run_config(fashion_data_dir, -1)
+  no_step.num_epochs = 0.01
+  for config, message in [
+      (big_batch, r'^batch_size 512 is larger than the 500 training examples of fashion_mnist '
+                  r'\(100 held out for validation\): lower batch_size'),
+      (no_step, r'^num_epochs 0.01 rounds to 0 steps: an epoch of 500 training examples is '
+                r'15 steps of batch 32; train for longer')]:
+    workdir = tmp_path / f'run{config.batch_size}'
+    with pytest.raises(config_lib.ConfigError, match=message):
+      train.train_and_evaluate(config, str(workdir))
+    assert os.listdir(workdir) == ['.lock']  # No config.json to stand in a rerun's way.
+
+
+def test_init_from_a_file_is_named_as_such(tmp_path):
+  from resnet_jax import checkpoints
+  (tmp_path / 'notes.txt').write_text('not a checkpoint')
+  with pytest.raises(checkpoints.CheckpointError, match=r'notes.txt is a file: give a run'):
+    checkpoints.resolve_source(str(tmp_path / 'notes.txt'))
+  with pytest.raises(checkpoints.CheckpointError, match=r'nope does not exist: give a run'):
+    checkpoints.resolve_source(str(tmp_path / 'nope'))
+
+
 def cli(*args):
   return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)

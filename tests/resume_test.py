@@ -169,9 +169,10 @@ def test_cli_refuses_another_config_in_one_line(fashion_data_dir, tmp_path):
 
 def test_an_attempt_that_kept_nothing_leaves_its_workdir_to_the_corrected_command(
     fashion_data_dir, tmp_path, capsys):
-  """A run that failed before its first log line or checkpoint (here: a hold-out of the
-  whole training split) holds no results, so the corrected config needs no
-  --allow_config_change; once a run has kept something, another config is refused."""
+  """A hold-out of the whole training split is refused in one line before anything is
+  written; a run killed before its first log line or checkpoint (its learning rate seen
+  to be wrong, say) kept nothing, so the corrected command needs no
+  --allow_config_change there. Once a run has kept something, another config is refused."""
   workdir = str(tmp_path / 'run')
   cmd = [a.replace('validation_size=100', 'validation_size=600')
          for a in command(workdir, fashion_data_dir)]
@@ -180,6 +181,20 @@ def test_an_attempt_that_kept_nothing_leaves_its_workdir_to_the_corrected_comman
   assert out.stderr.strip().splitlines()[-1] == (
       'error: data.validation_size 600 does not fit the 600 training examples of '
       'fashion_mnist: hold out fewer (0 for none), or -1 for its default of 5000.')
+  assert os.listdir(workdir) == ['.lock']
+  # Logs, evaluates and saves only at its end: killed once it starts, it has kept nothing.
+  quiet = {'log_every_steps=7': 'log_every_steps=1000', 'eval_every_steps=50':
+           'eval_every_steps=0', 'checkpoint_every_steps=10': 'checkpoint_every_steps=1000'}
+  cmd = command(workdir, fashion_data_dir)
+  for old, new in quiet.items():
+    cmd = [a.replace(old, new) for a in cmd]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:
+    if line.startswith('cifar_resnet'):  # Its model and data, before it compiles.
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.communicate(timeout=300)
   assert os.path.exists(os.path.join(workdir, 'config.json'))
   assert not run_dir.holds_results(workdir)
   train.train_and_evaluate(small_run_config(fashion_data_dir, 2), workdir)
