@@ -26,6 +26,27 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def distributed_flags_error() -> str | None:
+  """What is wrong with the multi-process flags, in one sentence, or None."""
+  coordinator, count, index = _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  if coordinator is None:
+    if (count is not None or index is not None) and not _DISTRIBUTED.value:
+      return ('--num_processes and --process_id join a multi-process run only with '
+              '--coordinator_address=HOST:PORT (process 0\'s); on TPU VMs and SLURM pass '
+              '--distributed instead.')
+    return None
+  host, colon, port = coordinator.rpartition(':')
+  if not (colon and host and port.isdigit()):
+    return (f'--coordinator_address {coordinator!r} is not HOST:PORT: give process 0\'s '
+            f'address and a free port, as in 10.0.0.1:1234.')
+  if count is None or index is None:
+    return ('--coordinator_address needs --num_processes (how many) and --process_id '
+            '(this one, 0 to num_processes - 1).')
+  if not 0 <= index < count:
+    return f'--process_id {index} must be in [0, --num_processes {count}).'
+  return None
+
+
 def init_distributed():
   """Joins a multi-process run when asked to; a single process needs nothing."""
   if not (_COORDINATOR.value or _DISTRIBUTED.value):
@@ -42,6 +63,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed; --verbosity=0 for INFO.
   # Bad values fail at once, not after TensorFlow's import (seconds). validate builds
   # the model abstractly: no JAX backend starts, so jax.distributed can still join.
+  problem = distributed_flags_error()
+  if problem:
+    sys.exit(f'error: {problem}')
   try:
     config_lib.validate(flags.FLAGS.config)
   except config_lib.ConfigError as e:

@@ -129,6 +129,31 @@ def test_cli_refuses_bad_values_in_one_line(tmp_path):
   assert not os.listdir(tmp_path)  # Nothing written.
 
 
+BAD_PROCESS_FLAGS = [
+    (['--num_processes=2', '--process_id=0'],
+     '--num_processes and --process_id join a multi-process run only with '
+     "--coordinator_address=HOST:PORT (process 0's); on TPU VMs and SLURM pass "
+     '--distributed instead.'),
+    (['--coordinator_address=localhost', '--num_processes=2', '--process_id=0'],
+     "--coordinator_address 'localhost' is not HOST:PORT: give process 0's address and a "
+     'free port, as in 10.0.0.1:1234.'),
+    (['--coordinator_address=127.0.0.1:1234', '--num_processes=2'],
+     '--coordinator_address needs --num_processes (how many) and --process_id (this one, '
+     '0 to num_processes - 1).'),
+    (['--coordinator_address=127.0.0.1:1234', '--num_processes=2', '--process_id=2'],
+     '--process_id 2 must be in [0, --num_processes 2).'),
+]
+
+
+@pytest.mark.parametrize('flags,message', BAD_PROCESS_FLAGS,
+                         ids=[' '.join(f) for f, _ in BAD_PROCESS_FLAGS])
+def test_cli_refuses_multi_process_flags_that_cannot_work(flags, message, tmp_path):
+  out = cli('--config=configs/fashion_mnist.py', f'--workdir={tmp_path / "run"}', *flags)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [f'error: {message}']
+  assert not (tmp_path / 'run').exists()
+
+
 def test_cli_names_an_override_of_a_key_the_config_lacks(tmp_path):
   out = cli('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}',
             '--config.seed=1', '--config.model.depht=20')
