@@ -36,8 +36,10 @@ config_flags.DEFINE_config_file('config', None, 'configs/ablation.py[:PRESET].',
                                 lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the cells and their commands only.')
-_SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which slice of the grid to run.')
-_NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Into how many slices to cut the grid.')
+_SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which slice of the grid to run.',
+                                    lower_bound=0)
+_NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Into how many slices to cut the grid.',
+                                   lower_bound=1)
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once, by as many worker '
                                  'processes (2 is faster on a 2-core CPU).', lower_bound=1)
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only (re)write the report.')
