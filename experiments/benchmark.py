@@ -36,15 +36,16 @@ _UNROLLED = flags.DEFINE_list('unrolled_models', ['resnet20'],
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per row (the median is reported).',
                               lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.', lower_bound=0)
-_DTYPE = flags.DEFINE_string('dtype', 'float32', 'model.dtype: float32 or bfloat16.')
-_CONV = flags.DEFINE_string('conv_impl', 'fast', 'model.conv_impl: fast or xla.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'float16'],
+                           'model.dtype: the compute dtype (parameters stay float32).')
+_CONV = flags.DEFINE_enum('conv_impl', 'fast', ['fast', 'xla'], 'model.conv_impl.')
 _CPU_CONV = flags.DEFINE_enum('cpu_convolutions', 'eigen', ['eigen', 'default'],
                               "config.cpu_convolutions: XLA:CPU's Eigen kernels or jaxlib's choice.")
 _TORCH = flags.DEFINE_integer('torch_max_depth', 110, 'Add the PyTorch column (where torch '
                               'is installed) for CIFAR models up to this depth; 0: never.')
 _PIPELINE = flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline on its own.')
 _PEAK = flags.DEFINE_float('peak_gflops', 0.0, 'The machine\'s peak GFLOP/s (0: estimated '
-                           'for CPUs from cores x clock x FMA width).')
+                           'for CPUs from cores x clock x FMA width).', lower_bound=0)
 _OUTPUT = flags.DEFINE_string('output', 'runs/benchmark/benchmark.json', 'The JSON file.')
 _ROW = flags.DEFINE_string('row', None, 'Internal: measure one row (JSON) and print it.')
 _TORCH_ROW = flags.DEFINE_string('torch_row', None, 'Internal: time one PyTorch row.')
