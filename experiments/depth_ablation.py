@@ -584,6 +584,7 @@ def main(argv):
   from experiments import report
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
   try:
+    run_dir.check_local(workdir)
     cells = grid(ablation)
     if _CELLS.value:
       by_name = {c.name: c for c in cells}

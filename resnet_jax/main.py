@@ -9,6 +9,7 @@ from ml_collections import config_flags
 
 from resnet_jax import cli
 from resnet_jax import config_lib
+from resnet_jax import run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
 config_flags.DEFINE_config_file('config', None, 'A config file under configs/.',
@@ -68,6 +69,7 @@ def main(argv):
     sys.exit(f'error: {problem}')
   try:
     config_lib.validate(flags.FLAGS.config)
+    run_dir.check_local(_WORKDIR.value)
   except config_lib.ConfigError as e:
     sys.exit(f'error: {e}')
   import tensorflow as tf

@@ -9,8 +9,19 @@ from resnet_jax import config_lib
 LOCK = '.lock'
 
 
+def check_local(path: str, flag: str = '--workdir') -> None:
+  """Refuses a URL (gs://...) where a run writes its files: they would land in a local
+  directory named after it (`gs:`), lost with the VM, while the bucket stays empty."""
+  if '://' in path:
+    raise config_lib.ConfigError(
+        f'{flag}={path} is a URL, and runs write only to directories: give a local path, '
+        'or a bucket mounted as a directory (Cloud Storage FUSE) or a shared filesystem '
+        'that every host sees.')
+
+
 def check_writable(workdir: str) -> None:
   """Creates `workdir` and makes sure it is writable, before any work is done."""
+  check_local(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
@@ -26,8 +37,6 @@ def holds_results(workdir: str) -> bool:
   """Whether `workdir` keeps something of a run: a complete checkpoint, a logged record or
   a divergence. One that does not (its attempt failed or was stopped before any) has
   nothing that another config could mix with."""
-  if '://' in workdir:  # A bucket: assume it does.
-    return True
   saved = os.path.join(workdir, 'checkpoints')
   if os.path.isdir(saved) and any(name.isdigit() for name in os.listdir(saved)):
     return True  # Orbax names a step's directory by its number once it is complete.
@@ -44,8 +53,6 @@ def exclusive(workdirs, lock: str = LOCK):
   instead of writing beside the first. A killed process's lock goes with it."""
   with contextlib.ExitStack() as stack:
     for workdir in workdirs:
-      if '://' in workdir:  # A bucket: no file locks there.
-        continue
       f = stack.enter_context(open(os.path.join(workdir, lock), 'a+'))
       try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

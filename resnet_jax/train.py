@@ -440,6 +440,7 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
   the others go on. Returns {seed: final metrics, or 'diverged_at' and 'message'}.
   A workdir that another process is training in is refused.
   """
+  config_lib.validate(config, jax.device_count())  # Bad values leave no workdir behind.
   for workdir in workdirs.values():
     run_dir.check_writable(workdir)
   # Process 0 holds the workdirs for all the processes of a multi-host run.
@@ -470,8 +471,6 @@ def _already_trained(runs: list[SeedRun], finals: list[dict], states: list, step
 def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
   seeds = list(workdirs)
   k = len(seeds)
-  n_dev = jax.device_count()
-  config_lib.validate(config, n_dev)
   spec = datasets.get_spec(config.data.name)
   if k > 1 and not spec.in_memory:
     raise config_lib.ConfigError(f'Several seeds in one program need an in-memory data '
@@ -529,7 +528,7 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
   together = f' x {k} seeds in one program (vmap)' if k > 1 else ''
   say(f'{config.model.name} {arch}: {n_params:,} parameters; {config.data.name} '
       f'{data.sizes["train"]}/{data.sizes["validation"]}/{data.sizes["test"]}; '
-      f'{total_steps} steps of batch {config.batch_size}{together} on {n_dev} '
+      f'{total_steps} steps of batch {config.batch_size}{together} on {jax.device_count()} '
       f'{jax.devices()[0].platform} device(s).')
 
   def feed(step):

@@ -115,6 +115,24 @@ def test_init_from_a_file_is_named_as_such(tmp_path):
     checkpoints.resolve_source(str(tmp_path / 'nope'))
 
 
+def test_a_url_workdir_is_refused_instead_of_written_to_a_local_gs_directory(tmp_path):
+  """Runs write with local file calls: a gs:// workdir became a local `gs:` directory on
+  the VM, and init_from a bucket was reported missing."""
+  config = os.path.join(REPO, 'configs')
+  for module, extra in (('resnet_jax.main', f'--config={config}/fashion_mnist.py'),
+                        ('experiments.depth_ablation', f'--config={config}/ablation.py:quick')):
+    out = subprocess.run([sys.executable, '-m', module, extra, '--workdir=gs://bucket/run'],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        'error: --workdir=gs://bucket/run is a URL, and runs write only to directories: '
+        'give a local path, or a bucket mounted as a directory (Cloud Storage FUSE) or a '
+        'shared filesystem that every host sees.'], (module, out.stderr[-2000:])
+    assert not os.listdir(tmp_path), module
+  with pytest.raises(config_lib.ConfigError, match=r'^init_from gs://bucket/run is a URL'):
+    train.train_and_evaluate(config_with(init_from='gs://bucket/run'), str(tmp_path / 'r'))
+  assert not os.path.exists(tmp_path / 'r')
+
+
 def cli(*args):
   return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
