@@ -10,8 +10,9 @@ LOCK = '.lock'
 
 
 def check_local(path: str, flag: str = '--workdir') -> None:
-  """Refuses a URL (gs://...) where a run writes its files: they would land in a local
-  directory named after it (`gs:`), lost with the VM, while the bucket stays empty."""
+  """Refuses a URL (gs://...) where a run writes its files: config, metrics and
+  checkpoints would land in a local directory named `gs:`, lost with the VM (only the
+  TensorBoard events, written through TensorFlow, would reach the bucket)."""
   if '://' in path:
     raise config_lib.ConfigError(
         f'{flag}={path} is a URL, and runs write only to directories: give a local path, '
