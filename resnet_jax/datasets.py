@@ -83,6 +83,18 @@ DATASETS = {
 }
 
 
+def import_tensorflow():
+  """TensorFlow, for tf.data only, kept off the accelerators (a GPU build would take their
+  memory). Imported only to decode a data set the first time or to stream one: its
+  import alone takes seconds."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TensorFlow has started: the first call's setting holds.
+    pass
+  return tf
+
+
 def get_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}: use one of {", ".join(DATASETS)}.')
@@ -123,7 +135,7 @@ def import_fashion_mnist(source_dir: str, data_dir: str, max_examples: int | Non
   in `checksums.json` beside the dataset. `max_examples` keeps only the first
   examples of each split (for quick tests).
   """
-  import tensorflow as tf
+  tf = import_tensorflow()
   import tensorflow_datasets as tfds
 
   splits, checksums = {}, {}
@@ -252,6 +264,7 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
     print(f'{name} is not prepared in the TFDS data dir {data_dir}: TFDS downloads and '
           'prepares it, once (offline, the download fails after its retries, about 3 '
           'minutes).', flush=True)
+    import_tensorflow()  # Before TFDS starts it to prepare the data.
     try:
       builder = builder or tfds.builder(spec.tfds_name, data_dir=data_dir)
       config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
@@ -295,7 +308,7 @@ def load_split_arrays(builder, split: str) -> ArraySplit:
           return ArraySplit(f['images'], f['labels'])
     except (OSError, ValueError, KeyError):
       pass  # Unreadable: decode again and rewrite it.
-  import tensorflow as tf
+  tf = import_tensorflow()
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False).batch(10000)
     parts = list(tfds.as_numpy(ds))

@@ -62,7 +62,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed; --verbosity=0 for INFO.
-  # Bad values fail at once, not after TensorFlow's import (seconds). validate builds
+  # Bad values fail at once, not after the training code's imports (seconds). validate builds
   # the model abstractly: no JAX backend starts, so jax.distributed can still join.
   problem = distributed_flags_error()
   if problem:
@@ -72,8 +72,6 @@ def main(argv):
     run_dir.check_local(_WORKDIR.value)
   except config_lib.ConfigError as e:
     sys.exit(f'error: {e}')
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TF off the accelerators.
   init_distributed()
   from resnet_jax import train
   try:

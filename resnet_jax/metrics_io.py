@@ -1,10 +1,56 @@
-"""Where a run's numbers go: TensorBoard events (clu), `metrics.jsonl`, `config.json`."""
+"""Where a run's numbers go: TensorBoard events, `metrics.jsonl`, `config.json`."""
 
 import json
 import os
+import socket
 import time
 
 import jax
+
+
+class EventFile:
+  """A TensorBoard event file of scalars and hyper-parameters, written without
+  TensorFlow (whose import alone takes seconds), in TensorBoard's own record format."""
+
+  def __init__(self, workdir: str):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    stem = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}'
+    for i in range(1000):  # Each run in one process and second gets a file of its own.
+      try:
+        self._file = open(os.path.join(workdir, f'{stem}.{i}.v2'), 'xb')
+        break
+      except FileExistsError:
+        continue
+    self._records = record_writer.RecordWriter(self._file)
+    self._write(event_pb2.Event(file_version='brain.Event:2'))
+
+  def _write(self, event):
+    event.wall_time = time.time()
+    self._records.write(event.SerializeToString())
+    self._file.flush()
+
+  def scalars(self, step: int, values: dict):
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v)
+                                         for k, v in values.items()])
+    self._write(self._event_pb2.Event(step=step, summary=summary))
+
+  def hparams(self, hparams: dict):
+    """The run's hyper-parameters, for TensorBoard's HParams view."""
+    from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
+    self._write(self._event_pb2.Event(step=0, summary=summary_v2.hparams_pb(hparams)))
+
+  def restart(self, step: int):
+    """Marks where a run (re)starts: TensorBoard drops the workdir's older events from
+    `step` on, those an attempt killed after its last checkpoint (or before its first)
+    logged, as `_truncate_after` drops its records."""
+    log = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
+    self._write(self._event_pb2.Event(step=step, session_log=log))
+
+  def close(self):
+    self._file.close()
 
 
 class MetricsLog:
@@ -15,28 +61,26 @@ class MetricsLog:
     last), also its final evaluation's, from an attempt killed while it ran."""
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    # Imported here: clu's writers import TensorFlow, which only a logging run needs (not
-    # the train step, its benchmark, or a machine that has no TensorFlow).
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not self.active, asynchronous=False)
+    self.events = EventFile(workdir) if self.active else None
     if self.active:
       _truncate_after(self.path, resume_step, final_step)
+      self.events.restart(resume_step + 1)
 
   def write(self, step: int, split: str, metrics: dict):
     metrics = {k: float(v) for k, v in metrics.items()}
-    self.writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
     if self.active:
+      self.events.scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
       record = {'step': int(step), 'split': split, 'time': time.time(), **metrics}
       with open(self.path, 'a') as f:
         f.write(json.dumps(record) + '\n')
 
   def write_hparams(self, hparams: dict):
-    self.writer.write_hparams(hparams)
+    if self.active:
+      self.events.hparams(hparams)
 
   def close(self):
-    self.writer.flush()
-    self.writer.close()
+    if self.active:
+      self.events.close()
 
 
 def _truncate_after(path: str, step: int, final_step: int | None = None):

@@ -7,6 +7,8 @@ and resized on the host, and leave as uint8 like the in-memory path.
 
 import numpy as np
 
+from resnet_jax import datasets
+
 STREAM_AUGMENTATIONS = ('inception_crop_flip', 'center_crop')
 CROP_PADDING = 32
 
@@ -56,7 +58,7 @@ def train_iterator(builder, split: str, local_batch_size: int, image_size: int,
   The order is fixed by (seed, start_step): a resumed run gets a deterministic,
   though not identical, stream (exact resume holds for the in-memory data sets).
   """
-  import tensorflow as tf
+  tf = datasets.import_tensorflow()
   ds = builder.as_dataset(split=_split_for_process(split, process_index, process_count),
                           shuffle_files=True,
                           read_config=_read_config(seed + start_step))
@@ -76,7 +78,7 @@ def train_iterator(builder, split: str, local_batch_size: int, image_size: int,
 def eval_iterator(builder, split: str, local_batch_size: int, image_size: int,
                   process_index: int = 0, process_count: int = 1):
   """Padded eval batches with a `mask` of real examples, as the in-memory path gives."""
-  import tensorflow as tf
+  tf = datasets.import_tensorflow()
   ds = builder.as_dataset(split=_split_for_process(split, process_index, process_count),
                           shuffle_files=False)
 

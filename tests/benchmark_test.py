@@ -104,12 +104,13 @@ def test_one_row_is_measured_and_the_targets_read_it():
 
 def test_a_row_runs_without_tensorflow(tmp_path):
   """The train step and its benchmark need JAX, Flax, Optax, Orbax and ml_collections only,
-  as on an accelerator image without TensorFlow, clu or TFDS (they log and read data)."""
+  as on an accelerator image without TensorFlow, TFDS or TensorBoard (a run's data and
+  its events need them)."""
   (tmp_path / 'sitecustomize.py').write_text(
       'import sys\n'
       'class Block:\n'
       '  def find_spec(self, name, path=None, target=None):\n'
-      "    if name.split('.')[0] in ('tensorflow', 'clu', 'tensorflow_datasets'):\n"
+      "    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'tensorboard'):\n"
       "      raise ImportError('no ' + name)\n"
       'sys.meta_path.insert(0, Block())\n')
   code = ("import json, sys\n"
@@ -118,7 +119,7 @@ def test_a_row_runs_without_tensorflow(tmp_path):
           "assert benchmark.preset_hours([dict(row, model='resnet20', batch_size=128), "
           "dict(row, model='resnet56', batch_size=128)])['paper'] > 0\n"
           "print(json.dumps([row['finite'], sorted({m.split('.')[0] for m in sys.modules} & "
-          "{'tensorflow', 'clu', 'tensorflow_datasets'})]))\n")
+          "{'tensorflow', 'tensorflow_datasets', 'tensorboard'})]))\n")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)

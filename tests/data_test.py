@@ -58,6 +58,27 @@ def test_decoded_splits_are_cached_and_a_bad_cache_is_ignored(fashion_data_dir):
     assert f['images'].shape == first.images.shape
 
 
+def test_a_run_on_decoded_data_never_imports_tensorflow(fashion_data_dir, tmp_path):
+  """TensorFlow's import alone takes seconds: only decoding a split the first time (or
+  streaming one) needs it, and TensorBoard's events are written without it."""
+  builder = datasets.get_builder('fashion_mnist', fashion_data_dir, download=False)
+  for split in ('train', 'test'):  # Decoded and cached, as after a first run.
+    datasets.load_split_arrays(builder, split)
+  code = ('import sys\n'
+          'from resnet_jax import train\n'
+          'from tests.main_test import small_run_config\n'
+          f'train.train_and_evaluate(small_run_config({fashion_data_dir!r}, 2), '
+          f'{str(tmp_path / "run")!r})\n'
+          "print('TensorFlow imported:', 'tensorflow' in sys.modules)\n")
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                       text=True, timeout=300,
+                       env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1'))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Final (step 2)' in out.stdout
+  assert out.stdout.splitlines()[-1] == 'TensorFlow imported: False'
+  assert glob.glob(str(tmp_path / 'run' / 'events.out.tfevents.*'))
+
+
 def test_a_corrupt_prepared_split_is_named_with_the_fix(fashion_data_dir, tmp_path):
   import shutil
   data_dir = tmp_path / 'tfds'

@@ -31,6 +31,32 @@ def small_run_config(data_dir, steps):
   return c
 
 
+def tensorboard_view(workdir):
+  """What TensorBoard shows of `workdir`, read by its own loader: {tag: [(step, value)]}
+  of the scalars, and the HParams view's {name: value}."""
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.plugins.hparams import metadata
+  acc = event_accumulator.EventAccumulator(workdir)
+  acc.Reload()
+  scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+             for tag in acc.Tags()['scalars']}
+  info = metadata.parse_session_start_info_plugin_data(
+      acc.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
+  hparams = {k: getattr(v, v.WhichOneof('kind')) for k, v in info.hparams.items()}
+  return scalars, hparams
+
+
+def tensorboard_matches_metrics(workdir):
+  """Whether TensorBoard's scalars are metrics.jsonl's records (float32-rounded)."""
+  scalars, _ = tensorboard_view(workdir)
+  logged = {}
+  for r in metrics_io.read_metrics(workdir):
+    for k, v in r.items():
+      if k not in ('step', 'split', 'time'):
+        logged.setdefault(f'{r["split"]}/{k}', []).append((r['step'], np.float32(v)))
+  return scalars == logged
+
+
 def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_path, capsys):
   workdir = str(tmp_path / 'run')
   result = train.train_and_evaluate(small_run_config(fashion_data_dir, 4), workdir)
@@ -57,6 +83,12 @@ def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_
   assert 'Resumed from the checkpoint of step 4' in capsys.readouterr().out
   train_steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
   assert train_steps == [2, 4, 6]
+  # TensorBoard, reading its two events files, shows the same numbers, and the config.
+  scalars, hparams = tensorboard_view(workdir)
+  assert [step for step, _ in scalars['train/loss']] == [2, 4, 6]
+  assert tensorboard_matches_metrics(workdir)
+  assert (hparams['model.depth'], hparams['data.name'], hparams['batch_size']) == (
+      8, 'fashion_mnist', 32)
 
   # The same command again, once finished: the logged results, and nothing rewritten.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:

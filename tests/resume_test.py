@@ -18,6 +18,7 @@ from resnet_jax import run_dir
 from resnet_jax import train
 from tests.conftest import REPO
 from tests.main_test import small_run_config
+from tests.main_test import tensorboard_matches_metrics
 
 TIMING_KEYS = {'time', 'steps_per_second', 'images_per_second'}
 STEPS = 160
@@ -83,6 +84,9 @@ def test_sigkill_at_any_point_then_the_same_command_gives_identical_results(
   assert f'Resumed from the checkpoint of step {resumed_from}' in out
 
   assert comparable_metrics(killed) == comparable_metrics(straight)
+  # TensorBoard shows the same: the killed attempts' events past the checkpoint it
+  # resumed from are dropped.
+  assert tensorboard_matches_metrics(killed)
   run_record = lambda w: [r for r in metrics_io.read_metrics(w) if r['split'] == 'run'][-1]
   assert run_record(straight)['first_step'] == 0
   assert run_record(killed)['first_step'] == resumed_from  # Its train_seconds start there.
