@@ -235,7 +235,7 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'log_every_steps must be positive, got {config.log_every_steps}.')
   if config.checkpoints_to_keep <= 0:
     _fail(f'checkpoints_to_keep must be positive, got {config.checkpoints_to_keep}.')
-  if '://' in config.init_from:
+  if config.init_from and '://' in config.init_from:
     _fail(f'init_from {config.init_from} is a URL, and runs read checkpoints only from '
           'directories: copy that run to a local path, or mount its bucket as a directory '
           '(Cloud Storage FUSE).')

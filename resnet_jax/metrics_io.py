@@ -1,5 +1,6 @@
 """Where a run's numbers go: TensorBoard events, `metrics.jsonl`, `config.json`."""
 
+import itertools
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ class EventFile:
     from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
     self._event_pb2 = event_pb2
     stem = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}'
-    for i in range(1000):  # Each run in one process and second gets a file of its own.
+    for i in itertools.count():  # Each run in one process and second gets a file of its own.
       try:
         self._file = open(os.path.join(workdir, f'{stem}.{i}.v2'), 'xb')
         break

@@ -10,9 +10,8 @@ LOCK = '.lock'
 
 
 def check_local(path: str, flag: str = '--workdir') -> None:
-  """Refuses a URL (gs://...) where a run writes its files: config, metrics and
-  checkpoints would land in a local directory named `gs:`, lost with the VM (only the
-  TensorBoard events, written through TensorFlow, would reach the bucket)."""
+  """Refuses a URL (gs://...) where a run writes its files, which would land in a local
+  directory named `gs:`, lost with the VM."""
   if '://' in path:
     raise config_lib.ConfigError(
         f'{flag}={path} is a URL, and runs write only to directories: give a local path, '
