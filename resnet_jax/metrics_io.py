@@ -14,9 +14,14 @@ class EventFile:
   TensorFlow (whose import alone takes seconds), in TensorBoard's own record format."""
 
   def __init__(self, workdir: str):
-    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
-    self._event_pb2 = event_pb2
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import summary_v2
+    from tensorboard.summary.writer import record_writer
+    # pylint: enable=g-import-not-at-top
+    self._event_pb2, self._summary_pb2, self._hparams_summary = (
+        event_pb2, summary_pb2, summary_v2)
     stem = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}'
     for i in itertools.count():  # Each run in one process and second gets a file of its own.
       try:
@@ -33,15 +38,14 @@ class EventFile:
     self._file.flush()
 
   def scalars(self, step: int, values: dict):
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v)
-                                         for k, v in values.items()])
+    value = self._summary_pb2.Summary.Value
+    summary = self._summary_pb2.Summary(value=[value(tag=k, simple_value=v)
+                                               for k, v in values.items()])
     self._write(self._event_pb2.Event(step=step, summary=summary))
 
   def hparams(self, hparams: dict):
     """The run's hyper-parameters, for TensorBoard's HParams view."""
-    from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
-    self._write(self._event_pb2.Event(step=0, summary=summary_v2.hparams_pb(hparams)))
+    self._write(self._event_pb2.Event(step=0, summary=self._hparams_summary.hparams_pb(hparams)))
 
   def restart(self, step: int):
     """Marks where a run (re)starts: TensorBoard drops the workdir's older events from
@@ -62,9 +66,10 @@ class MetricsLog:
     last), also its final evaluation's, from an attempt killed while it ran."""
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.events = EventFile(workdir) if self.active else None
+    self.events = None
     if self.active:
       _truncate_after(self.path, resume_step, final_step)
+      self.events = EventFile(workdir)
       self.events.restart(resume_step + 1)
 
   def write(self, step: int, split: str, metrics: dict):
