@@ -107,10 +107,23 @@ def grid(ablation) -> list[Cell]:
 
 
 def shard(cells, index: int, count: int):
+  """Slice `index` of `count`: whole (depth, net) groups, so that a slice can train their
+  seeds in one program (--vmap_seeds), or single cells where there are fewer groups than
+  slices; balanced by depth (a cell's time grows with it), largest first onto the least
+  loaded slice. It depends on the grid and the count alone, so every machine agrees."""
   if count < 1 or not 0 <= index < count:
     raise config_lib.ConfigError(f'--shard_index {index} must be in [0, --num_shards '
                                  f'{count}).')
-  return cells[index::count]
+  items = units(cells, together=True)
+  if len(items) < count:
+    items = [[c] for c in cells]
+  loads, mine = [0] * count, set()
+  for item in sorted(items, key=lambda u: -sum(c.depth for c in u)):  # Stable: ties in order.
+    least = loads.index(min(loads))
+    loads[least] += sum(c.depth for c in item)
+    if least == index:
+      mine.update(item)
+  return [c for c in cells if c in mine]  # In grid order: shallow first.
 
 
 def load_config_file(name: str):

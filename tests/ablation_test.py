@@ -29,8 +29,6 @@ def test_quick_grid_and_shards():
   cells = depth_ablation.grid(ab)
   assert len(cells) == len(ab.depths) * len(ab.seeds) * 2
   assert len({c.name for c in cells}) == len(cells)
-  shards = [depth_ablation.shard(cells, i, 3) for i in range(3)]
-  assert sorted(c.name for s in shards for c in s) == sorted(c.name for c in cells)
   with pytest.raises(config_lib.ConfigError, match='shard_index'):
     depth_ablation.shard(cells, 3, 3)
   config = depth_ablation.cell_config(ab, depth_ablation.Cell(56, 'none', 1))
@@ -40,6 +38,33 @@ def test_quick_grid_and_shards():
   twin = depth_ablation.cell_config(ab, depth_ablation.Cell(56, 'A', 1))
   assert config.model.zero_init_head and twin.model.zero_init_head
   assert (config.optimizer.warmup_steps, config.optimizer.warmup_kind) == (10, 'linear')
+
+
+def test_shards_cover_the_grid_once_keep_seeds_together_and_balance_depth():
+  paper = depth_ablation.grid(ablation_config.get_config('paper'))
+  quick = depth_ablation.grid(ablation_config.get_config('quick'))
+  for cells, count in ((paper, 1), (paper, 2), (paper, 3), (paper, 10), (paper, 11),
+                       (paper, 50), (paper, 64), (quick, 3), (quick, 16)):
+    shards = [depth_ablation.shard(cells, i, count) for i in range(count)]
+    assert sorted(c.name for s in shards for c in s) == sorted(c.name for c in cells)
+    for s in shards:
+      assert s == [c for c in cells if c in s]  # Grid order: shallow first.
+    groups = {(c.depth, c.shortcut) for c in cells}
+    if count <= len(groups):  # Each (depth, net) whole in one slice, for --vmap_seeds.
+      assert all(sum((c.depth, c.shortcut) == g for c in s) in (0, len(cells) // len(groups))
+                 for g in groups for s in shards), count
+    loads = [sum(c.depth for c in s) for s in shards]
+    biggest = max(c.depth for c in cells) * (len(cells) // len(groups) if count <= len(groups)
+                                             else 1)
+    assert max(loads) - min(loads) <= biggest, (count, loads)
+  # Paper on two machines: plain on one, residual on the other, 1,310 layers each.
+  halves = [depth_ablation.shard(paper, i, 2) for i in range(2)]
+  assert [sum(c.depth for c in s) for s in halves] == [1310, 1310]
+  assert [len(s) for s in halves] == [25, 25]
+  # On three: 870, 870 and 880 layers (round-robin over cells gave 862/928/830 and
+  # split every depth's seeds over the three).
+  assert sorted(sum(c.depth for c in depth_ablation.shard(paper, i, 3))
+                for i in range(3)) == [870, 870, 880]
 
 
 def test_a_grid_with_no_cells_or_a_repeated_value_is_refused():
