@@ -16,6 +16,7 @@ from resnet_jax import checkpoints
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
 from resnet_jax import optim
+from resnet_jax import run_dir
 from resnet_jax import train
 
 
@@ -169,9 +170,7 @@ def cell_analysis(celldir: str, num_examples: int = 256) -> dict:
     if saved.get('examples') == num_examples and step in (saved.get('step'), None):
       return saved
   out = dict(analyse_cell(celldir, num_examples), examples=num_examples)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(out, f)
-  os.replace(path + '.tmp', path)
+  run_dir.write_text(path, json.dumps(out))
   print(f'Analysed {os.path.basename(celldir)} (layer responses, gradient norms).',
         flush=True)
   return out

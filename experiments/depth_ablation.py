@@ -633,8 +633,8 @@ def main(argv):
     # it writes anything. A report alone may be written while the sweep runs.
     held = [] if _REPORT_ONLY.value else [workdir]
     with run_dir.exclusive(held, f'.lock-shard{_SHARD_INDEX.value}of{_NUM_SHARDS.value}'):
-      with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
-        f.write(ablation.to_json_best_effort(indent=2))
+      run_dir.write_text(os.path.join(workdir, 'ablation.json'),
+                         ablation.to_json_best_effort(indent=2))
       if not _REPORT_ONLY.value:
         # Workers checkpoint their cells and stop (SIGINT too: a shell's background job
         # inherits it ignored).

@@ -11,6 +11,8 @@ import sys
 
 import numpy as np
 
+from resnet_jax import run_dir
+
 # He et al. 2016, Table 6: CIFAR-10 test error (%) of ResNets with option A.
 PAPER_TABLE6 = {20: '8.75', 32: '7.51', 44: '7.17', 56: '6.97', 110: '6.43 (6.61 +- 0.16)',
                 1202: '7.93'}
@@ -229,11 +231,19 @@ def results_markdown(rows, paper_table=False) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def save_figure(fig, path):
+  """Writes `fig` as a PNG through `run_dir.replacing` and frees it."""
+  import matplotlib.pyplot as plt
+  with run_dir.replacing(path) as tmp:
+    fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+
+
 def write_csv(rows, path):
   fields = ['depth', 'shortcut', 'net', 'params', 'seeds_done', 'diverged', 'steps',
             'train_error_mean', 'train_error_std', 'val_error_mean', 'val_error_std',
             'test_error_mean', 'test_error_std', 'seconds_mean', 'seconds_std']
-  with open(path, 'w', newline='') as f:
+  with run_dir.replacing(path) as tmp, open(tmp, 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
     w.writeheader()
     w.writerows(rows)
@@ -282,8 +292,7 @@ def plot_training_curves(cells, path):
   axes[0][0].set_ylabel('error (%)')
   fig.suptitle('Training (dashed) and held-out validation (solid) error, mean over seeds')
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def plot_depth_vs_error(rows, path):
@@ -308,8 +317,7 @@ def plot_depth_vs_error(rows, path):
   if ax.get_legend_handles_labels()[0]:  # Nothing finished yet: no legend to draw.
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def _analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=False,
@@ -334,8 +342,7 @@ def _analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=Fal
   axes[1].legend(fontsize=8, ncol=2)
   fig.suptitle(suptitle)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict]:
@@ -349,8 +356,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   paper = bool(ablation and ablation.get('paper_table', False))
   table = results_markdown(rows, paper)
   write_csv(rows, os.path.join(workdir, 'results.csv'))
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(table)
+  run_dir.write_text(os.path.join(workdir, 'results.md'), table)
   plot_training_curves(cells, os.path.join(workdir, 'training_curves.png'))
   plot_depth_vs_error(rows, os.path.join(workdir, 'depth_vs_error.png'))
   figures = ['training_curves.png', 'depth_vs_error.png']
@@ -368,8 +374,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
           continue
         analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
     if analyses:
-      with open(os.path.join(workdir, 'analysis.json'), 'w') as f:
-        json.dump(analyses, f)
+      run_dir.write_text(os.path.join(workdir, 'analysis.json'), json.dumps(analyses))
       _analysis_figure(analyses, ('response_std_final', 'response_std_final'),
                        ('in layer order', 'sorted by magnitude'), 'std of response',
                        os.path.join(workdir, 'layer_responses.png'),
@@ -395,8 +400,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   if steps:
     lines += [steps]
   lines += [f'![{f}]({f})\n' for f in figures]
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write('\n'.join(lines))
+  run_dir.write_text(os.path.join(workdir, 'report.md'), '\n'.join(lines))
   running_now = ''.join(f'unfinished: {line}\n' for line in progress)
   print(f'\n{table}\n{running_now}Wrote the report into {workdir}: report.md, results.csv, '
         f'results.md, {", ".join(figures)}.', flush=True)

@@ -3,6 +3,7 @@
 import contextlib
 import fcntl
 import os
+import socket
 
 from resnet_jax import config_lib
 
@@ -44,6 +45,27 @@ def holds_results(workdir: str) -> bool:
     return True
   metrics = os.path.join(workdir, 'metrics.jsonl')
   return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
+@contextlib.contextmanager
+def replacing(path: str):
+  """Yields a temporary path beside `path` (same extension) for the block to write, which
+  then replaces `path` in one step: a reader, or another writer (shards reporting into one
+  sweep directory), never sees it half-written; a failed block leaves `path` as it was."""
+  root, ext = os.path.splitext(path)
+  tmp = f'{root}.{socket.gethostname()}-{os.getpid()}.tmp{ext}'
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` into `path` through `replacing`."""
+  with replacing(path) as tmp, open(tmp, 'w') as f:
+    f.write(text)
 
 
 @contextlib.contextmanager

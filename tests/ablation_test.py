@@ -18,6 +18,7 @@ from experiments import report
 from resnet_jax import config_lib
 from resnet_jax import datasets
 from resnet_jax import metrics_io
+from resnet_jax import run_dir
 from tests.conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, 'configs'))
@@ -270,17 +271,16 @@ def test_a_resumed_cells_time_counts_its_earlier_sessions():
 
 
 def test_report_on_known_metrics(tmp_path, monkeypatch):
-  import matplotlib.figure
-  plotted, savefig = {}, matplotlib.figure.Figure.savefig
+  plotted, save_figure = {}, report.save_figure
 
-  def spy(fig, path, *args, **kwargs):  # What each figure draws: (label, style, x, y).
-    plotted[os.path.basename(str(path))] = [
+  def spy(fig, path):  # What each figure draws: (label, style, x, y).
+    plotted[os.path.basename(path)] = [
         [(l.get_label(), l.get_linestyle(), list(l.get_xdata()), list(l.get_ydata()))
          for l in ax.get_lines()] + [(c.get_label(), list(c.lines[0].get_ydata()))
                                      for c in ax.containers] for ax in fig.axes]
-    return savefig(fig, path, *args, **kwargs)
+    return save_figure(fig, path)
 
-  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', spy)
+  monkeypatch.setattr(report, 'save_figure', spy)
   root = str(tmp_path)
   write_cell(root, 'plain-20-seed0', 0.90, 0.88, 0.87)
   write_cell(root, 'plain-20-seed1', 0.80, 0.86, 0.85)
@@ -306,6 +306,7 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
   assert '![training_curves.png]' in report_md
   for fig in ('training_curves.png', 'depth_vs_error.png'):
     assert (tmp_path / fig).stat().st_size > 10_000  # A real picture, not an empty canvas.
+  assert not [name for name in os.listdir(root) if '.tmp' in name]
   # Figure 6: training error dashed (mean over seeds), held-out solid, plain left; the
   # diverged plain-56 seed is left out of the curves as out of the table.
   plain, residual = [[(label, style, x, np.round(y, 6).tolist()) for label, style, x, y in ax]
@@ -319,6 +320,30 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
           if len(c) == 2}
   assert bars == {'plain, training': [15.0, 50.0], 'plain, test': [14.0, 60.0],
                   'residual (A), training': [5.0], 'residual (A), test': [9.0]}
+
+
+def test_report_files_are_replaced_whole_while_others_write_and_read_them(tmp_path):
+  """Shards sharing a sweep directory rewrite its report as each ends: a reader sees one
+  writer's whole file, never a mix or a truncated one; a failed write keeps the old."""
+  path = str(tmp_path / 'report.md')
+  writer = ('import sys; from resnet_jax import run_dir\n'
+            'for _ in range(300): run_dir.write_text(sys.argv[1], sys.argv[2] * 200_000)')
+  procs = [subprocess.Popen([sys.executable, '-c', writer, path, ch], cwd=REPO)
+           for ch in 'ab']
+  seen = set()
+  while any(p.poll() is None for p in procs):
+    if os.path.exists(path):
+      with open(path) as f:
+        text = f.read()
+      assert text in ('a' * 200_000, 'b' * 200_000), (len(text), set(text))
+      seen.add(text[0])
+  assert [p.returncode for p in procs] == [0, 0] and seen
+  before = open(path).read()
+  with pytest.raises(OSError):
+    with run_dir.replacing(path) as tmp, open(tmp, 'w') as f:
+      f.write('half')
+      raise OSError('No space left on device')
+  assert open(path).read() == before and os.listdir(tmp_path) == ['report.md']
 
 
 def test_layer_responses_left_in_layer_order_right_sorted(tmp_path, monkeypatch):
@@ -339,15 +364,14 @@ def test_layer_responses_left_in_layer_order_right_sorted(tmp_path, monkeypatch)
 def test_report_of_a_sweep_in_progress(tmp_path, monkeypatch):
   """Unfinished cells: listed with their step, in the step-matched tables beside finished
   ones, and drawn in the curves where their depth and net has no finished seed."""
-  import matplotlib.figure
-  labels, savefig = {}, matplotlib.figure.Figure.savefig
+  labels, save_figure = {}, report.save_figure
 
-  def spy(fig, path, *args, **kwargs):
-    labels[os.path.basename(str(path))] = [[l.get_label() for l in ax.get_lines()]
-                                           for ax in fig.axes]
-    return savefig(fig, path, *args, **kwargs)
+  def spy(fig, path):
+    labels[os.path.basename(path)] = [[l.get_label() for l in ax.get_lines()]
+                                      for ax in fig.axes]
+    return save_figure(fig, path)
 
-  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', spy)
+  monkeypatch.setattr(report, 'save_figure', spy)
   root = str(tmp_path)
   write_cell(root, 'resnetA-20-seed0', 0.95, 0.92, 0.91, evals={50: 0.80})
   write_cell(root, 'resnetA-20-seed1', 0.93, 0.90, 0.89, evals={50: 0.70})
@@ -610,7 +634,6 @@ def test_a_sweep_into_an_unwritable_workdir_is_refused_in_one_line(tmp_path):
 
 
 def test_a_second_driver_of_one_shard_is_refused_before_it_writes(tmp_path):
-  from resnet_jax import run_dir
   workdir = str(tmp_path / 'sweep')
   os.makedirs(workdir)
   cmd = [sys.executable, '-m', 'experiments.depth_ablation',
