@@ -586,20 +586,46 @@ def test_units_group_seeds_only_when_asked():
   assert depth_ablation.probe_devices() == cpu  # This machine's JAX sees one CPU.
 
 
-def test_sweep_with_vmapped_seeds(fashion_data_dir, tmp_path):
-  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), seeds=(0, 1), steps=2,
-                      eval_every=0)
+def test_two_shards_at_once_into_one_directory_then_the_report(fashion_data_dir, tmp_path):
+  """A grid spread over two machines: shard 0 through the driver and, at the same time,
+  shard 1 through the command --dry_run prints for it (a job array's), into one
+  directory, each training its depth and net's seeds in one vmapped program; then
+  --report_only reports both."""
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('none', 'A'), seeds=(0, 1),
+                      steps=2, eval_every=0)
   workdir = str(tmp_path / 'sweep')
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
-  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
-                        f'--workdir={workdir}', '--vmap_seeds=on'], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
+  cmd = [sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
+         f'--workdir={workdir}', '--vmap_seeds=on', '--num_shards=2']
+  dry = subprocess.run(cmd + ['--shard_index=1', '--dry_run'], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert dry.returncode == 0, dry.stderr[-2000:]
+  (line,) = dry.stdout.strip().splitlines()
+  name, status, *args = line.split()
+  assert (name, status) == ('resnetA-8-seeds0+1', 'new/new')
+  job = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  out = subprocess.run(cmd + ['--shard_index=0'], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  job_out = job.communicate(timeout=600)[0]
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-  assert 'started resnetA-8-seeds0+1' in out.stdout
-  with open(os.path.join(workdir, 'resnetA-8-seeds0+1.log')) as f:
+  assert job.returncode == 0, job_out[-3000:]
+  assert '2 cells in this shard: 0 finished, 2 to run.' in out.stdout
+  assert 'started plain-8-seeds0+1' in out.stdout and 'resnetA' not in out.stdout
+  with open(os.path.join(workdir, 'plain-8-seeds0+1.log')) as f:
     assert 'x 2 seeds in one program (vmap)' in f.read()
-  for seed in (0, 1):
-    assert depth_ablation.cell_status(os.path.join(workdir, f'resnetA-8-seed{seed}')) == 'done'
+  assert 'x 2 seeds in one program (vmap)' in job_out
+  for cell in ('plain-8-seed0', 'plain-8-seed1', 'resnetA-8-seed0', 'resnetA-8-seed1'):
+    assert depth_ablation.cell_status(os.path.join(workdir, cell)) == 'done', cell
+  os.remove(os.path.join(workdir, 'results.md'))
+  again = subprocess.run(cmd + ['--report_only'], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+  rows = [r for r in (tmp_path / 'sweep' / 'results.md').read_text().splitlines()
+          if r.startswith('| 8 |')]
+  assert [r.split(' | ')[1] for r in rows] == ['plain', 'residual (A)']
+  assert all(r.endswith('| 2 | 0 |') for r in rows), rows  # Both seeds, none diverged.
+  assert not [n for n in os.listdir(workdir) if '.tmp' in n]
 
 
 def test_an_override_the_preset_lacks_is_named_in_one_line(tmp_path):
