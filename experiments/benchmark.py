@@ -43,6 +43,10 @@ _CPU_CONV = flags.DEFINE_enum('cpu_convolutions', 'eigen', ['eigen', 'default'],
                               "config.cpu_convolutions: XLA:CPU's Eigen kernels or jaxlib's choice.")
 _TORCH = flags.DEFINE_integer('torch_max_depth', 110, 'Add the PyTorch column (where torch '
                               'is installed) for CIFAR models up to this depth; 0: never.')
+_VMAPPED = flags.DEFINE_enum(
+    'time_vmapped_seeds', 'auto', ['auto', 'on', 'off'], 'Also time each CIFAR model with '
+    'the paper preset\'s seeds in one vmapped program, as the depth ablation trains them '
+    'there: auto = where the default JAX backend is not the CPU (as its --vmap_seeds).')
 _PIPELINE = flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline on its own.')
 _PEAK = flags.DEFINE_float('peak_gflops', 0.0, 'The machine\'s peak GFLOP/s (0: estimated '
                            'for CPUs from cores x clock x FMA width).', lower_bound=0)
@@ -112,7 +116,8 @@ def _train_step_flops(model_kwargs, image_shape, num_classes, batch_size) -> flo
 
 
 def measure_row(row: dict) -> dict:
-  """Compiles and times one train step configuration in this process."""
+  """Compiles and times one train step configuration in this process (with `seeds` > 1:
+  that many seeds' steps vmapped into one program, as a sweep's --vmap_seeds runs them)."""
   import jax
   import numpy as np
   from resnet_jax import config_lib
@@ -130,19 +135,25 @@ def measure_row(row: dict) -> dict:
   config.cpu_convolutions = row['cpu_convolutions']
   config.batch_size = row['batch_size']
   config.data.augment = 'crop_flip'
+  seeds = row.get('seeds', 1)
   model = train.build_model(config, num_classes)
   tx, schedule = optim.create_optimizer(config.optimizer, 1000)
   trainer = train.Trainer(config, model, tx, schedule, image_shape,
                           np.zeros(image_shape[-1], np.float32),
-                          np.ones(image_shape[-1], np.float32), num_classes)
+                          np.ones(image_shape[-1], np.float32), num_classes,
+                          num_seeds=seeds)
   t = time.perf_counter()
-  state = jax.block_until_ready(trainer.init_state(jax.random.PRNGKey(0)))
+  state = jax.block_until_ready(trainer.stack(
+      [trainer.init_state(jax.random.PRNGKey(i)) for i in range(seeds)]))
   init_s = time.perf_counter() - t
   rng = np.random.default_rng(0)
+  lead = (seeds,) if seeds > 1 else ()  # Several seeds' batches: a leading seed axis.
   batch = trainer.to_device({
-      'image': rng.integers(0, 256, (row['batch_size'],) + image_shape, dtype=np.uint8),
-      'label': rng.integers(0, num_classes, (row['batch_size'],), dtype=np.int32)})
-  key = jax.random.PRNGKey(1)
+      'image': rng.integers(0, 256, lead + (row['batch_size'],) + image_shape,
+                            dtype=np.uint8),
+      'label': rng.integers(0, num_classes, lead + (row['batch_size'],), dtype=np.int32)},
+      train=True)
+  key = trainer.stack([jax.random.PRNGKey(1 + i) for i in range(seeds)])
   t = time.perf_counter()
   compiled = trainer.train_step.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - t
@@ -158,16 +169,19 @@ def measure_row(row: dict) -> dict:
     jax.block_until_ready(metrics)
     if i >= row['warmup']:
       times.append(time.perf_counter() - t)
-  loss = float(metrics['loss'])
+  losses = np.asarray(metrics['loss'])
   step_s = statistics.median(times)
-  flops = _train_step_flops(model_kwargs, image_shape, num_classes, row['batch_size'])
+  flops = seeds * _train_step_flops(model_kwargs, image_shape, num_classes,
+                                    row['batch_size'])
   device = jax.devices()[0]
-  return dict(row, params=models.count_params(state.params), init_s=init_s,
-              compile_s=compile_s, step_ms=step_s * 1e3,
-              images_per_second=row['batch_size'] / step_s, gflop_per_step=flops / 1e9,
+  return dict(row, params=models.count_params(state.params) // seeds, init_s=init_s,
+              compile_s=compile_s, step_ms=step_s * 1e3, seeds=seeds,
+              images_per_second=seeds * row['batch_size'] / step_s,
+              gflop_per_step=flops / 1e9,
               gflops=flops / step_s / 1e9, xla_memory_gib=(xla_bytes or 0) / 2**30,
               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-              loss=loss, finite=bool(np.isfinite(loss)), platform=device.platform,
+              loss=float(losses.mean()), finite=bool(np.isfinite(losses).all()),
+              platform=device.platform,
               device_kind=device.device_kind, devices=jax.device_count())
 
 
@@ -222,6 +236,16 @@ def machine_peak_gflops() -> float | None:
   return os.cpu_count() * statistics.mean(mhz) / 1e3 * per_cycle
 
 
+def vmapped_seeds(choice: str) -> int:
+  """Seeds per program for the vmapped rows: the paper preset's seed count where
+  --time_vmapped_seeds resolves on (as the sweep resolves --vmap_seeds), else 1 (none)."""
+  from experiments import depth_ablation
+  devices = depth_ablation.probe_devices() if choice == 'auto' else None
+  if not depth_ablation.seeds_together(choice, devices):
+    return 1
+  return len(depth_ablation.load_config_file('ablation.py').get_config('paper').seeds)
+
+
 def run_row_isolated(row: dict, flag: str = 'row') -> dict:
   """Measures `row` in a fresh process: its peak memory is its own, a row that runs out
   of memory cannot take the whole benchmark down, and its compile time is XLA's, not a
@@ -243,7 +267,9 @@ def _fmt(value, spec):
 
 
 def _blocks(row) -> str:
-  return ('scan' if row['scan'] else 'unrolled') + (' + remat' if row['remat'] else '')
+  seeds = row.get('seeds', 1)
+  return (('scan' if row['scan'] else 'unrolled') + (' + remat' if row['remat'] else '')
+          + (f' x {seeds} seeds (vmap)' if seeds > 1 else ''))
 
 
 def table(rows: list[dict], peak: float | None) -> str:
@@ -268,7 +294,7 @@ def table(rows: list[dict], peak: float | None) -> str:
 def targets(rows: list[dict], pipeline: dict | None) -> list[str]:
   """The performance issue's targets, as ratios within this run."""
   ok = {(r['model'], r['batch_size'], r['remat'], r['scan']): r
-        for r in rows if 'error' not in r}
+        for r in rows if 'error' not in r and r.get('seeds', 1) == 1}
   out = []
   for b in sorted({r['batch_size'] for r in rows}):
     small, big = ok.get(('resnet20', b, False, True)), ok.get(('resnet1202', b, False, True))
@@ -303,31 +329,44 @@ def targets(rows: list[dict], pipeline: dict | None) -> list[str]:
   return out
 
 
-def preset_hours(rows: list[dict], presets=('paper', 'extreme')) -> dict:
-  """Hours the ablation presets on CIFAR shapes would train at this run's step times.
-
-  Step time is linear in depth (plain and residual alike), so a least-squares line
-  through the timed batch-128 CIFAR rows (at least two depths) gives every cell's;
-  summed over each preset's cells and steps, one cell at a time, steps only.
-  """
+def _step_seconds(rows: list[dict], seeds: int):
+  """Step seconds as a function of depth, from the timed batch-128 CIFAR rows of `seeds`
+  seeds per program: a least-squares line (step time is linear in depth, plain and
+  residual alike), or None with fewer than two depths."""
   import numpy as np
-  from experiments import depth_ablation
   timed = [(kwargs['depth'], r['step_ms'] / 1000)
            for r, kwargs in ((r, parse_model(r['model'])[0]) for r in rows)
            if 'error' not in r and r['batch_size'] == 128 and r['scan'] and not r['remat']
-           and kwargs['name'] == 'cifar_resnet']
+           and r.get('seeds', 1) == seeds and kwargs['name'] == 'cifar_resnet']
   if len({d for d, _ in timed}) < 2:
-    return {}
+    return None
   slope, intercept = np.polyfit([d for d, _ in timed], [t for _, t in timed], 1)
+  return lambda depth: intercept + slope * depth
+
+
+def preset_hours(rows: list[dict], presets=('paper', 'extreme')) -> dict:
+  """Hours the ablation presets on CIFAR shapes would train at this run's step times,
+  steps only, run as the sweep runs them: one depth and net at a time, its seeds in one
+  program where rows timed that many seeds vmapped, else one cell after another."""
+  from experiments import depth_ablation
+  single = _step_seconds(rows, 1)
+  if single is None:
+    return {}
   out = {}
   for preset in presets:
     ablation = depth_ablation.load_config_file('ablation.py').get_config(preset)
-    configs = [(cell, depth_ablation.cell_config(ablation, cell))
-               for cell in depth_ablation.grid(ablation)]
-    if all(c.batch_size == 128 and c.data.name.startswith('cifar') for _, c in configs):
-      # (A preset changed to other shapes is left out: these rows do not time it.)
-      out[preset] = sum(c.num_train_steps * (intercept + slope * cell.depth)
-                        for cell, c in configs) / 3600
+    cells = depth_ablation.grid(ablation)
+    configs = {cell: depth_ablation.cell_config(ablation, cell) for cell in cells}
+    if not all(c.batch_size == 128 and c.data.name.startswith('cifar')
+               for c in configs.values()):
+      continue  # A preset changed to other shapes: these rows do not time it.
+    seconds = 0.0
+    for unit in depth_ablation.units(cells, together=True):
+      together = _step_seconds(rows, len(unit)) if len(unit) > 1 else None
+      steps = configs[unit[0]].num_train_steps
+      seconds += (steps * together(unit[0].depth) if together else
+                  sum(configs[c].num_train_steps * single(c.depth) for c in unit))
+    out[preset] = seconds / 3600
   return out
 
 
@@ -357,20 +396,28 @@ def main(argv):
     have_torch = _TORCH.value > 0
   except ImportError:
     have_torch = False
+  seeds = vmapped_seeds(_VMAPPED.value)
+
+  def variants(m):  # (remat, scan, seeds) of each row of model `m`.
+    return ([(False, True, 1)] + [(True, True, 1)] * (m in _REMAT.value)
+            + [(False, False, 1)] * (m in _UNROLLED.value)
+            + [(False, True, seeds)] * (seeds > 1
+                                        and parse_model(m)[0]['name'] == 'cifar_resnet'))
+
   plan = [dict(model=m, batch_size=int(b), remat=remat, scan=scan, steps=_STEPS.value,
                warmup=_WARMUP.value, dtype=_DTYPE.value, conv_impl=_CONV.value,
-               cpu_convolutions=_CPU_CONV.value)
-          for b in _BATCH_SIZES.value for m in _MODELS.value
-          for remat, scan in ([(False, True)] + [(True, True)] * (m in _REMAT.value)
-                              + [(False, False)] * (m in _UNROLLED.value))]
+               cpu_convolutions=_CPU_CONV.value, seeds=k)
+          for b in _BATCH_SIZES.value for m in _MODELS.value for remat, scan, k in variants(m)]
   rows = []
   for i, row in enumerate(plan, 1):
+    vmapped = f' x {row["seeds"]} seeds' if row['seeds'] > 1 else ''
     print(f'[{i}/{len(plan)}] {row["model"]} batch {row["batch_size"]}'
-          f'{" remat" if row["remat"] else ""}{"" if row["scan"] else " unrolled"} ...',
-          end=' ', flush=True)
+          f'{" remat" if row["remat"] else ""}{"" if row["scan"] else " unrolled"}'
+          f'{vmapped} ...', end=' ', flush=True)
     result = run_row_isolated(row)
     kwargs = parse_model(row['model'])[0]
-    if have_torch and not row['remat'] and row['scan'] and 'error' not in result \
+    if have_torch and not row['remat'] and row['scan'] and row['seeds'] == 1 \
+        and 'error' not in result \
         and kwargs['name'] == 'cifar_resnet' and kwargs['depth'] <= _TORCH.value:
       torch_result = run_row_isolated(row, 'torch_row')
       result.update({k: v for k, v in torch_result.items() if k.startswith('torch')})
@@ -392,9 +439,13 @@ def main(argv):
   for line in targets(rows, pipeline):
     print(line)
   hours = preset_hours(rows)
+  from experiments import depth_ablation
   for preset, h in hours.items():
+    k = len(depth_ablation.load_config_file('ablation.py').get_config(preset).seeds)
+    how = (f'one depth and net at a time, its {k} seeds in one program (vmap)'
+           if seeds > 1 and k == seeds else 'one cell at a time')
     print(f'At these step times the {preset} preset of the depth ablation trains in about '
-          f'{h:,.1f} h here ({h / 24:,.1f} days), one cell at a time, steps only.')
+          f'{h:,.1f} h here ({h / 24:,.1f} days), {how}, steps only.')
   save(rows, pipeline, peak, hours)
   print(f'Wrote {_OUTPUT.value}.')
 

@@ -53,6 +53,15 @@ def test_preset_hours_at_step_times_linear_in_depth():
   # extreme: plain-110, ResNet-110 and ResNet-1202, 64,000 steps each.
   assert hours['extreme'] == pytest.approx(64000 * (2 * 1.2 + 12.12) / 3600)
   assert benchmark.preset_hours(rows[:1]) == {}  # One depth gives no line.
+  # With rows of the paper's 5 seeds in one program (0.02 s per layer + 0.3 s a step):
+  # each depth and net of `paper` trains its seeds together; `extreme`, with one seed
+  # each, and a grid whose vmapped rows span one depth only, as before.
+  vmapped = [row('resnet20', 700.0, seeds=5), row('plain110', 2500.0, seeds=5)]
+  hours = benchmark.preset_hours(rows + vmapped)
+  assert hours['paper'] == pytest.approx(64000 * 2 * (0.02 * 262 + 5 * 0.3) / 3600)
+  assert hours['extreme'] == pytest.approx(64000 * (2 * 1.2 + 12.12) / 3600)
+  assert benchmark.preset_hours(rows + vmapped[:1])['paper'] == pytest.approx(
+      5 * 64000 * 2 * (0.01 * 262 + 0.5) / 3600)
 
 
 def test_flops_extrapolated_from_two_depths_equal_xla_on_the_whole_model():
@@ -100,6 +109,15 @@ def test_one_row_is_measured_and_the_targets_read_it():
              for l in benchmark.targets([small, remat], None))
   table = benchmark.table([small], peak=100.0)
   assert '| resnet20 | 8 | scan | 75,290 |' in table
+  # Two seeds' steps in one vmapped program (the sweep's --vmap_seeds): per-model
+  # parameters, twice the images and FLOPs a step; the targets keep to single rows.
+  two = benchmark.measure_row(dict(TINY_ROW, seeds=2))
+  assert (two['params'], two['seeds']) == (75_290, 2) and two['finite']
+  assert two['images_per_second'] == pytest.approx(16 / two['step_ms'] * 1e3)
+  assert two['gflop_per_step'] == pytest.approx(2 * row['gflop_per_step'])
+  assert '| resnet8 | 8 | scan x 2 seeds (vmap) | 75,290 |' in benchmark.table([two], None)
+  assert benchmark.targets([dict(two, model='resnet20'), big], None) == benchmark.targets(
+      [big], None)
 
 
 def test_a_row_runs_without_tensorflow(tmp_path):
