@@ -106,15 +106,20 @@ def grid(ablation) -> list[Cell]:
   return cells
 
 
-def shard(cells, index: int, count: int):
-  """Slice `index` of `count`: whole (depth, net) groups, so that a slice can train their
-  seeds in one program (--vmap_seeds), or single cells where there are fewer groups than
-  slices; balanced by depth (a cell's time grows with it), largest first onto the least
-  loaded slice. It depends on the grid and the count alone, so every machine agrees."""
+def check_shard(index: int, count: int):
   if count < 1 or not 0 <= index < count:
     raise config_lib.ConfigError(f'--shard_index {index} must be in [0, --num_shards '
                                  f'{count}).')
-  items = units(cells, together=True)
+
+
+def shard(cells, index: int, count: int, together: bool = False):
+  """Slice `index` of `count`, balanced by depth (a cell's time grows with it): largest
+  first onto the least loaded slice. With `together` (seeds vmapped, --vmap_seeds) the
+  items are whole (depth, net) groups, one program each, while there are as many groups
+  as slices; else single cells. It depends on these arguments alone, so every machine
+  that resolves --vmap_seeds alike agrees."""
+  check_shard(index, count)
+  items = units(cells, together)
   if len(items) < count:
     items = [[c] for c in cells]
   loads, mine = [0] * count, set()
@@ -609,7 +614,7 @@ def main(argv):
     if _WORKER.value:
       serve(ablation, cells, workdir)
       return
-    mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value)
+    check_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
     for cell in cells:  # Check every cell's config before anything runs.
       config_lib.validate(cell_config(ablation, cell))
     check_cell_configs(ablation, cells, workdir)
@@ -617,6 +622,7 @@ def main(argv):
     probe = not _REPORT_ONLY.value and (_VMAP_SEEDS.value == 'auto' or _PARALLEL.value > 1)
     devices = probe_devices() if probe else Devices('cpu', 1)
     together = seeds_together(_VMAP_SEEDS.value, devices)
+    mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
     if _DRY_RUN.value:
       try:
         for unit in units(mine, together):

@@ -30,8 +30,6 @@ def test_quick_grid_and_shards():
   cells = depth_ablation.grid(ab)
   assert len(cells) == len(ab.depths) * len(ab.seeds) * 2
   assert len({c.name for c in cells}) == len(cells)
-  with pytest.raises(config_lib.ConfigError, match='shard_index'):
-    depth_ablation.shard(cells, 3, 3)
   config = depth_ablation.cell_config(ab, depth_ablation.Cell(56, 'none', 1))
   assert (config.model.depth, config.model.shortcut, config.seed) == (56, 'none', 1)
   assert config.model.num_filters == 8 and config.num_train_steps == 60
@@ -41,31 +39,35 @@ def test_quick_grid_and_shards():
   assert (config.optimizer.warmup_steps, config.optimizer.warmup_kind) == (10, 'linear')
 
 
-def test_shards_cover_the_grid_once_keep_seeds_together_and_balance_depth():
+@pytest.mark.parametrize('together', [True, False], ids=['vmapped_seeds', 'one_by_one'])
+def test_shards_cover_the_grid_once_and_balance_depth(together):
   paper = depth_ablation.grid(ablation_config.get_config('paper'))
   quick = depth_ablation.grid(ablation_config.get_config('quick'))
   for cells, count in ((paper, 1), (paper, 2), (paper, 3), (paper, 10), (paper, 11),
                        (paper, 50), (paper, 64), (quick, 3), (quick, 16)):
-    shards = [depth_ablation.shard(cells, i, count) for i in range(count)]
+    shards = [depth_ablation.shard(cells, i, count, together) for i in range(count)]
     assert sorted(c.name for s in shards for c in s) == sorted(c.name for c in cells)
     for s in shards:
       assert s == [c for c in cells if c in s]  # Grid order: shallow first.
     groups = {(c.depth, c.shortcut) for c in cells}
-    if count <= len(groups):  # Each (depth, net) whole in one slice, for --vmap_seeds.
+    whole = together and count <= len(groups)
+    if whole:  # Each (depth, net) in one slice: one vmapped program.
       assert all(sum((c.depth, c.shortcut) == g for c in s) in (0, len(cells) // len(groups))
                  for g in groups for s in shards), count
     loads = [sum(c.depth for c in s) for s in shards]
-    biggest = max(c.depth for c in cells) * (len(cells) // len(groups) if count <= len(groups)
-                                             else 1)
-    assert max(loads) - min(loads) <= biggest, (count, loads)
-  # Paper on two machines: plain on one, residual on the other, 1,310 layers each.
-  halves = [depth_ablation.shard(paper, i, 2) for i in range(2)]
-  assert [sum(c.depth for c in s) for s in halves] == [1310, 1310]
-  assert [len(s) for s in halves] == [25, 25]
-  # On three: 870, 870 and 880 layers (round-robin over cells gave 862/928/830 and
-  # split every depth's seeds over the three).
-  assert sorted(sum(c.depth for c in depth_ablation.shard(paper, i, 3))
-                for i in range(3)) == [870, 870, 880]
+    item = max(c.depth for c in cells) * (len(cells) // len(groups) if whole else 1)
+    assert max(loads) - min(loads) <= item, (count, loads)
+  layers = lambda count: sorted(sum(c.depth for c in depth_ablation.shard(paper, i, count,
+                                                                           together))
+                                for i in range(count))
+  assert layers(2) == [1310, 1310]  # Paper on two machines.
+  # On three: round-robin over cells gave 862/928/830 and split every group's seeds.
+  assert layers(3) == ([870, 870, 880] if together else [872, 874, 874])
+  # On ten: a vmapped group each (ResNet-110's 5 seeds: 550 layers), or, one by one,
+  # a cell of each depth each.
+  assert max(layers(10)) == (550 if together else 262)
+  with pytest.raises(config_lib.ConfigError, match=r'^--shard_index 3 must be in \[0, '):
+    depth_ablation.shard(paper, 3, 3)
 
 
 def test_a_grid_with_no_cells_or_a_repeated_value_is_refused():
