@@ -115,9 +115,9 @@ def check_shard(index: int, count: int):
 def shard(cells, index: int, count: int, together: bool = False):
   """Slice `index` of `count`, balanced by depth (a cell's time grows with it): largest
   first onto the least loaded slice. With `together` (seeds vmapped, --vmap_seeds) the
-  items are whole (depth, net) groups, one program each, while there are as many groups
-  as slices; else single cells. It depends on these arguments alone, so every machine
-  that resolves --vmap_seeds alike agrees."""
+  items are whole (depth, net) groups, one program each, while there are at least as
+  many groups as slices; else single cells. It depends on these arguments alone, so
+  every machine that resolves --vmap_seeds alike agrees."""
   check_shard(index, count)
   items = units(cells, together)
   if len(items) < count:
