@@ -349,7 +349,8 @@ def preset_hours(rows: list[dict], presets=('paper', 'extreme')) -> dict:
   steps only, run as the sweep runs them: one depth and net at a time, its seeds in one
   program where rows timed that many seeds vmapped, else one cell after another."""
   from experiments import depth_ablation
-  single = _step_seconds(rows, 1)
+  fits = {1: _step_seconds(rows, 1)}  # Seconds a step against depth, by seeds per program.
+  single = fits[1]
   if single is None:
     return {}
   out = {}
@@ -361,10 +362,11 @@ def preset_hours(rows: list[dict], presets=('paper', 'extreme')) -> dict:
                for c in configs.values()):
       continue  # A preset changed to other shapes: these rows do not time it.
     seconds = 0.0
-    for unit in depth_ablation.units(cells, together=True):
-      together = _step_seconds(rows, len(unit)) if len(unit) > 1 else None
-      steps = configs[unit[0]].num_train_steps
-      seconds += (steps * together(unit[0].depth) if together else
+    for unit in depth_ablation.units(cells, together=True):  # Seeds of a depth and net.
+      if len(unit) not in fits:
+        fits[len(unit)] = _step_seconds(rows, len(unit))
+      fit = fits[len(unit)]
+      seconds += (configs[unit[0]].num_train_steps * fit(unit[0].depth) if fit else
                   sum(configs[c].num_train_steps * single(c.depth) for c in unit))
     out[preset] = seconds / 3600
   return out
@@ -452,12 +454,11 @@ def main(argv):
 
 def save(rows, pipeline, peak, hours=None):
   """Writes the JSON (after every row, so a long benchmark keeps what it measured)."""
+  from resnet_jax import run_dir
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value + '.tmp', 'w') as f:
-    json.dump({'rows': rows, 'pipeline': pipeline, 'peak_gflops': peak,
-               'targets': targets(rows, pipeline), 'preset_hours': hours},
-              f, indent=2)
-  os.replace(_OUTPUT.value + '.tmp', _OUTPUT.value)
+  run_dir.write_text(_OUTPUT.value, json.dumps(
+      {'rows': rows, 'pipeline': pipeline, 'peak_gflops': peak,
+       'targets': targets(rows, pipeline), 'preset_hours': hours}, indent=2))
 
 
 if __name__ == '__main__':

@@ -123,9 +123,9 @@ def shard(cells, index: int, count: int, together: bool = False):
   if len(items) < count:
     items = [[c] for c in cells]
   loads, mine = [0] * count, set()
-  for item in sorted(items, key=lambda u: -sum(c.depth for c in u)):  # Stable: ties in order.
+  for item in sorted(items, key=lambda u: -unit_cost(u)):  # Stable: ties in grid order.
     least = loads.index(min(loads))
-    loads[least] += sum(c.depth for c in item)
+    loads[least] += unit_cost(item)
     if least == index:
       mine.update(item)
   return [c for c in cells if c in mine]  # In grid order: shallow first.
@@ -268,6 +268,11 @@ def units(todo: list[Cell], together: bool) -> list[list[Cell]]:
   for cell in todo:
     groups.setdefault((cell.depth, cell.shortcut), []).append(cell)
   return list(groups.values())
+
+
+def unit_cost(unit: list[Cell]) -> int:
+  """A unit's cost in layers: a cell's time grows with its depth."""
+  return sum(c.depth for c in unit)
 
 
 def unit_name(unit: list[Cell]) -> str:
@@ -515,7 +520,6 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
   workers = [Worker(workdir, i, env) for i, env in enumerate(envs)]
   clock, done = Clock(len(workers)), 0
   resumed = {unit_name(u) for u in queue if any(status[c] == 'partial' for c in u)}
-  cost = lambda unit: sum(c.depth for c in unit)  # Cost grows with depth.
 
   log_of = lambda unit: os.path.join(workdir, f'{unit_name(unit)}.log')
   shown = {'time': time.perf_counter(), 'steps': {}}
@@ -545,8 +549,8 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
     if not steps or all(shown['steps'].get(k) == v for k, v in steps.items()):
       return
     shown.update(time=now, steps=steps)
-    eta = clock.eta([(cost(w.unit), now - w.started, p) for w, p in running],
-                    [cost(u) for u in queue])
+    eta = clock.eta([(unit_cost(w.unit), now - w.started, p) for w, p in running],
+                    [unit_cost(u) for u in queue])
     parts = [f'{unit_name(w.unit)} step {p[0]:,}/{p[1]:,}' for w, p in running if p]
     print(f'running: {", ".join(parts)}; {done}/{n_units} done'
           + (f', ETA {format_minutes(eta)}' if eta is not None else ''), flush=True)
@@ -577,11 +581,11 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
                            f'(log: {log})')
         statuses = [cell_status(os.path.join(workdir, c.name)) for c in unit]
         now = time.perf_counter()
-        clock.finished(cost(unit), now - worker.started, name in resumed)
+        clock.finished(unit_cost(unit), now - worker.started, name in resumed)
         done += 1
-        eta = clock.eta([(cost(w.unit), now - w.started, progress(w.unit))
+        eta = clock.eta([(unit_cost(w.unit), now - w.started, progress(w.unit))
                          for w in workers if w.unit and w is not worker],
-                        [cost(u) for u in queue])
+                        [unit_cost(u) for u in queue])
         eta = ('ETA once a cell has run from its start' if eta is None
                else f'ETA {format_minutes(eta)}')
         print(f'{name}: {"/".join(sorted(set(statuses)))} in {now - worker.started:.0f} s; '

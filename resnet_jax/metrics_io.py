@@ -8,6 +8,8 @@ import time
 
 import jax
 
+from resnet_jax import run_dir
+
 
 class EventFile:
   """A TensorBoard event file of scalars and hyper-parameters, written without
@@ -106,10 +108,7 @@ def _truncate_after(path: str, step: int, final_step: int | None = None):
     except (ValueError, KeyError):
       continue  # A line cut short by a kill.
   if len(keep) != len(lines):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+    run_dir.write_text(path, ''.join(keep))
 
 
 def read_metrics(workdir: str) -> list[dict]:

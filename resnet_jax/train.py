@@ -380,9 +380,7 @@ def remember_config(workdir: str, config, allow_change: bool) -> None:
         say(f'The workdir {workdir} kept no checkpoint or metrics of its earlier attempt: '
             f'starting this config there (the old one is {kept_as}).')
   if jax.process_index() == 0:
-    with open(path + '.tmp', 'w') as f:
-      f.write(new)
-    os.replace(path + '.tmp', path)
+    run_dir.write_text(path, new)
 
 
 def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:
