@@ -15,6 +15,7 @@ import json
 import os
 import re
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -631,7 +632,8 @@ def main(argv):
       try:
         for unit in units(mine, together):
           status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)
-          print(f'{unit_name(unit):28s} {status:8s} {" ".join(unit_command(unit)[1:])}')
+          command = shlex.join(['python', *unit_command(unit)[1:]])  # Ready for a shell.
+          print(f'{unit_name(unit):28s} {status:8s} {command}')
         sys.stdout.flush()
       except BrokenPipeError:  # Piped into `head`: the reader has what it wanted.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -597,15 +597,20 @@ def test_two_shards_at_once_into_one_directory_then_the_report(fashion_data_dir,
                       steps=2, eval_every=0)
   workdir = str(tmp_path / 'sweep')
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  # (The seeds override, as the tiny config has them, puts shell syntax in the command.)
   cmd = [sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
-         f'--workdir={workdir}', '--vmap_seeds=on', '--num_shards=2']
+         f'--workdir={workdir}', '--config.seeds=(0, 1)', '--vmap_seeds=on',
+         '--num_shards=2']
   dry = subprocess.run(cmd + ['--shard_index=1', '--dry_run'], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
   assert dry.returncode == 0, dry.stderr[-2000:]
   (line,) = dry.stdout.strip().splitlines()
-  name, status, *args = line.split()
+  name, status, command = line.split(None, 2)
   assert (name, status) == ('resnetA-8-seeds0+1', 'new/new')
-  job = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
+  assert command.startswith('python -m experiments.depth_ablation ')
+  # Pasted into a shell where `python` is this environment's, as a job array would.
+  job_env = dict(env, PATH=os.path.dirname(sys.executable) + os.pathsep + env['PATH'])
+  job = subprocess.Popen(['bash', '-c', command], cwd=REPO, env=job_env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   out = subprocess.run(cmd + ['--shard_index=0'], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=600)
