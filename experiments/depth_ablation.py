@@ -640,6 +640,9 @@ def main(argv):
       return
     if not _REPORT_ONLY.value:
       check_parallel(_PARALLEL.value, devices)
+    elif not os.path.isdir(workdir):  # A mistyped path: nothing to report, nothing made.
+      raise config_lib.ConfigError(f'There is no sweep directory {workdir}: give '
+                                   '--report_only the --workdir the sweep ran in.')
     run_dir.check_writable(workdir)
     # One driver per shard (shards may share the directory): a second is refused before
     # it writes anything. A report alone may be written while the sweep runs.

@@ -655,6 +655,18 @@ def test_no_worker_is_refused_not_taken_for_one(tmp_path):
   assert not os.path.exists(tmp_path / 'sweep')
 
 
+def test_a_report_of_a_missing_sweep_directory_is_refused_and_makes_nothing(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                        '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweeep',
+                        '--report_only'], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'error: There is no sweep directory {tmp_path}/sweeep: give --report_only the '
+      '--workdir the sweep ran in.')
+  assert os.listdir(tmp_path) == []
+
+
 def test_a_sweep_into_an_unwritable_workdir_is_refused_in_one_line(tmp_path):
   (tmp_path / 'file').write_text('not a directory')
   out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
