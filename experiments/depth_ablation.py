@@ -288,11 +288,31 @@ def unit_command(unit: list[Cell]) -> list[str]:
           f'--cells={",".join(c.name for c in unit)}']
 
 
+# The driver's own flags, which its workers and the dry run's commands do not take.
+_DRIVER_FLAGS = ('parallel', 'dry_run', 'shard_index', 'num_shards', 'vmap_seeds', 'cells',
+                 'worker', 'progress_every')
+
+
+def passed_flags(argv: list[str]) -> list[str]:
+  """The arguments of `argv` (this command's) that a cell's or a worker's process shares:
+  all but the driver's own flags, given as `--flag=value`, `--flag value` or `--noflag`."""
+  out, skip_value = [], False
+  for arg in argv:
+    if skip_value:
+      skip_value = False
+      continue
+    name = arg.lstrip('-').split('=', 1)[0] if arg.startswith('-') else ''
+    if name.startswith('no') and name[2:] in _DRIVER_FLAGS:
+      name = name[2:]
+    if name in _DRIVER_FLAGS:
+      skip_value = '=' not in arg and not flags.FLAGS[name].boolean
+      continue
+    out.append(arg)
+  return out
+
+
 def _passed_flags() -> list[str]:
-  """This command's flags that a cell's or a worker's process shares."""
-  return [a for a in sys.argv[1:] if not a.startswith(
-      ('--parallel', '--dry_run', '--shard_', '--num_shards', '--vmap_seeds', '--cells',
-       '--worker', '--progress_every'))]
+  return passed_flags(sys.argv[1:])
 
 
 @contextlib.contextmanager

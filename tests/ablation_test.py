@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -466,8 +467,9 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path, capsys):
   assert proc.returncode == -signal.SIGKILL
   with open(os.path.join(workdir, first, 'metrics.jsonl')) as f:
     first_metrics = f.read()
-  # ...the same command finishes the sweep without redoing the finished cell.
-  out = subprocess.run(cmd + ['--parallel=2', '--progress_every=0'], cwd=REPO, env=env,
+  # ...the same command finishes the sweep without redoing the finished cell (its
+  # flags given as `--flag value` here: the workers must not take them as arguments).
+  out = subprocess.run(cmd + ['--parallel', '2', '--progress_every', '0'], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   assert '1 finished, 1 to run' in out.stdout
@@ -633,6 +635,30 @@ def test_two_shards_at_once_into_one_directory_then_the_report(fashion_data_dir,
   assert [r.split(' | ')[1] for r in rows] == ['plain', 'residual (A)']
   assert all(r.endswith('| 2 | 0 |') for r in rows), rows  # Both seeds, none diverged.
   assert not [n for n in os.listdir(workdir) if '.tmp' in n]
+
+
+def test_the_driver_keeps_its_own_flags_from_its_cells_in_either_form():
+  before, after = ['--config=c.py:quick', '--workdir', 'runs/x'], ['--config.seeds', '(0, 1)']
+  for own in (['--parallel=2', '--shard_index=1', '--num_shards=2', '--dry_run'],
+              ['--parallel', '2', '--shard_index', '1', '--num_shards', '2', '--dry_run'],
+              ['-parallel', '2', '--vmap_seeds', 'on', '--nodry_run', '--progress_every',
+               '0', '--cells', 'plain-8-seed0', '--noworker']):
+    assert depth_ablation.passed_flags(before + own + after) == before + after, own
+
+
+def test_a_dry_run_with_space_separated_flags_prints_runnable_commands(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                        '--config=configs/ablation.py:quick', '--workdir', str(tmp_path),
+                        '--num_shards', '8', '--shard_index', '7', '--dry_run'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 2  # 16 cells over 8 slices.
+  for line in lines:
+    name, _, command = line.split(None, 2)
+    assert shlex.split(command) == [
+        'python', '-m', 'experiments.depth_ablation', '--config=configs/ablation.py:quick',
+        '--workdir', str(tmp_path), f'--cells={name}']
 
 
 def test_an_override_the_preset_lacks_is_named_in_one_line(tmp_path):
