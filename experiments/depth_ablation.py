@@ -284,7 +284,7 @@ def unit_name(unit: list[Cell]) -> str:
 
 def unit_command(unit: list[Cell]) -> list[str]:
   """The command that runs `unit` alone (what --dry_run prints, for a job array)."""
-  return [sys.executable, '-m', 'experiments.depth_ablation', *_passed_flags(),
+  return [sys.executable, '-m', 'experiments.depth_ablation', *passed_flags(sys.argv[1:]),
           f'--cells={",".join(c.name for c in unit)}']
 
 
@@ -309,10 +309,6 @@ def passed_flags(argv: list[str]) -> list[str]:
       continue
     out.append(arg)
   return out
-
-
-def _passed_flags() -> list[str]:
-  return passed_flags(sys.argv[1:])
 
 
 @contextlib.contextmanager
@@ -379,7 +375,8 @@ class Worker:
     self.log_path = os.path.join(workdir, f'.worker{index}.log')
     self.log = open(self.log_path, 'a')
     self.proc = subprocess.Popen(
-        [sys.executable, '-m', 'experiments.depth_ablation', *_passed_flags(), '--worker'],
+        [sys.executable, '-m', 'experiments.depth_ablation', *passed_flags(sys.argv[1:]),
+         '--worker'],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env)
     self.unit, self.started, self._line, self._read = None, None, b'', b''
 
