@@ -86,20 +86,32 @@ def grid(ablation) -> list[Cell]:
   if missing:
     raise config_lib.ConfigError(f'The ablation config has no {missing[0]!r}: start from '
                                  'a preset of configs/ablation.py.')
-  for key in ('depths', 'seeds', 'shortcuts'):
-    values = list(ablation[key])
-    kind = str if key == 'shortcuts' else int
-    wrong = [v for v in values if not isinstance(v, kind) or isinstance(v, bool)]
+  values = {}
+  for key in ('depths', 'seeds', 'shortcuts', 'exclude'):
+    kind = int if key in ('depths', 'seeds') else str
+    wrong = [v for v in ablation[key] if not isinstance(v, kind) or isinstance(v, bool)]
     if wrong:
+      example = dict(depths='20,32', seeds='0,1', shortcuts='none,A', exclude='none-1202')
       raise config_lib.ConfigError(
           f'config.{key} holds {wrong[0]!r}: give {"names" if kind is str else "integers"}, '
-          f'as in --config.{key}={dict(depths="20,32", seeds="0,1", shortcuts="none,A")[key]}.')
-    repeated = [v for i, v in enumerate(values) if v in values[:i]]
-    if repeated:  # Two runs of one cell would write into one directory.
+          f'as in --config.{key}={example[key]}.')
+    # Names arrive from the command line as one string: ('none,A',) for none,A.
+    values[key] = [part.strip() for v in ablation[key] for part in v.split(',')
+                   if part.strip()] if kind is str else list(ablation[key])
+    repeated = [v for i, v in enumerate(values[key]) if v in values[key][:i]]
+    if repeated and key != 'exclude':  # Two runs of one cell would share a directory.
       raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '
                                    f'value once.')
-  cells = [Cell(d, s, seed) for d in ablation.depths for seed in ablation.seeds
-           for s in ablation.shortcuts if f'{s}-{d}' not in ablation.exclude]
+  from resnet_jax import models
+  for name in values['exclude']:
+    shortcut, _, depth = name.rpartition('-')
+    if shortcut not in models.SHORTCUTS or not depth.isdigit():
+      raise config_lib.ConfigError(
+          f'config.exclude holds {name!r}: name each (shortcut, depth) to leave out as '
+          f'SHORTCUT-DEPTH, with a shortcut of {", ".join(models.SHORTCUTS)} (the plain '
+          f'net\'s is none), as in --config.exclude=none-1202,A-110.')
+  cells = [Cell(d, s, seed) for d in values['depths'] for seed in values['seeds']
+           for s in values['shortcuts'] if f'{s}-{d}' not in values['exclude']]
   if not cells:
     raise config_lib.ConfigError('The grid has no cells: config.depths, config.seeds and '
                                  'config.shortcuts each need a value, and config.exclude '
@@ -156,7 +168,10 @@ def cell_config(ablation, cell: Cell):
   """The run config of one cell: run_config called for its depth and shortcut, overridden."""
   arg = f'depth={cell.depth},' + ('plain' if cell.shortcut == 'none'
                                   else f'shortcut={cell.shortcut}')
-  config = load_config_file(ablation.run_config).get_config(arg)
+  try:
+    config = load_config_file(ablation.run_config).get_config(arg)
+  except ValueError as e:  # The run config's own one-line refusal of this cell's argument.
+    raise config_lib.ConfigError(f'{cell.name}: {ablation.run_config}: {e}') from e
   merge(config, ablation.overrides)
   config.seed = cell.seed
   return config

@@ -92,6 +92,26 @@ def test_a_grid_with_no_cells_or_a_repeated_value_is_refused():
     depth_ablation.grid(ab)
 
 
+def test_names_given_as_one_comma_separated_string_are_split():
+  """What --config.shortcuts=none,B and --config.exclude=none-20,B-32 set: one string each
+  (ml_collections splits only numbers), once taken as a shortcut named 'none,B'."""
+  ab = ablation_config.get_config('quick')
+  ab.depths, ab.seeds, ab.shortcuts, ab.exclude = (20, 32), (0,), ('none, B',), ('none-20,B-32',)
+  assert [c.name for c in depth_ablation.grid(ab)] == ['resnetB-20-seed0', 'plain-32-seed0']
+  ab.exclude = ('plain-20',)  # A cell's name, not its SHORTCUT-DEPTH: it excluded nothing.
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.exclude holds 'plain-20': name each \(shortcut, depth\)"):
+    depth_ablation.grid(ab)
+
+
+def test_a_cell_its_run_config_refuses_is_named_in_one_line():
+  ab = ablation_config.get_config('quick')
+  ab.run_config = 'seed_mnist.py'  # The lesson's model: it takes no depth.
+  with pytest.raises(config_lib.ConfigError, match=r"^plain-20-seed0: seed_mnist.py: "
+                                                   r"Unknown config argument 'depth=20'"):
+    depth_ablation.cell_config(ab, depth_ablation.grid(ab)[0])
+
+
 def test_workers_get_gpus_of_their_own_or_share_one_and_one_compilation_cache(tmp_path):
   envs = lambda n, devices, environ=None, sizes=(128, 1000): depth_ablation.worker_envs(
       str(tmp_path), n, depth_ablation.Devices(*devices), sizes,
@@ -649,16 +669,18 @@ def test_the_driver_keeps_its_own_flags_from_its_cells_in_either_form():
 def test_a_dry_run_with_space_separated_flags_prints_runnable_commands(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
                         '--config=configs/ablation.py:quick', '--workdir', str(tmp_path),
-                        '--num_shards', '8', '--shard_index', '7', '--dry_run'],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+                        '--config.shortcuts=none,B', '--num_shards', '8', '--shard_index',
+                        '7', '--dry_run'], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 2  # 16 cells over 8 slices.
   for line in lines:
     name, _, command = line.split(None, 2)
+    assert name.startswith(('plain-', 'resnetB-')), name
     assert shlex.split(command) == [
         'python', '-m', 'experiments.depth_ablation', '--config=configs/ablation.py:quick',
-        '--workdir', str(tmp_path), f'--cells={name}']
+        '--workdir', str(tmp_path), '--config.shortcuts=none,B', f'--cells={name}']
 
 
 def test_an_override_the_preset_lacks_is_named_in_one_line(tmp_path):
