@@ -210,6 +210,19 @@ def check_cell_configs(ablation, cells: list[Cell], workdir: str):
           f'give this sweep a new --workdir (or move that cell away to run it again).')
 
 
+def check_unit(cells: list[Cell]):
+  """Refuses --cells that one process cannot train: it trains the seeds of one depth and
+  net, each once, with that depth and net's config."""
+  if len({(c.depth, c.shortcut) for c in cells}) > 1:
+    raise config_lib.ConfigError(
+        f'--cells={",".join(c.name for c in cells)} mixes depths or nets: one command '
+        'trains the seeds of one depth and net; give the others commands of their own '
+        '(--dry_run lists them).')
+  repeated = [c.name for i, c in enumerate(cells) if c in cells[:i]]
+  if repeated:
+    raise config_lib.ConfigError(f'--cells names {repeated[0]} twice: name each cell once.')
+
+
 def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
   """Trains cells that differ only in seed in this process, together (vmap) when several;
   records a diverged seed instead of raising. False if a signal stopped them."""
@@ -645,8 +658,11 @@ def main(argv):
       by_name = {c.name: c for c in cells}
       unknown = [n for n in _CELLS.value if n not in by_name]
       if unknown:
-        raise config_lib.ConfigError(f'No cell named {unknown[0]!r} in this grid.')
-      run_cells(ablation, [by_name[n] for n in _CELLS.value], workdir)
+        raise config_lib.ConfigError(f'No cell named {unknown[0]!r} in this grid: '
+                                     '--dry_run lists them.')
+      unit = [by_name[n] for n in _CELLS.value]
+      check_unit(unit)
+      run_cells(ablation, unit, workdir)
       return
     if _WORKER.value:
       serve(ablation, cells, workdir)

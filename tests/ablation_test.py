@@ -703,6 +703,23 @@ def test_no_worker_is_refused_not_taken_for_one(tmp_path):
   assert not os.path.exists(tmp_path / 'sweep')
 
 
+@pytest.mark.parametrize('cells, error', [
+    ('plain-20-seed0,resnetA-20-seed0', '--cells=plain-20-seed0,resnetA-20-seed0 mixes '
+                                        'depths or nets: one command trains the seeds of one'),
+    ('plain-20-seed1,plain-20-seed1', '--cells names plain-20-seed1 twice'),
+    ('plain-21-seed0', "No cell named 'plain-21-seed0' in this grid: --dry_run lists them.")])
+def test_cells_one_process_cannot_train_together_are_refused(tmp_path, cells, error):
+  """Trained as one unit, a plain and a residual cell got the first one's config in both
+  directories (a residual cell holding a plain net's run)."""
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                        '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
+                        f'--cells={cells}'], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(f'error: {error}')
+  assert not os.path.exists(tmp_path / 'sweep')
+
+
 def test_a_report_of_a_missing_sweep_directory_is_refused_and_makes_nothing(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
                         '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweeep',
