@@ -74,6 +74,11 @@ class Cell:
     return f'{kind}-{self.depth}-seed{self.seed}'
 
 
+def _repeated(items: list) -> list:
+  """The items that appear earlier in `items` too, in order."""
+  return [v for i, v in enumerate(items) if v in items[:i]]
+
+
 def grid(ablation) -> list[Cell]:
   """Every cell of the sweep, shallow first so that early results come early; a config
   that is not an ablation's, or holds values of the wrong type, is refused in one line."""
@@ -98,7 +103,7 @@ def grid(ablation) -> list[Cell]:
     # Names arrive from the command line as one string: ('none,A',) for none,A.
     values[key] = [part.strip() for v in ablation[key] for part in v.split(',')
                    if part.strip()] if kind is str else list(ablation[key])
-    repeated = [v for i, v in enumerate(values[key]) if v in values[key][:i]]
+    repeated = _repeated(values[key])
     if repeated and key != 'exclude':  # Two runs of one cell would share a directory.
       raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '
                                    f'value once.')
@@ -218,9 +223,10 @@ def check_unit(cells: list[Cell]):
         f'--cells={",".join(c.name for c in cells)} mixes depths or nets: one command '
         'trains the seeds of one depth and net; give the others commands of their own '
         '(--dry_run lists them).')
-  repeated = [c.name for i, c in enumerate(cells) if c in cells[:i]]
+  repeated = _repeated(cells)
   if repeated:
-    raise config_lib.ConfigError(f'--cells names {repeated[0]} twice: name each cell once.')
+    raise config_lib.ConfigError(f'--cells names {repeated[0].name} twice: name each cell '
+                                 'once.')
 
 
 def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
@@ -310,10 +316,15 @@ def unit_name(unit: list[Cell]) -> str:
   return unit[0].name.rsplit('-seed', 1)[0] + '-seeds' + '+'.join(str(c.seed) for c in unit)
 
 
-def unit_command(unit: list[Cell]) -> list[str]:
-  """The command that runs `unit` alone (what --dry_run prints, for a job array)."""
-  return [sys.executable, '-m', 'experiments.depth_ablation', *passed_flags(sys.argv[1:]),
-          f'--cells={",".join(c.name for c in unit)}']
+def driver_command(python: str) -> list[str]:
+  """This command as its workers and the dry run's lines run it: without the driver's own
+  flags."""
+  return [python, '-m', 'experiments.depth_ablation', *passed_flags(sys.argv[1:])]
+
+
+def unit_command(unit: list[Cell]) -> str:
+  """The shell line that runs `unit` alone (what --dry_run prints, for a job array)."""
+  return shlex.join(driver_command('python') + [f'--cells={",".join(c.name for c in unit)}'])
 
 
 # The driver's own flags, which its workers and the dry run's commands do not take.
@@ -403,8 +414,7 @@ class Worker:
     self.log_path = os.path.join(workdir, f'.worker{index}.log')
     self.log = open(self.log_path, 'a')
     self.proc = subprocess.Popen(
-        [sys.executable, '-m', 'experiments.depth_ablation', *passed_flags(sys.argv[1:]),
-         '--worker'],
+        driver_command(sys.executable) + ['--worker'],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env)
     self.unit, self.started, self._line, self._read = None, None, b'', b''
 
@@ -680,8 +690,7 @@ def main(argv):
       try:
         for unit in units(mine, together):
           status = '/'.join(cell_status(os.path.join(workdir, c.name)) for c in unit)
-          command = shlex.join(['python', *unit_command(unit)[1:]])  # Ready for a shell.
-          print(f'{unit_name(unit):28s} {status:8s} {command}')
+          print(f'{unit_name(unit):28s} {status:8s} {unit_command(unit)}')
         sys.stdout.flush()
       except BrokenPipeError:  # Piped into `head`: the reader has what it wanted.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
