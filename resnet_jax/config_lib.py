@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 10.0
   c.log_every_steps = 100
   c.eval_every_steps = 1000  # <= 0: only at the end.
-  c.checkpoint_every_steps = 1000
+  c.checkpoint_every_steps = 1000  # <= 0: only at the end (and when stopped by SIGTERM).
   c.checkpoints_to_keep = 2
   c.init_from = ''  # Another run's workdir or checkpoint: start from its weights.
   # XLA:CPU's convolution kernels: 'eigen' (XLA's own; twice YNNPACK's speed on this
@@ -159,6 +159,8 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'Unknown dataset {config.data.name!r} (data.name): use one of '
           f'{", ".join(datasets.DATASETS)}.')
   spec = datasets.get_spec(config.data.name)
+  if not (isinstance(config.seed, int) and config.seed >= 0):
+    _fail(f'seed must be a non-negative integer, got {config.seed}.')
   m = config.model
   if m.name not in models.MODELS:
     _fail(f'Unknown model.name {m.name!r}: use one of {", ".join(models.MODELS)}.')
@@ -172,6 +174,8 @@ def validate(config, device_count: int = 1) -> None:
           f'{sorted(resnet.IMAGENET_DEPTHS)}.')
   if 'shortcut' in m and m.shortcut not in models.SHORTCUTS:
     _fail(f'Unknown model.shortcut {m.shortcut!r}: use one of {", ".join(models.SHORTCUTS)}.')
+  if 'num_filters' in m and m.num_filters < 1:
+    _fail(f'model.num_filters (the first stage\'s width) must be >= 1, got {m.num_filters}.')
   for key in ('dtype', 'param_dtype'):
     if key in m and m[key] not in models.DTYPES:
       _fail(f'Unknown model.{key} {m[key]!r}: use one of {", ".join(models.DTYPES)}.')
@@ -222,6 +226,23 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'optimizer.momentum must be in [0, 1), got {o.momentum}.')
   if o.warmup_steps < 0:
     _fail(f'optimizer.warmup_steps must be >= 0, got {o.warmup_steps}.')
+  if o.warmup_steps > 0 and o.warmup_kind == 'constant' and not o.warmup_learning_rate > 0:
+    _fail(f'optimizer.warmup_learning_rate must be positive, got {o.warmup_learning_rate}.')
+  if o.schedule == 'piecewise':
+    bounds = list(o.boundaries)
+    if not o.decay_factor > 0:
+      _fail(f'optimizer.decay_factor must be positive, got {o.decay_factor}.')
+    if any(int(b) != b for b in bounds) or bounds != sorted(set(bounds)):
+      _fail(f'optimizer.boundaries must be increasing steps, got {tuple(bounds)}.')
+    if bounds and bounds[0] <= o.warmup_steps:
+      _fail(f'optimizer.boundaries {tuple(bounds)} must come after the '
+            f'{o.warmup_steps} warm-up steps (optimizer.warmup_steps).')
+  if o.name in ('adam', 'adamw'):
+    for key in ('b1', 'b2'):
+      if not 0 <= o[key] < 1:
+        _fail(f'optimizer.{key} must be in [0, 1), got {o[key]}.')
+    if not o.eps > 0:
+      _fail(f'optimizer.eps must be positive, got {o.eps}.')
 
   for key in ('batch_size', 'eval_batch_size'):
     if config[key] <= 0:

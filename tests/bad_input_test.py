@@ -43,6 +43,22 @@ BAD = [
     ({'data.name': 'imagenet2012', 'model.name': 'imagenet_resnet', 'model.depth': 18,
       'data.on_device': True}, 'data.on_device applies to in-memory'),
     ({'init_from': '/nonexistent/run'}, 'init_from .* does not exist'),
+    ({'seed': -1}, 'seed must be a non-negative integer, got -1'),
+    ({'model.num_filters': 0}, r'model.num_filters \(the first stage.s width\) must be >= 1'),
+    ({'optimizer.schedule': 'piecewise', 'optimizer.decay_factor': -0.1},
+     'decay_factor must be positive'),
+    ({'optimizer.schedule': 'piecewise', 'optimizer.boundaries': (48000, 32000)},
+     r'boundaries must be increasing steps, got \(48000, 32000\)'),
+    ({'optimizer.schedule': 'piecewise', 'optimizer.boundaries': (32000, 32000)},
+     'boundaries must be increasing'),
+    ({'optimizer.schedule': 'piecewise', 'optimizer.boundaries': (300, 600),
+      'optimizer.warmup_steps': 400}, r'boundaries \(300, 600\) must come after the 400 '
+                                      r'warm-up steps'),
+    ({'optimizer.warmup_steps': 10, 'optimizer.warmup_kind': 'constant',
+      'optimizer.warmup_learning_rate': -0.01}, 'warmup_learning_rate must be positive'),
+    ({'optimizer.name': 'adam', 'optimizer.b1': 1.5}, r'optimizer.b1 must be in \[0, 1\)'),
+    ({'optimizer.name': 'adamw', 'optimizer.b2': -0.1}, r'optimizer.b2 must be in \[0, 1\)'),
+    ({'optimizer.name': 'adam', 'optimizer.eps': 0.0}, 'optimizer.eps must be positive'),
 ]
 
 
