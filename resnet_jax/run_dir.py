@@ -23,6 +23,11 @@ def check_local(path: str, flag: str = '--workdir') -> None:
 def check_writable(workdir: str) -> None:
   """Creates `workdir` and makes sure it is writable, before any work is done."""
   check_local(workdir)
+  if not workdir:
+    raise config_lib.ConfigError('--workdir is empty: name the directory the run writes to.')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f'The workdir {workdir} is a file, not a directory: choose '
+                                 'another --workdir.')
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.write_test_{os.getpid()}')

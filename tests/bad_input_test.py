@@ -104,6 +104,17 @@ def test_unwritable_workdir_is_refused(tmp_path):
     train.train_and_evaluate(config_with(), str(blocker / 'run'))
 
 
+def test_a_workdir_that_is_a_file_or_empty_is_named_as_such(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('kept')
+  with pytest.raises(config_lib.ConfigError, match=f'^The workdir {blocker} is a file, not a '
+                     'directory: choose another --workdir.$'):
+    train.train_and_evaluate(config_with(), str(blocker))
+  assert blocker.read_text() == 'kept'
+  with pytest.raises(config_lib.ConfigError, match='^--workdir is empty'):
+    train.train_and_evaluate(config_with(), '')
+
+
 def test_settings_that_do_not_fit_the_data_are_refused_before_anything_is_written(
     fashion_data_dir, tmp_path):
   from tests.main_test import small_run_config  # 600 train images, 100 held out.
