@@ -96,10 +96,11 @@ def kind(shortcut: str) -> str:
 
 
 def _mean_std(values):
+  """Mean and (population) std over seeds; one seed has no spread to show: std NaN."""
   values = [v for v in values if v is not None and np.isfinite(v)]
   if not values:
     return np.nan, np.nan
-  return float(np.mean(values)), float(np.std(values))
+  return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else np.nan
 
 
 def finished(cell: dict) -> bool:
@@ -207,7 +208,7 @@ def summarise(cells: list[dict]) -> list[dict]:
 def _pct(mean, std):
   if not np.isfinite(mean):
     return '-'
-  return f'{100 * mean:.2f} +- {100 * std:.2f}'
+  return f'{100 * mean:.2f} +- {100 * std:.2f}' if np.isfinite(std) else f'{100 * mean:.2f}'
 
 
 def results_markdown(rows, paper_table=False) -> str:
@@ -307,7 +308,7 @@ def plot_depth_vs_error(rows, path):
     d = [r['depth'] for r in rs]
     for metric, style, what in (('train_error', '--', 'training'), ('test_error', '-', 'test')):
       ax.errorbar(d, [100 * r[f'{metric}_mean'] for r in rs],
-                  yerr=[100 * r[f'{metric}_std'] for r in rs], fmt=style + 'o', color=color,
+                  yerr=[100 * np.nan_to_num(r[f'{metric}_std']) for r in rs], fmt=style + 'o', color=color,
                   capsize=3, label=f'{kind(shortcut)}, {what}',
                   alpha=1.0 if metric == 'test_error' else 0.6)
   ax.set_xlabel('depth (layers)')
@@ -388,7 +389,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   preset = ablation.get('preset') if ablation else None  # None: no ablation.json.
   title = '# Depth ablation: plain versus residual' + (f' ({preset} preset)' if preset else '')
   lines = [title, '',
-           'Errors are in %, mean +- std over seeds. Training error: the last logging '
+           'Errors are in %, mean +- std over seeds (one seed: its value). Training error: the last logging '
            'interval of training; validation: the held-out part of the training set; '
            'test: the test split, evaluated once at the end.', '', table, '']
   progress = progress_lines(cells)

@@ -324,6 +324,8 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
   assert len(csv_rows) == 3 and csv_rows[0]['net'] == 'plain'
   md = (tmp_path / 'results.md').read_text()
   assert '| 20 | plain | 1,234 | 15.00 +- 5.00 |' in md
+  assert '| 20 | residual (A) | 1,234 | 5.00 | 8.00 | 9.00 |' in md  # One seed: no spread.
+  assert csv_rows[1]['train_error_std'] == 'nan'
   report_md = (tmp_path / 'report.md').read_text()
   assert report_md.startswith('# Depth ablation: plain versus residual\n')  # No preset known.
   assert '![training_curves.png]' in report_md
