@@ -24,6 +24,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from resnet_jax import cli
+
 _MODELS = flags.DEFINE_list(
     'models', 'resnet20,plain20,resnet56,plain56,resnet110,plain110,resnet1202,plain1202,'
     'resnet50', 'Models to time: resnetN / plainN (CIFAR, N = 6n+2), resnet50 / plain50 '
@@ -373,7 +375,7 @@ def preset_hours(rows: list[dict], presets=('paper', 'extreme')) -> dict:
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   logging.set_verbosity(logging.WARNING)
   if _ROW.value:
     print(json.dumps(measure_row(json.loads(_ROW.value))))

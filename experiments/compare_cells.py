@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from experiments import analysis
+from resnet_jax import cli
 from resnet_jax import datasets
 from resnet_jax import input_pipeline
 from resnet_jax import train
@@ -139,7 +140,7 @@ def compare_cells(celldirs: list, split: str = 'test', top_pairs: int = 8) -> st
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   from absl import flags
   from absl import logging
   if not flags.FLAGS['verbosity'].present:

@@ -655,8 +655,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, together: bool = Fal
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.refuse_arguments(argv)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed.
   from experiments import report

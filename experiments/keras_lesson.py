@@ -11,6 +11,7 @@ import time
 from absl import app
 from absl import flags
 
+from resnet_jax import cli
 from resnet_jax import datasets
 
 _DATA = flags.DEFINE_enum('data', 'fashion_mnist', ['fashion_mnist', 'mnist'],
@@ -29,7 +30,8 @@ def load(name):
           (read('t10k-images-idx3-ubyte.gz'), read('t10k-labels-idx1-ubyte.gz')))
 
 
-def main(_):
+def main(argv):
+  cli.refuse_arguments(argv)
   import tensorflow as tf
   from tensorflow.keras.layers import Input, Conv2D, Add, Activation, Flatten, Dense
   from tensorflow.keras.models import Model

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+from resnet_jax import cli
 from resnet_jax import run_dir
 
 # He et al. 2016, Table 6: CIFAR-10 test error (%) of ResNets with option A.
@@ -423,7 +424,7 @@ def read_ablation(workdir: str):
 
 
 def main(argv):
-  del argv
+  cli.refuse_arguments(argv)
   from absl import flags
   from absl import logging
   if not flags.FLAGS['verbosity'].present:

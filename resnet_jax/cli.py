@@ -37,6 +37,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   return remaining
 
 
+def refuse_arguments(argv: list[str]) -> None:
+  """Words that are not flags (`--models a b`: the `b`) are refused, not silently dropped."""
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {" ".join(argv[1:])!r}: flags take one value each '
+             '(--flag=VALUE), and lists are comma-separated (--models=a,b).')
+
+
 def _flag_error_message(message: str) -> str:
   """One line for a config file's ValueError (its argument, say); absl's text otherwise."""
   flag = re.match(r'flag (--\S+): Error whilst parsing config file:', message)

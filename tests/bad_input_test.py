@@ -174,6 +174,30 @@ def test_cli_refuses_bad_values_in_one_line(tmp_path):
   assert not os.listdir(tmp_path)  # Nothing written.
 
 
+STRAY_WORDS = [
+    ('resnet_jax.main', ['--config=configs/fashion_mnist.py', '--workdir=WORKDIR', 'extra']),
+    ('experiments.depth_ablation', ['--config=configs/ablation.py:quick', '--workdir=WORKDIR',
+                                    '--dry_run', 'extra']),
+    ('experiments.report', ['--workdir=WORKDIR', 'extra']),
+    ('experiments.compare_cells', ['--cells=WORKDIR/a,WORKDIR/b', 'extra']),
+    ('experiments.benchmark', ['--output=WORKDIR/b.json', '--models', 'resnet8', 'extra']),
+    ('experiments.keras_lesson', ['extra']),
+]
+
+
+@pytest.mark.parametrize('module,args', STRAY_WORDS, ids=[m for m, _ in STRAY_WORDS])
+def test_every_command_refuses_words_that_are_not_flags(module, args, tmp_path):
+  # `--models a b` keeps `a`; absl leaves `b` over, which was silently dropped.
+  workdir = tmp_path / 'out'
+  out = subprocess.run([sys.executable, '-m', module,
+                        *[a.replace('WORKDIR', str(workdir)) for a in args]],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+      "error: unexpected arguments 'extra': flags take one value each (--flag=VALUE), and "
+      'lists are comma-separated (--models=a,b).'], out.stderr[-2000:]
+  assert not workdir.exists()
+
+
 BAD_PROCESS_FLAGS = [
     (['--num_processes=2', '--process_id=0'],
      '--num_processes and --process_id join a multi-process run only with '
