@@ -387,7 +387,11 @@ def main(argv):
         parse_model(row['model'])[0]['depth'], row['model'].startswith('resnet'),
         row['batch_size'], steps=row['steps'], warmup=row['warmup'])))
     return
-  try:  # Bad names and batch sizes fail in one line, before anything runs.
+  try:  # Bad names, batch sizes and output paths fail in one line, before anything runs.
+    if not _MODELS.value:
+      raise ValueError('--models is empty: name the models to time, as in '
+                       '--models=resnet20,plain20.')
+    check_output(_OUTPUT.value)
     for name in _MODELS.value + _REMAT.value + _UNROLLED.value:
       parse_model(name)
     for b in _BATCH_SIZES.value:
@@ -452,6 +456,21 @@ def main(argv):
           f'{h:,.1f} h here ({h / 24:,.1f} days), {how}, steps only.')
   save(rows, pipeline, peak, hours)
   print(f'Wrote {_OUTPUT.value}.')
+
+
+def check_output(path: str) -> None:
+  """Refuses an --output the JSON cannot be written to, before minutes of measuring."""
+  parent = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise ValueError(f'--output {path} is a directory: name the JSON file to write.')
+  try:
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'--output {path} cannot be written: its directory cannot be made '
+                     f'({e.strerror}); choose another --output.') from e
+  if not os.access(parent, os.W_OK):
+    raise ValueError(f'--output {path} cannot be written: {parent} is not writable; choose '
+                     'another --output.')
 
 
 def save(rows, pipeline, peak, hours=None):

@@ -30,10 +30,16 @@ def test_model_names():
     ('--models=resnet20,foo', "error: Unknown benchmark model 'foo': use resnetN or plainN."),
     ('--remat_models=plain21', "error: Unknown benchmark model 'plain21': the depth of a "),
     ('--batch_sizes=128,big', "error: --batch_sizes takes positive integers, not 'big'."),
+    ('--models=', 'error: --models is empty: name the models to time'),
+    # An --output that cannot be written failed with a traceback after the first row.
+    ('--output=/dev/null/b.json', 'error: --output /dev/null/b.json cannot be written: its '
+                                  'directory cannot be made (File exists)'),
+    ('--output=TMP', 'error: --output TMP is a directory: name the JSON file to write.'),
 ])
 def test_bad_flags_are_refused_in_one_line_before_any_row(flag, message, tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'experiments.benchmark', flag,
-                        f'--output={tmp_path}/b.json'], cwd=REPO, capture_output=True,
+  flag, message = flag.replace('TMP', str(tmp_path)), message.replace('TMP', str(tmp_path))
+  out = subprocess.run([sys.executable, '-m', 'experiments.benchmark',
+                        f'--output={tmp_path}/b.json', flag], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
   lines = out.stderr.strip().splitlines()
