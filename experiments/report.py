@@ -352,6 +352,9 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   import matplotlib
   matplotlib.use('Agg')
   cells = read_cells(workdir)
+  if not cells and read_cell(workdir):
+    raise ReportError(f'{workdir} is one cell\'s directory: pass the sweep directory that '
+                      f'holds it ({os.path.dirname(os.path.abspath(workdir))}).')
   if not cells:
     raise ReportError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
   rows = summarise(cells)

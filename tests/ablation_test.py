@@ -156,6 +156,12 @@ def test_a_report_of_no_sweep_says_so_in_one_line(tmp_path):
         f'error: {workdir} is not a directory: pass the sweep\'s --workdir.'
         if workdir != tmp_path else
         f'error: No ablation cells with metrics in {workdir}: run the sweep first.']
+  write_cell(str(tmp_path / 'sweep'), 'plain-20-seed0', 0.9, 0.9, 0.9)
+  with pytest.raises(report.ReportError, match=f"^{tmp_path}/sweep/plain-20-seed0 is one cell's "
+                     f'directory: pass the sweep directory that holds it '
+                     f'\\({tmp_path}/sweep\\).$'):
+    report.write_report(str(tmp_path / 'sweep' / 'plain-20-seed0'))
+  assert len(report.write_report(str(tmp_path / 'sweep'), analyse=False)) == 1
   (tmp_path / 'ablation.json').write_text('{"preset": "qu')  # Cut short by a full disk.
   out = subprocess.run([sys.executable, '-m', 'experiments.report', f'--workdir={tmp_path}'],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
