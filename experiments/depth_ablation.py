@@ -662,6 +662,7 @@ def main(argv):
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
   try:
     run_dir.check_local(workdir)
+    run_dir.check_kind(workdir, sweep=True)
     cells = grid(ablation)
     if _CELLS.value:
       by_name = {c.name: c for c in cells}

@@ -440,6 +440,7 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
   """
   config_lib.validate(config, jax.device_count())  # Bad values leave no workdir behind.
   for workdir in workdirs.values():
+    run_dir.check_kind(workdir, sweep=False)
     run_dir.check_writable(workdir)
   # Process 0 holds the workdirs for all the processes of a multi-host run.
   with run_dir.exclusive(list(workdirs.values()) if jax.process_index() == 0 else []):

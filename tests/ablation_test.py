@@ -740,6 +740,26 @@ def test_a_report_of_a_missing_sweep_directory_is_refused_and_makes_nothing(tmp_
   assert os.listdir(tmp_path) == []
 
 
+def test_a_runs_directory_and_a_sweeps_are_not_taken_for_each_other(tmp_path):
+  run = tmp_path / 'plain-20-seed0'  # A cell's directory given as the sweep's, say.
+  run.mkdir()
+  (run / 'config.json').write_text('{}')
+  for extra in ([], ['--report_only']):
+    out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                          '--config=configs/ablation.py:quick', f'--workdir={run}', *extra],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"error: {run} is a single run's directory (it has a config.json), not a sweep's: "
+        'give the sweep a directory of its own, such as runs/ablation.'], out.stderr[-2000:]
+    assert os.listdir(run) == ['config.json']  # No ablation.json, no cells written into it.
+  from resnet_jax import train
+  (tmp_path / 'ablation.json').write_text('{}')
+  with pytest.raises(config_lib.ConfigError, match=f"^{tmp_path} is a depth-ablation sweep's "
+                     'directory'):
+    train.train_and_evaluate(config_lib.base_config(), str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ['ablation.json', 'plain-20-seed0']
+
+
 def test_a_sweep_into_an_unwritable_workdir_is_refused_in_one_line(tmp_path):
   (tmp_path / 'file').write_text('not a directory')
   out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
@@ -747,7 +767,7 @@ def test_a_sweep_into_an_unwritable_workdir_is_refused_in_one_line(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
   assert out.stderr.strip().splitlines()[-1] == (
-      f'error: The workdir {tmp_path}/file is not writable (File exists): choose another '
+      f'error: The workdir {tmp_path}/file is a file, not a directory: choose another '
       '--workdir.')
 
 
