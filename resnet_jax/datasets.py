@@ -253,6 +253,12 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
     if os.path.isdir(fashion_mnist_dir):
       ensure_fashion_mnist(fashion_mnist_dir, data_dir)
       return tfds.builder_from_directory(local)
+    if os.path.normpath(fashion_mnist_dir) != DEFAULT_FASHION_MNIST_DIR:
+      # A directory the user named, mistyped: say so now, not after a download's retries.
+      raise DataMissingError(
+          f'data.fashion_mnist_dir {fashion_mnist_dir} does not exist: point it at the '
+          f'directory of the Fashion-MNIST IDX files, or install the Debian package '
+          f'dataset-fashion-mnist and leave it at its default ({DEFAULT_FASHION_MNIST_DIR}).')
   if not download:
     raise DataMissingError(f'{name} is not prepared in {data_dir}: {spec.how_to_get}.')
   # One download however many processes ask at a time (a sweep's workers).

@@ -135,6 +135,10 @@ def test_missing_data_says_how_to_get_it(tmp_path):
                          download=False)
   with pytest.raises(datasets.DataMissingError, match='does not exist'):
     datasets.import_fashion_mnist(str(tmp_path), str(tmp_path / 'out'))
+  # A directory named by hand that is not there: at once, not after a download's retries.
+  with pytest.raises(datasets.DataMissingError, match=f'^data.fashion_mnist_dir {tmp_path}/no '
+                     'does not exist: point it at the directory of the Fashion-MNIST IDX'):
+    datasets.get_builder('fashion_mnist', str(tmp_path), fashion_mnist_dir=str(tmp_path / 'no'))
 
 
 def test_a_data_dir_that_cannot_be_written_is_named_before_any_import_or_download(tmp_path):
