@@ -68,6 +68,9 @@ def test_two_processes_match_one_process_with_four_devices_through_a_preemption(
     assert p.returncode == 0, err[-3000:]
   out0 = ''.join(first_lines) + outs[0][0]
   assert 'on 4 cpu device(s)' in out0  # Process 0 reports for the whole run...
+  assert 'Joining a 2-process run at 127.0.0.1:' in out0 and \
+      'All 2 processes joined; this is process 0.\n' in out0
+  assert 'All 2 processes joined; this is process 1.\n' in outs[1][0]
   quiet = [l for l in outs[1][0].splitlines() if l.startswith(('step ', 'Final', 'Compiled'))]
   assert not quiet  # ...and process 1 stays quiet.
   assert 'Stopped by SIGTERM after step' in out0
