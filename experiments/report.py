@@ -308,8 +308,9 @@ def plot_depth_vs_error(rows, path):
     color = 'tab:red' if shortcut == 'none' else 'tab:blue'
     d = [r['depth'] for r in rs]
     for metric, style, what in (('train_error', '--', 'training'), ('test_error', '-', 'test')):
-      ax.errorbar(d, [100 * r[f'{metric}_mean'] for r in rs],
-                  yerr=[100 * np.nan_to_num(r[f'{metric}_std']) for r in rs], fmt=style + 'o', color=color,
+      ax.errorbar(d, [100 * r[f'{metric}_mean'] for r in rs],  # One seed: no error bar.
+                  yerr=[100 * np.nan_to_num(r[f'{metric}_std']) for r in rs],
+                  fmt=style + 'o', color=color,
                   capsize=3, label=f'{kind(shortcut)}, {what}',
                   alpha=1.0 if metric == 'test_error' else 0.6)
   ax.set_xlabel('depth (layers)')
@@ -393,9 +394,9 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   preset = ablation.get('preset') if ablation else None  # None: no ablation.json.
   title = '# Depth ablation: plain versus residual' + (f' ({preset} preset)' if preset else '')
   lines = [title, '',
-           'Errors are in %, mean +- std over seeds (one seed: its value). Training error: the last logging '
-           'interval of training; validation: the held-out part of the training set; '
-           'test: the test split, evaluated once at the end.', '', table, '']
+           'Errors are in %, mean +- std over seeds (one seed: its value). Training error: '
+           'the last logging interval of training; validation: the held-out part of the '
+           'training set; test: the test split, evaluated once at the end.', '', table, '']
   progress = progress_lines(cells)
   if progress:
     lines += ['Unfinished cells (the table counts finished ones only; the curves of a '
