@@ -1,5 +1,6 @@
 """The base config every experiment file starts from, and its checks."""
 
+import functools
 import os
 
 import ml_collections
@@ -264,15 +265,32 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'init_from {config.init_from} does not exist: give another run\'s workdir or '
           f'checkpoint directory.')
 
-  # Build the model abstractly (no compilation): shape errors surface now.
+  shape = spec.image_shape if spec.in_memory else (d.image_size, d.image_size, 3)
+  items = tuple(sorted(m.to_dict().items()))
+  try:
+    hash(items)
+  except TypeError:  # A model key holding a list, say: checked without the cache.
+    error = _model_error.__wrapped__(items, spec.num_classes, tuple(shape))
+  else:
+    error = _model_error(items, spec.num_classes, tuple(shape))
+  if error:
+    _fail(error)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_error(model_items: tuple, num_classes: int, shape: tuple) -> str | None:
+  """Builds the model abstractly (no compilation) so that shape errors surface now; once
+  per model config (a sweep's seeds share theirs: the paper grid's 50 cells, 10 models)."""
   import jax
   import jax.numpy as jnp
-  shape = spec.image_shape if spec.in_memory else (d.image_size, d.image_size, 3)
+  from resnet_jax import models
+  kwargs = dict(model_items)
   try:
-    model = models.create_model(num_classes=spec.num_classes, **m.to_dict())
-    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(shape)),
+    model = models.create_model(num_classes=num_classes, **kwargs)
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
                                       train=False))
   except TypeError as e:
-    _fail(f'The model config does not fit {m.name}: {e}.')
+    return f'The model config does not fit {kwargs.get("name")}: {e}.'
   except ValueError as e:
-    _fail(str(e))
+    return str(e)
+  return None

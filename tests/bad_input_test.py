@@ -86,6 +86,10 @@ def test_model_keys_that_do_not_fit_the_model_are_refused():
   c.model.name = 'seed_resnet'  # Has no depth, shortcut, ...
   with pytest.raises(config_lib.ConfigError, match='does not fit seed_resnet'):
     config_lib.validate(c)
+  c = config_with()
+  c.model.widths = [16, 32]  # A list (unhashable): checked without the model cache.
+  with pytest.raises(config_lib.ConfigError, match='does not fit cifar_resnet'):
+    config_lib.validate(c)
 
 
 def test_the_shipped_configs_are_valid():
