@@ -89,6 +89,8 @@ def main(argv):
                              allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except train.USER_ERRORS + (FloatingPointError,) as e:
     sys.exit(f'error: {e}')
+  except KeyboardInterrupt:  # Before the training loop, or a second Ctrl-C in it.
+    sys.exit('Interrupted: the same command continues from the newest checkpoint, if any.')
 
 
 if __name__ == '__main__':

@@ -294,25 +294,32 @@ class Data:
 
 
 class StopSignal:
-  """Notes SIGTERM (how a preemptible VM is told it will stop) instead of dying on it.
+  """Notes SIGTERM (how a preemptible VM is told it will stop) and a first Ctrl-C
+  (SIGINT) instead of dying on them: the run saves a checkpoint and stops.
 
   With several processes, JAX's preemption service (started by
-  `jax.distributed.initialize`) catches the signal on any of them and names one step
+  `jax.distributed.initialize`) catches SIGTERM on any of them and names one step
   at which every process stops together.
   """
 
   def __init__(self):
-    self.received, self._old = None, None
+    self.received, self._old = None, {}
     self.multi_process = jax.process_count() > 1
 
   def __enter__(self):
     if not self.multi_process and threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+      # Python's own Ctrl-C handler only: a sweep's worker ignores SIGINT (its driver
+      # stops it with SIGTERM).
+      if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
     self.received = signal.Signals(signum).name
+    if signum == signal.SIGINT:  # A second Ctrl-C interrupts at once.
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def should_stop(self, step: int) -> bool:
     """Called after every step, on every process."""
@@ -321,8 +328,8 @@ class StopSignal:
     return self.received is not None
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for signum, old in self._old.items():
+      signal.signal(signum, old)
 
 
 # Bad input: each of these errors says what is wrong and how to fix it, in one sentence.

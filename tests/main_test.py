@@ -183,29 +183,42 @@ def test_unknown_config_argument_fails_clearly(tmp_path):
   assert "Unknown config argument 'plian'" in out.stderr
 
 
-def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(fashion_data_dir,
-                                                                   tmp_path):
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_same_command_continues(
+    fashion_data_dir, tmp_path):
   import signal
   workdir = str(tmp_path / 'preempted')
   args = [sys.executable, '-m', 'resnet_jax.main', '--config=configs/fashion_mnist.py',
           f'--workdir={workdir}', f'--config.data.data_dir={fashion_data_dir}',
           '--config.num_train_steps=100', '--config.checkpoint_every_steps=0', *SMALL]
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
-  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  for line in proc.stdout:
-    if line.startswith('step 2/100'):
-      proc.send_signal(signal.SIGTERM)
-      break
-  out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-3000:]
-  assert 'Stopped by SIGTERM after step' in out
-  stopped = int(out.split('Stopped by SIGTERM after step ')[1].split(':')[0])
-  assert 2 <= stopped < 100
-  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
+
+  def stop_with(signum, after):
+    """Starts the command and sends `signum` once it logs a step past `after`."""
+    # Ctrl-C as in a terminal: SIGINT at its default (a test runner may ignore it).
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    for line in proc.stdout:
+      lines.append(line)
+      if line.startswith('step ') and int(line.split()[1].split('/')[0]) > after:
+        proc.send_signal(signum)
+        break
+    out, err = proc.communicate(timeout=300)
+    out = ''.join(lines) + out
+    name = signal.Signals(signum).name
+    assert proc.returncode == 0 and f'Stopped by {name} after step' in out, err[-3000:]
+    stopped = int(out.split(f'Stopped by {name} after step ')[1].split(':')[0])
+    assert after < stopped < 100
+    assert str(stopped) in os.listdir(os.path.join(workdir, 'checkpoints'))
+    return stopped, out
+
+  stopped, _ = stop_with(signal.SIGTERM, 0)  # A preemptible VM's notice.
+  stopped_again, out = stop_with(signal.SIGINT, stopped)  # Ctrl-C, once.
+  assert f'Resumed from the checkpoint of step {stopped}' in out
   again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert f'Resumed from the checkpoint of step {stopped}' in again.stdout
+  assert f'Resumed from the checkpoint of step {stopped_again}' in again.stdout
   assert 'Final (step 100)' in again.stdout
   steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
   assert steps == list(range(2, 101, 2))  # No extra line at the stop: resume is exact.
