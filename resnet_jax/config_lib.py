@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 10.0
   c.log_every_steps = 100
   c.eval_every_steps = 1000  # <= 0: only at the end.
-  c.checkpoint_every_steps = 1000  # <= 0: only at the end (and when stopped by SIGTERM).
+  c.checkpoint_every_steps = 1000  # <= 0: only at the end (and when stopped by a signal).
   c.checkpoints_to_keep = 2
   c.init_from = ''  # Another run's workdir or checkpoint: start from its weights.
   # XLA:CPU's convolution kernels: 'eigen' (XLA's own; twice YNNPACK's speed on this
