@@ -118,6 +118,19 @@ def _group_order(key):
   return key[0], key[1] != 'none', key[1]
 
 
+def shortcut_styles(shortcuts) -> dict:
+  """{shortcut: (colour, line style)}: plain red and dashed, and each residual option a
+  colour and style of its own (A, the paper's, blue and solid), so that a sweep over
+  shortcut options tells them apart."""
+  residual = sorted(s for s in set(shortcuts) if s != 'none')
+  colors = ['tab:blue', 'tab:green', 'tab:purple', 'tab:orange', 'tab:brown']
+  lines = ['-', '-.', ':', (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+  styles = {'none': ('tab:red', '--')}
+  for i, s in enumerate(sorted(residual, key=lambda s: (s != 'A', s))):
+    styles[s] = (colors[i % len(colors)], lines[i % len(lines)])
+  return styles
+
+
 def _group_label(depth: int, shortcut: str) -> str:
   return f'{"plain" if shortcut == "none" else f"ResNet({shortcut})"}-{depth}'
 
@@ -300,12 +313,13 @@ def plot_training_curves(cells, path):
 def plot_depth_vs_error(rows, path):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  styles = shortcut_styles(r['shortcut'] for r in rows)
   for shortcut in sorted({r['shortcut'] for r in rows}, key=lambda s: (s != 'none', s)):
     rs = sorted([r for r in rows if r['shortcut'] == shortcut and r['seeds_done']],
                 key=lambda r: r['depth'])
     if not rs:
       continue
-    color = 'tab:red' if shortcut == 'none' else 'tab:blue'
+    color = styles[shortcut][0]
     d = [r['depth'] for r in rs]
     for metric, style, what in (('train_error', '--', 'training'), ('test_error', '-', 'test')):
       ax.errorbar(d, [100 * r[f'{metric}_mean'] for r in rs],  # One seed: no error bar.
@@ -313,6 +327,9 @@ def plot_depth_vs_error(rows, path):
                   fmt=style + 'o', color=color,
                   capsize=3, label=f'{kind(shortcut)}, {what}',
                   alpha=1.0 if metric == 'test_error' else 0.6)
+  depths = sorted({r['depth'] for r in rows if r['seeds_done']})
+  if depths:
+    ax.set_xticks(depths)  # The grid's depths, not round numbers between them.
   ax.set_xlabel('depth (layers)')
   ax.set_ylabel('final error (%)')
   ax.set_title('Final error against depth (mean +- std over seeds)')
@@ -327,14 +344,15 @@ def _analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=Fal
                      sort_right=False):
   import matplotlib.pyplot as plt
   colors = _depth_colors({a['depth'] for a in analyses})
+  styles = shortcut_styles(a['shortcut'] for a in analyses)
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
   for panel, (ax, key, title) in enumerate(zip(axes, key_pair, titles)):
     for a in sorted(analyses, key=lambda a: (a['depth'], a['shortcut'])):
       values = np.array(a[key])
       if sort_right and panel == 1:  # By panel: both panels may draw the same key.
         values = np.sort(values)[::-1]
-      style = '--' if a['shortcut'] == 'none' else '-'
-      ax.plot(np.arange(1, len(values) + 1), values, style, color=colors[a['depth']],
+      ax.plot(np.arange(1, len(values) + 1), values, linestyle=styles[a['shortcut']][1],
+              color=colors[a['depth']],
               label=_group_label(a['depth'], a['shortcut']))
     ax.set_title(title)
     ax.set_xlabel('layer index' if 'response' in key else 'block index')

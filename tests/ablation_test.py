@@ -392,6 +392,36 @@ def test_layer_responses_left_in_layer_order_right_sorted(tmp_path, monkeypatch)
   assert drawn == [[[1.0, 3.0, 2.0]], [[3.0, 2.0, 1.0]]]
 
 
+def test_each_shortcut_option_is_drawn_in_a_style_of_its_own(tmp_path, monkeypatch):
+  styles = report.shortcut_styles(['none', 'C', 'A', 'B', 'A'])
+  assert styles['none'] == ('tab:red', '--') and styles['A'] == ('tab:blue', '-')
+  assert len({c for c, _ in styles.values()}) == len({l for _, l in styles.values()}) == 4
+  drawn = {}
+
+  def spy(fig, path):  # Each figure's (label, colour, line style), errorbars' too.
+    drawn[os.path.basename(path)] = {
+        (label, line.get_color(), line.get_linestyle()) for ax in fig.axes
+        for label, line in [*((l.get_label(), l) for l in ax.get_lines()),
+                            *((c.get_label(), c.lines[0]) for c in ax.containers)]
+        if not label.startswith('_')}
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+  monkeypatch.setattr(report, 'save_figure', spy)
+  for name in ('plain-20-seed0', 'resnetA-20-seed0', 'resnetB-20-seed0'):
+    write_cell(str(tmp_path), name, 0.9, 0.9, 0.9)
+  report.write_report(str(tmp_path), analyse=False)
+  colours = {label.split(',')[0]: colour for label, colour, _ in drawn['depth_vs_error.png']}
+  assert colours == {'plain': 'tab:red', 'residual (A)': 'tab:blue',
+                     'residual (B)': 'tab:green'}
+  analyses = [{'depth': 20, 'shortcut': s, 'response_std_final': [1.0, 2.0]}
+              for s in ('none', 'A', 'B')]
+  report._analysis_figure(analyses, ('response_std_final', 'response_std_final'), ('a', 'b'),
+                          'std', str(tmp_path / 'layers.png'), 't')
+  assert {(label, style) for label, _, style in drawn['layers.png']} == {
+      ('plain-20', '--'), ('ResNet(A)-20', '-'), ('ResNet(B)-20', '-.')}
+
+
 def test_report_of_a_sweep_in_progress(tmp_path, monkeypatch):
   """Unfinished cells: listed with their step, in the step-matched tables beside finished
   ones, and drawn in the curves where their depth and net has no finished seed."""
