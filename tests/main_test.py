@@ -187,17 +187,20 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_same_command_continues(
     fashion_data_dir, tmp_path):
   import signal
   workdir = str(tmp_path / 'preempted')
-  args = [sys.executable, '-m', 'resnet_jax.main', '--config=configs/fashion_mnist.py',
+  # `python -m resnet_jax.main` with Python's Ctrl-C handler as in a terminal (a test
+  # runner started in the background may pass SIGINT on ignored).
+  main_as_in_a_terminal = (
+      'import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); '
+      'runpy.run_module("resnet_jax.main", run_name="__main__", alter_sys=True)')
+  args = [sys.executable, '-c', main_as_in_a_terminal, '--config=configs/fashion_mnist.py',
           f'--workdir={workdir}', f'--config.data.data_dir={fashion_data_dir}',
           '--config.num_train_steps=100', '--config.checkpoint_every_steps=0', *SMALL]
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
 
   def stop_with(signum, after):
     """Starts the command and sends `signum` once it logs a step past `after`."""
-    # Ctrl-C as in a terminal: SIGINT at its default (a test runner may ignore it).
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stdout:
       lines.append(line)
