@@ -204,7 +204,8 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_same_command_continues(
     lines = []
     for line in proc.stdout:
       lines.append(line)
-      if line.startswith('step ') and int(line.split()[1].split('/')[0]) > after:
+      logged = re.match(r'step (\d+)/', line)  # A progress line, not an evaluation's.
+      if logged and int(logged.group(1)) > after:
         proc.send_signal(signum)
         break
     out, err = proc.communicate(timeout=300)
