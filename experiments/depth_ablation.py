@@ -103,8 +103,8 @@ def grid(ablation) -> list[Cell]:
     # Names arrive from the command line as one string: ('none,A',) for none,A.
     values[key] = [part.strip() for v in ablation[key] for part in v.split(',')
                    if part.strip()] if kind is str else list(ablation[key])
-    repeated = _repeated(values[key])
-    if repeated and key != 'exclude':  # Two runs of one cell would share a directory.
+    repeated = _repeated(values[key]) if key != 'exclude' else []
+    if repeated:  # Two runs of one cell would share a directory.
       raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '
                                    f'value once.')
   from resnet_jax import models

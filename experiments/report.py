@@ -122,11 +122,11 @@ def shortcut_styles(shortcuts) -> dict:
   """{shortcut: (colour, line style)}: plain red and dashed, and each residual option a
   colour and style of its own (A, the paper's, blue and solid), so that a sweep over
   shortcut options tells them apart."""
-  residual = sorted(s for s in set(shortcuts) if s != 'none')
+  residual = sorted(set(shortcuts) - {'none'}, key=lambda s: (s != 'A', s))
   colors = ['tab:blue', 'tab:green', 'tab:purple', 'tab:orange', 'tab:brown']
   lines = ['-', '-.', ':', (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
   styles = {'none': ('tab:red', '--')}
-  for i, s in enumerate(sorted(residual, key=lambda s: (s != 'A', s))):
+  for i, s in enumerate(residual):
     styles[s] = (colors[i % len(colors)], lines[i % len(lines)])
   return styles
 
