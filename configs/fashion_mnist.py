@@ -14,7 +14,7 @@ def get_config(arg: str = ''):
   c = config_lib.base_config()
   c.data.name = 'fashion_mnist'
   # Short budgets favour no augmentation: in one epoch flips cost about two points
-  # of test accuracy, pad-and-crop more (measured here; the README has the table).
+  # of test accuracy, pad-and-crop more (measured here; the table is in docs/runs.md).
   c.data.augment = 'none'
   c.model.depth = args.get('depth', 20)
   c.model.shortcut = 'none' if args.get('plain') else args.get('shortcut', 'A')
