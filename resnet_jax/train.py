@@ -299,16 +299,18 @@ class StopSignal:
 
   With several processes, JAX's preemption service (started by
   `jax.distributed.initialize`) catches SIGTERM on any of them and names one step
-  at which every process stops together.
+  at which every process stops together; a Ctrl-C there is handed to it as SIGTERM,
+  since one process stopping alone would leave the others waiting for it.
   """
 
   def __init__(self):
-    self.received, self._old = None, {}
+    self.received, self._old, self._interrupted = None, {}, False
     self.multi_process = jax.process_count() > 1
 
   def __enter__(self):
-    if not self.multi_process and threading.current_thread() is threading.main_thread():
-      self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+    if threading.current_thread() is threading.main_thread():
+      if not self.multi_process:
+        self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
       # Python's own Ctrl-C handler only: a sweep's worker ignores SIGINT (its driver
       # stops it with SIGTERM).
       if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -317,14 +319,18 @@ class StopSignal:
 
   def _handle(self, signum, frame):
     del frame
-    self.received = signal.Signals(signum).name
     if signum == signal.SIGINT:  # A second Ctrl-C interrupts at once.
       signal.signal(signal.SIGINT, signal.default_int_handler)
+      self._interrupted = True
+      if self.multi_process:  # To JAX's preemption service, which tells every process.
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    self.received = signal.Signals(signum).name
 
   def should_stop(self, step: int) -> bool:
     """Called after every step, on every process."""
     if self.multi_process and multihost_utils.reached_preemption_sync_point(step):
-      self.received = 'SIGTERM'
+      self.received = 'SIGINT' if self._interrupted else 'SIGTERM'
     return self.received is not None
 
   def __exit__(self, *exc):

@@ -1,6 +1,6 @@
 """Two processes (2 fake CPU devices each, localhost coordinator) train like one with 4,
-stop together on SIGTERM to either, continue from their shared checkpoint, and once
-finished, stop together again when rerun."""
+stop together on SIGTERM to either or on Ctrl-C, continue from their shared checkpoint,
+and once finished, stop together again when rerun."""
 
 import os
 import signal
@@ -23,8 +23,15 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+# `python -m resnet_jax.main` with Python's Ctrl-C handler, as in a terminal (a test
+# runner started in the background may pass SIGINT on ignored).
+MAIN_AS_IN_A_TERMINAL = (
+    'import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); '
+    'runpy.run_module("resnet_jax.main", run_name="__main__", alter_sys=True)')
+
+
 def command(data_dir, workdir, *extra):
-  return [sys.executable, '-m', 'resnet_jax.main', '--config=configs/fashion_mnist.py',
+  return [sys.executable, '-c', MAIN_AS_IN_A_TERMINAL, '--config=configs/fashion_mnist.py',
           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
           f'--config.num_train_steps={STEPS}', '--config.data.augment=crop_flip', *SMALL,
           '--config.log_every_steps=1', *extra]
@@ -78,11 +85,32 @@ def test_two_processes_match_one_process_with_four_devices_through_a_preemption(
   assert 2 <= stopped < STEPS
   assert os.listdir(tmp_path / 'two' / 'checkpoints') == [str(stopped)]
 
+  # Resumed, then Ctrl-C in their terminal (SIGINT to both): one agreed step again,
+  # not a process dying alone while the other waits for it.
+  procs = start_two(fashion_data_dir, tmp_path / 'two')
+  first_lines = []
+  for line in procs[0].stdout:
+    first_lines.append(line)
+    if line.startswith(f'step {stopped + 2}/'):
+      for p in procs:
+        p.send_signal(signal.SIGINT)
+      break
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  out0 = ''.join(first_lines) + outs[0][0]
+  assert f'Resumed from the checkpoint of step {stopped}' in out0
+  assert 'Stopped by SIGINT after step' in out0
+  interrupted = int(out0.split('Stopped by SIGINT after step ')[1].split(':')[0])
+  assert stopped + 2 <= interrupted < STEPS
+  assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints'), key=int) == [
+      str(stopped), str(interrupted)]
+
   procs = start_two(fashion_data_dir, tmp_path / 'two')
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  assert f'Resumed from the checkpoint of step {stopped}' in outs[0][0]
+  assert f'Resumed from the checkpoint of step {interrupted}' in outs[0][0]
   assert len(losses(tmp_path / 'one')) == len(losses(tmp_path / 'two')) == STEPS
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
 
