@@ -111,8 +111,10 @@ def load_weights(source: str, state):
   """
   directory, step = resolve_source(source)
   where = f'of step {step} in {directory}'
+  # 'pending' is named, though not restored, so that Orbax does not warn of an item it
+  # cannot read.
   mngr = ocp.CheckpointManager(directory, item_handlers={
-      'state': ocp.PyTreeCheckpointHandler()})
+      'state': ocp.PyTreeCheckpointHandler(), 'pending': ocp.JsonCheckpointHandler()})
   fix = 'give init_from another checkpoint'
   stored = _read(lambda: mngr.item_metadata(step)['state'].tree, where, fix)
   weights = {'params': state.params, 'batch_stats': state.batch_stats}

@@ -1,5 +1,6 @@
 """Exact resume after SIGKILL, determinism, checkpoints refused clearly, config memory."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -259,14 +260,18 @@ def test_a_checkpoint_of_another_model_is_refused(fashion_data_dir, tmp_path):
     train.train_and_evaluate(deeper, workdir, allow_config_change=True)
 
 
-def test_a_run_can_start_from_another_runs_weights(fashion_data_dir, tmp_path, capsys):
+def test_a_run_can_start_from_another_runs_weights(fashion_data_dir, tmp_path, capsys,
+                                                   caplog):
   source = str(tmp_path / 'source')
   first = train.train_and_evaluate(small_run_config(fashion_data_dir, 4), source)
   config = small_run_config(fashion_data_dir, 2)
   config.init_from = source
   trainer_state = first['state']
+  caplog.clear()
   warm = checkpoints.load_weights(source, trainer_state.replace(
       params=jax.tree_util.tree_map(jnp.zeros_like, trainer_state.params)))
+  # Orbax says nothing of the checkpoint's other item (the un-logged metrics).
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
   for a, b in zip(jax.tree_util.tree_leaves(warm.params),
                   jax.tree_util.tree_leaves(trainer_state.params)):
     np.testing.assert_array_equal(a, b)
