@@ -1,14 +1,16 @@
 """ResNet-50 on ImageNet: a TPU-sized recipe (batch 1024, 90 epochs, cosine, bf16).
 
 Needs ILSVRC2012 in the TFDS manual dir (--config.data.manual_dir). Arguments:
-`depth=N` (18/34/50/101/152), `plain` (no skips).
+`depth=N` (18/34/50/101/152), `plain` (no skips), `shortcut=X` (B by default; A, the
+zero-padded identity, for the basic blocks of depths 18 and 34 as in the paper's Table 2).
 """
 
 from resnet_jax import config_lib
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_arg(arg, flags=('plain',), values=('depth',), ints=('depth',))
+  args = config_lib.parse_arg(arg, flags=('plain',), values=('depth', 'shortcut'),
+                              ints=('depth',))
   c = config_lib.base_config()
   c.data.name = 'imagenet2012'
   c.data.validation_size = 10000
@@ -16,7 +18,7 @@ def get_config(arg: str = ''):
   c.data.image_size = 224
   c.model.name = 'imagenet_resnet'
   c.model.depth = args.get('depth', 50)
-  c.model.shortcut = 'none' if args.get('plain') else 'B'
+  c.model.shortcut = 'none' if args.get('plain') else args.get('shortcut', 'B')
   c.model.num_filters = 64
   c.model.zero_init_last_bn = True
   c.model.dtype = 'bfloat16'

@@ -130,10 +130,9 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   config, data, model, trainer, init_state, final, step = restore_cell(celldir)
   init_params = probe_params(model, init_state.params, train.seed_rngs(config.seed)[0],
                              data.image_shape)
-  held_out = data.splits['validation'] if len(data.splits['validation']) else data.splits['test']
-  images = input_pipeline.preprocess(held_out.images[:num_examples], None, mean=data.mean,
-                                     std=data.std)
-  labels = jnp.asarray(held_out.labels[:num_examples])
+  held_out, labels = data.held_out(num_examples)
+  images = input_pipeline.preprocess(held_out, None, mean=data.mean, std=data.std)
+  labels = jnp.asarray(labels)
   # The gradient norms compile once for both states (with fewer optimisations they
   # compile faster but run slower: no gain; measured at depth 56).
   response_stds = response_stds_fn(model, trainer.compiler_options)

@@ -7,7 +7,6 @@ each confuses, from the cells' newest checkpoints.
 """
 
 import collections
-import json
 import math
 import os
 import sys
@@ -17,9 +16,11 @@ import numpy as np
 
 from experiments import analysis
 from resnet_jax import cli
-from resnet_jax import datasets
 from resnet_jax import input_pipeline
 from resnet_jax import train
+
+
+MAX_CLASS_ROWS = 20  # Per-class errors listed in full up to this many classes.
 
 
 class CompareError(ValueError):
@@ -29,13 +30,8 @@ class CompareError(ValueError):
 def predictions(celldir: str, split: str = 'test') -> dict:
   """The predicted class of every image of `split` by the cell's newest checkpoint, with
   the true labels, the class names and the checkpoint's step."""
-  with open(os.path.join(celldir, 'config.json')) as f:
-    name = json.load(f)['data']['name']
-  if not datasets.get_spec(name).in_memory:
-    raise CompareError(f'{celldir} trained on {name}, which is streamed, not held in '
-                       'memory: compare_cells reads in-memory data sets only.')
   cell = analysis.restore_cell(celldir)
-  if not len(cell.data.splits[split]):
+  if not cell.data.sizes[split]:
     raise CompareError(f'{celldir} has no {split} images (its validation_size is 0): '
                        'compare on the test split.')
   state = cell.final_state
@@ -47,11 +43,13 @@ def predictions(celldir: str, split: str = 'test') -> dict:
     x = input_pipeline.preprocess(images, None, mean=data.mean, std=data.std)
     return cell.model.apply(variables, x, train=False).argmax(-1)
 
-  held_out = data.splits[split]
-  out = [np.asarray(predict(variables, b['image']))[b['mask'] > 0]
-         for b in input_pipeline.eval_batches(held_out, cell.config.eval_batch_size)]
+  predicted, labels = [], []
+  for b in data.eval_batches(split):  # In memory or streamed (ImageNet), in split order.
+    real = b['mask'] > 0
+    predicted.append(np.asarray(predict(variables, b['image']))[real])
+    labels.append(np.asarray(b['label'])[real])
   names = data.spec.class_names or tuple(data.builder.info.features['label'].names)
-  return {'predicted': np.concatenate(out), 'labels': held_out.labels,
+  return {'predicted': np.concatenate(predicted), 'labels': np.concatenate(labels),
           'class_names': names, 'step': cell.step}
 
 
@@ -110,9 +108,13 @@ def comparison_markdown(names: tuple, result: dict, class_names: tuple,
             f'| classes | {names[0]} | {names[1]} |', '|---|---|---|']
   lines += [f'| {class_names[i]} / {class_names[j]} | {pairs_a[(i, j)]} | {pairs_b[(i, j)]} |'
             for i, j in top]
+  rows = list(zip(class_names, *result['class_error']))
+  if len(rows) > MAX_CLASS_ROWS:  # ImageNet's 1,000: the classes where the nets differ most.
+    rows = sorted(rows, key=lambda r: -abs(np.nan_to_num(r[1] - r[2])))[:MAX_CLASS_ROWS]
+    lines += ['', f'The {MAX_CLASS_ROWS} of {len(class_names):,} classes whose errors '
+              'differ most between the nets:']
   lines += ['', f'| class | error %, {names[0]} | {names[1]} |', '|---|---|---|']
-  lines += [f'| {c} | {100 * ea:.1f} | {100 * eb:.1f} |'
-            for c, ea, eb in zip(class_names, *result['class_error'])]
+  lines += [f'| {c} | {100 * ea:.1f} | {100 * eb:.1f} |' for c, ea, eb in rows]
   return '\n'.join(lines) + '\n'
 
 

@@ -678,6 +678,7 @@ def main(argv):
       serve(ablation, cells, workdir)
       return
     check_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
+    report.paper_table_name(ablation.get('paper_table', ''))  # Refused now, not at the end.
     for cell in cells:  # Check every cell's config before anything runs.
       config_lib.validate(cell_config(ablation, cell))
     check_cell_configs(ablation, cells, workdir)

@@ -14,9 +14,31 @@ import numpy as np
 from resnet_jax import cli
 from resnet_jax import run_dir
 
-# He et al. 2016, Table 6: CIFAR-10 test error (%) of ResNets with option A.
-PAPER_TABLE6 = {20: '8.75', 32: '7.51', 44: '7.17', 56: '6.97', 110: '6.43 (6.61 +- 0.16)',
-                1202: '7.93'}
+# He et al. 2016: the errors (%) the paper reports, by (shortcut, depth), with the
+# results table's header for them. An ablation config's `paper_table` names one.
+PAPER_TABLES = {
+    # Table 6: CIFAR-10 test error of ResNets with option A.
+    'cifar10': ('paper test error %', {
+        ('A', 20): '8.75', ('A', 32): '7.51', ('A', 44): '7.17', ('A', 56): '6.97',
+        ('A', 110): '6.43 (6.61 +- 0.16)', ('A', 1202): '7.93'}),
+    # Table 2: ImageNet validation top-1 error, 10-crop testing, plain and option A.
+    'imagenet': ('paper val error % (top-1, 10-crop)', {
+        ('none', 18): '27.94', ('none', 34): '28.54', ('A', 18): '27.88',
+        ('A', 34): '25.03'}),
+}
+
+
+def paper_table_name(value) -> str:
+  """An ablation config's `paper_table`: a name of PAPER_TABLES, or '' for none (sweeps
+  written before ImageNet had a table stored True for CIFAR-10's)."""
+  if value is True:
+    return 'cifar10'
+  if not value:
+    return ''
+  if value not in PAPER_TABLES:
+    raise ReportError(f'paper_table={value!r} is not a table of the paper here: use one of '
+                      f'{", ".join(PAPER_TABLES)}, or \'\' for none.')
+  return value
 CELL_RE = re.compile(r'^(plain|resnet(?P<sc>\w+?))-(?P<depth>\d+)-seed(?P<seed>\d+)$')
 
 
@@ -225,11 +247,13 @@ def _pct(mean, std):
   return f'{100 * mean:.2f} +- {100 * std:.2f}' if np.isfinite(std) else f'{100 * mean:.2f}'
 
 
-def results_markdown(rows, paper_table=False) -> str:
+def results_markdown(rows, paper_table='') -> str:
+  paper_table = paper_table_name(paper_table)
   head = ['depth', 'net', 'params', 'train error %', 'val error %', 'test error %', 'steps',
           'time / run (s)', 'seeds', 'diverged']
   if paper_table:
-    head.append('paper test error %')
+    header, paper = PAPER_TABLES[paper_table]
+    head.append(header)
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     cells = [str(r['depth']), r['net'],
@@ -241,7 +265,7 @@ def results_markdown(rows, paper_table=False) -> str:
              f'{r["seconds_mean"]:.0f}' if np.isfinite(r['seconds_mean']) else '-',
              str(r['seeds_done']), str(r['diverged'])]
     if paper_table:
-      cells.append(PAPER_TABLE6.get(r['depth'], '-') if r['shortcut'] == 'A' else '-')
+      cells.append(paper.get((r['shortcut'], r['depth']), '-'))
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -377,8 +401,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   if not cells:
     raise ReportError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
   rows = summarise(cells)
-  paper = bool(ablation and ablation.get('paper_table', False))
-  table = results_markdown(rows, paper)
+  table = results_markdown(rows, ablation.get('paper_table', '') if ablation else '')
   write_csv(rows, os.path.join(workdir, 'results.csv'))
   run_dir.write_text(os.path.join(workdir, 'results.md'), table)
   plot_training_curves(cells, os.path.join(workdir, 'training_curves.png'))

@@ -284,6 +284,21 @@ class Data:
     self._next_step = step + 1
     return next(self._stream)
 
+  def held_out(self, n: int):
+    """The first `n` images (uint8, as stored) and labels of the validation split, or of
+    the test split where none is held out: the layer analysis's probe images."""
+    split = 'validation' if self.sizes['validation'] else 'test'
+    if self.spec.in_memory:
+      return self.splits[split].images[:n], self.splits[split].labels[:n]
+    images, labels = [], []
+    for batch in self.eval_batches(split):
+      real = batch['mask'] > 0
+      images.append(batch['image'][real])
+      labels.append(batch['label'][real])
+      if sum(map(len, labels)) >= n:
+        break
+    return np.concatenate(images)[:n], np.concatenate(labels)[:n]
+
   def eval_batches(self, split: str):
     if self.spec.in_memory:
       return input_pipeline.eval_batches(self.splits[split], self.eval_batch_size,

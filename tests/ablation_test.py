@@ -269,6 +269,58 @@ def test_every_paper_architecture_trains_on_mock_cifar10(tmp_path, cell):
   assert len(train_rows) == 1 and np.isfinite(train_rows[0]['loss']), cell.name
 
 
+def test_imagenet_preset_cells_are_figure_4s_nets():
+  cells = preset_cells('imagenet')
+  assert sorted(c.name for c, _ in cells) == [
+      'plain-18-seed0', 'plain-34-seed0', 'resnetA-18-seed0', 'resnetA-34-seed0']
+  for cell, c in cells:
+    assert (c.data.name, c.model.name, c.model.depth) == (
+        'imagenet2012', 'imagenet_resnet', cell.depth)
+    assert c.model.shortcut == cell.shortcut and not c.model.zero_init_last_bn
+    assert (c.batch_size, c.num_epochs) == (1024, 90.0)
+
+
+def test_an_imagenet_preset_cell_trains_streamed_and_is_analysed_on_mock_imagenet(
+    tmp_path, monkeypatch):
+  """ResNet-18 of the imagenet preset, as its cell configures it but on 32x32 mock
+  images and a batch of 8, trains a step through the streamed (tf.data) input; its
+  layer analysis and its predictions (compare_cells) read the streamed held-out splits.
+  (The other nets differ in depth and shortcut only; every net's programs are lowered
+  for accelerators in lowering_test.)"""
+  import tensorflow_datasets as tfds
+  from experiments import analysis
+  from experiments import compare_cells
+  from resnet_jax import train
+  get_builder = datasets.get_builder
+
+  def with_split_sizes(*args, **kwargs):
+    """mock_data serves 24 images a split but records no split sizes: as TFDS would."""
+    builder = get_builder(*args, **kwargs)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=s, shard_lengths=[24], num_bytes=0)
+        for s in ('train', 'validation')]))
+    return builder
+  monkeypatch.setattr(datasets, 'get_builder', with_split_sizes)
+  ab = ablation_config.get_config('imagenet')
+  cell = next(c for c in depth_ablation.grid(ab) if c.name == 'resnetA-18-seed0')
+  c = depth_ablation.cell_config(ab, cell)
+  c.data.image_size, c.data.validation_size, c.num_train_steps = 32, 8, 1
+  c.batch_size, c.eval_batch_size, c.log_every_steps = 8, 8, 1
+  c.data.data_dir = str(tmp_path / 'tfds')
+  celldir = str(tmp_path / cell.name)
+  with tfds.testing.mock_data(num_examples=24):
+    out = train.train_and_evaluate(c, celldir)
+    a = analysis.cell_analysis(celldir, num_examples=6)
+    pred = compare_cells.predictions(celldir, 'test')
+  assert 'test' in out and 'validation' in out
+  assert len(a['grad_norm_init']) == len(a['grad_norm_final']) == 8  # Blocks: 2+2+2+2.
+  assert len(a['response_std_final']) == 1 + 2 * 8  # The stem, two 3x3 layers a block.
+  assert np.all(np.isfinite(a['grad_norm_init'])) and a['examples'] == 6
+  # The streamed test split (ImageNet's validation; mock: 24 images), as the run scored it.
+  assert len(pred['predicted']) == len(pred['labels']) == 24 and len(pred['class_names']) == 1000
+  assert np.isclose((pred['predicted'] == pred['labels']).mean(), out['test']['accuracy'])
+
+
 def write_cell(root, name, train_acc, val_acc, test_acc, steps=100, diverged=None,
                evals=(), unfinished=False):
   """A cell's metrics.jsonl: training summaries every 25 steps, validation at `evals`
@@ -483,7 +535,17 @@ def test_paper_table_column():
            'train_error_mean': 0.01, 'train_error_std': 0.0, 'val_error_mean': 0.07,
            'val_error_std': 0.0, 'test_error_mean': 0.07, 'test_error_std': 0.001,
            'steps': 64000, 'seconds_mean': 100.0, 'seeds_done': 5, 'diverged': 0}]
-  assert '| 6.97 |' in report.results_markdown(rows, paper_table=True)
+  assert '| 6.97 |' in report.results_markdown(rows, paper_table=True)  # An older sweep's.
+  assert '| 6.97 |' in report.results_markdown(rows, paper_table='cifar10')
+  plain = [dict(r, depth=d, shortcut=s, net=n) for r in rows for d in (18, 34)
+           for s, n in (('none', 'plain'), ('A', 'residual (A)'))]
+  md = report.results_markdown(plain, paper_table='imagenet')
+  assert 'paper val error % (top-1, 10-crop)' in md.splitlines()[0]
+  assert [line.split(' | ')[-1] for line in md.splitlines()[2:]] == [
+      '27.94 |', '27.88 |', '28.54 |', '25.03 |']
+  assert 'paper' not in report.results_markdown(rows, paper_table='')
+  with pytest.raises(report.ReportError, match="paper_table='cifar100' is not a table"):
+    report.results_markdown(rows, paper_table='cifar100')
 
 
 def tiny_ablation(tmp_path, data_dir, shortcuts, seeds, steps, eval_every):

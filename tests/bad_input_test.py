@@ -270,7 +270,7 @@ BAD_CONFIG_FILES = [
      'error: This is the config of a single run: the sweep takes configs/ablation.py:PRESET'),
     ('experiments.depth_ablation', ['--config=configs/ablation.py:bogus'],
      "error: --config=configs/ablation.py:bogus: Unknown ablation preset 'bogus': use one of "
-     'quick, full, paper, extreme.'),
+     'quick, full, paper, extreme, imagenet.'),
 ]
 
 
