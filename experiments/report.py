@@ -39,6 +39,8 @@ def paper_table_name(value) -> str:
     raise ReportError(f'paper_table={value!r} is not a table of the paper here: use one of '
                       f'{", ".join(PAPER_TABLES)}, or \'\' for none.')
   return value
+
+
 CELL_RE = re.compile(r'^(plain|resnet(?P<sc>\w+?))-(?P<depth>\d+)-seed(?P<seed>\d+)$')
 
 
