@@ -283,7 +283,7 @@ def test_imagenet_preset_cells_are_figure_4s_nets():
 def test_an_imagenet_preset_cell_trains_streamed_and_is_analysed_on_mock_imagenet(
     tmp_path, monkeypatch):
   """ResNet-18 of the imagenet preset, as its cell configures it but on 32x32 mock
-  images and a batch of 8, trains a step through the streamed (tf.data) input; its
+  images, a batch of 8 and float32, trains a step through the streamed (tf.data) input; its
   layer analysis and its predictions (compare_cells) read the streamed held-out splits.
   (The other nets differ in depth and shortcut only; every net's programs are lowered
   for accelerators in lowering_test.)"""
@@ -306,6 +306,7 @@ def test_an_imagenet_preset_cell_trains_streamed_and_is_analysed_on_mock_imagene
   c = depth_ablation.cell_config(ab, cell)
   c.data.image_size, c.data.validation_size, c.num_train_steps = 32, 8, 1
   c.batch_size, c.eval_batch_size, c.log_every_steps = 8, 8, 1
+  c.model.dtype = 'float32'  # bfloat16 compiles slower on CPU; train_test checks it.
   c.data.data_dir = str(tmp_path / 'tfds')
   celldir = str(tmp_path / cell.name)
   with tfds.testing.mock_data(num_examples=24):

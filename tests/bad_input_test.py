@@ -271,6 +271,10 @@ BAD_CONFIG_FILES = [
     ('experiments.depth_ablation', ['--config=configs/ablation.py:bogus'],
      "error: --config=configs/ablation.py:bogus: Unknown ablation preset 'bogus': use one of "
      'quick, full, paper, extreme, imagenet.'),
+    ('experiments.depth_ablation', ['--config=configs/ablation.py:quick',
+                                    '--config.paper_table=cifar100'],
+     "error: paper_table='cifar100' is not a table of the paper here: use one of cifar10, "
+     "imagenet, or '' for none."),
 ]
 
 
