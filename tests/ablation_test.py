@@ -283,8 +283,9 @@ def test_imagenet_preset_cells_are_figure_4s_nets():
 def test_an_imagenet_preset_cell_trains_streamed_and_is_analysed_on_mock_imagenet(
     tmp_path, monkeypatch):
   """ResNet-18 of the imagenet preset, as its cell configures it but on 32x32 mock
-  images, a batch of 8 and float32, trains a step through the streamed (tf.data) input; its
-  layer analysis and its predictions (compare_cells) read the streamed held-out splits.
+  images, a batch of 8 and float32, trains a step through the streamed (tf.data)
+  input; its layer analysis and its predictions (compare_cells) read the streamed
+  held-out splits.
   (The other nets differ in depth and shortcut only; every net's programs are lowered
   for accelerators in lowering_test.)"""
   import tensorflow_datasets as tfds
@@ -538,9 +539,9 @@ def test_paper_table_column():
            'steps': 64000, 'seconds_mean': 100.0, 'seeds_done': 5, 'diverged': 0}]
   assert '| 6.97 |' in report.results_markdown(rows, paper_table=True)  # An older sweep's.
   assert '| 6.97 |' in report.results_markdown(rows, paper_table='cifar10')
-  plain = [dict(r, depth=d, shortcut=s, net=n) for r in rows for d in (18, 34)
-           for s, n in (('none', 'plain'), ('A', 'residual (A)'))]
-  md = report.results_markdown(plain, paper_table='imagenet')
+  imagenet_rows = [dict(r, depth=d, shortcut=s, net=n) for r in rows for d in (18, 34)
+                   for s, n in (('none', 'plain'), ('A', 'residual (A)'))]
+  md = report.results_markdown(imagenet_rows, paper_table='imagenet')
   assert 'paper val error % (top-1, 10-crop)' in md.splitlines()[0]
   assert [line.split(' | ')[-1] for line in md.splitlines()[2:]] == [
       '27.94 |', '27.88 |', '28.54 |', '25.03 |']
