@@ -39,7 +39,7 @@ def block_order(tree) -> list:
 
 
 def response_stds_fn(model, compiler_options=None):
-  """A jitted (variables, images) -> the std of every 3x3 layer's response (after BN,
+  """A jitted (variables, images) -> the std of every conv layer's response (after BN,
   before the addition and ReLU), in layer order, as one vector."""
   def stds(variables, images):
     _, state = model.apply(variables, images, train=False, mutable=['intermediates'])

@@ -427,7 +427,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
       _analysis_figure(analyses, ('response_std_final', 'response_std_final'),
                        ('in layer order', 'sorted by magnitude'), 'std of response',
                        os.path.join(workdir, 'layer_responses.png'),
-                       'Std of each 3x3 layer response (after BN, before addition/ReLU), '
+                       'Std of each conv layer\'s response (after BN, before addition/ReLU), '
                        'trained nets, held-out images', sort_right=True)
       _analysis_figure(analyses, ('grad_norm_init', 'grad_norm_final'),
                        ('at initialisation', f'after training (step {analyses[0]["step"]})'),
