@@ -279,8 +279,16 @@ def probe_devices() -> Devices:
     return Devices('cpu', 1)
 
 
-def seeds_together(choice: str, devices: Devices) -> bool:
-  """Resolves --vmap_seeds: 'auto' is on wherever the cells' devices are not the CPU."""
+def seeds_together(choice: str, devices: Devices, streamed: str = '') -> bool:
+  """Resolves --vmap_seeds: 'auto' is on wherever the cells' devices are not the CPU,
+  but never for a streamed data set (`streamed` names it: ImageNet), whose batches
+  come one seed a process."""
+  if streamed:
+    if choice == 'on':
+      raise config_lib.ConfigError(
+          f'--vmap_seeds=on: seeds train together only on an in-memory data set, not '
+          f'the streamed {streamed}: use --vmap_seeds=auto or off.')
+    return False
   if choice != 'auto':
     return choice == 'on'
   return devices.platform != 'cpu'
@@ -685,7 +693,10 @@ def main(argv):
     # Which devices the cells will see, where it matters: vmapped seeds and workers.
     probe = not _REPORT_ONLY.value and (_VMAP_SEEDS.value == 'auto' or _PARALLEL.value > 1)
     devices = probe_devices() if probe else Devices('cpu', 1)
-    together = seeds_together(_VMAP_SEEDS.value, devices)
+    from resnet_jax import datasets
+    data_name = cell_config(ablation, cells[0]).data.name
+    together = seeds_together(_VMAP_SEEDS.value, devices,
+                              '' if datasets.get_spec(data_name).in_memory else data_name)
     mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
     if _DRY_RUN.value:
       try:

@@ -712,6 +712,11 @@ def test_units_group_seeds_only_when_asked():
   assert depth_ablation.seeds_together('on', cpu) and not depth_ablation.seeds_together('off', gpu)
   assert depth_ablation.seeds_together('auto', gpu)
   assert not depth_ablation.seeds_together('auto', cpu)
+  # ImageNet's batches are streamed one seed a process: never together.
+  assert not depth_ablation.seeds_together('auto', gpu, streamed='imagenet2012')
+  with pytest.raises(config_lib.ConfigError, match='only on an in-memory data set, not the '
+                                                    'streamed imagenet2012'):
+    depth_ablation.seeds_together('on', cpu, streamed='imagenet2012')
   assert depth_ablation.probe_devices() == cpu  # This machine's JAX sees one CPU.
 
 
