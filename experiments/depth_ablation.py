@@ -31,6 +31,7 @@ import ml_collections
 
 from resnet_jax import cli
 from resnet_jax import config_lib
+from resnet_jax import datasets
 from resnet_jax import run_dir
 
 config_flags.DEFINE_config_file('config', None, 'configs/ablation.py[:PRESET].',
@@ -687,14 +688,14 @@ def main(argv):
       return
     check_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
     report.paper_table_name(ablation.get('paper_table', ''))  # Refused now, not at the end.
-    for cell in cells:  # Check every cell's config before anything runs.
-      config_lib.validate(cell_config(ablation, cell))
+    configs = [cell_config(ablation, cell) for cell in cells]
+    for config in configs:  # Check every cell's config before anything runs.
+      config_lib.validate(config)
     check_cell_configs(ablation, cells, workdir)
     # Which devices the cells will see, where it matters: vmapped seeds and workers.
     probe = not _REPORT_ONLY.value and (_VMAP_SEEDS.value == 'auto' or _PARALLEL.value > 1)
     devices = probe_devices() if probe else Devices('cpu', 1)
-    from resnet_jax import datasets
-    data_name = cell_config(ablation, cells[0]).data.name
+    data_name = configs[0].data.name  # One run config: every cell reads the same data.
     together = seeds_together(_VMAP_SEEDS.value, devices,
                               '' if datasets.get_spec(data_name).in_memory else data_name)
     mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
