@@ -643,7 +643,9 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
           run.close()
         say(f'Stopped by {stop.received} after step {done}: saved a checkpoint; run the '
             f'same command to continue.')
-        return {run.config.seed: {'stopped_at': done, 'state': trainer.pick(state, i)}
+        # A seed that diverged before the stop keeps its record: the sweep notes it.
+        return {run.config.seed: ({'stopped_at': done, 'state': trainer.pick(state, i)}
+                                  if run.active else run.result)
                 for i, run in enumerate(runs)}
 
   train_s = time.perf_counter() - t_train

@@ -284,6 +284,37 @@ def test_the_host_stays_a_step_ahead_so_a_sigterm_stops_the_run_at_once(
   assert seen['queued'] <= 1
 
 
+def test_a_seed_that_diverges_in_a_group_keeps_its_record_through_a_stop(
+    fashion_data_dir, tmp_path, monkeypatch):
+  """One seed of a vmapped pair turns NaN (its initial weights made NaN), the other trains
+  on; a SIGTERM later stops the pair, and the diverged seed is still reported diverged (the
+  sweep writes its diverged.json from that), not as stopped, to be trained again."""
+  init, made = train.Trainer.init_state, []
+
+  def init_state(self, rng):
+    state = init(self, rng)
+    made.append(state)
+    if len(made) == 2:  # The pair's second seed.
+      state = state.replace(params=jax.tree_util.tree_map(lambda p: p * jnp.nan,
+                                                          state.params))
+    return state
+
+  def sigterm_at_step_6(self, step):
+    if step >= 6:
+      self.received = 'SIGTERM'
+    return self.received is not None
+
+  monkeypatch.setattr(train.Trainer, 'init_state', init_state)
+  monkeypatch.setattr(train.StopSignal, 'should_stop', sigterm_at_step_6)
+  dirs = {0: str(tmp_path / 'a'), 1: str(tmp_path / 'b')}
+  result = train.train_seeds(small_run_config(fashion_data_dir, 10), dirs)
+  assert result[1]['diverged_at'] == 2 and 'lower the learning rate' in result[1]['message']
+  assert result[0]['stopped_at'] == 6
+  steps = [r['step'] for r in metrics_io.read_metrics(dirs[0]) if r['split'] == 'train']
+  assert steps == [2, 4, 6]
+  assert not os.path.exists(os.path.join(dirs[1], 'metrics.jsonl'))  # No NaN logged.
+
+
 def test_data_on_device_trains_exactly_as_data_from_the_host(fashion_data_dir, tmp_path):
   runs = {}
   for on_device in (False, True):
