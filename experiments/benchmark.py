@@ -117,27 +117,16 @@ def _train_step_flops(model_kwargs, image_shape, num_classes, batch_size) -> flo
   return c1 + (n - 1) * (c2 - c1)
 
 
-def measure_row(row: dict) -> dict:
-  """Compiles and times one train step configuration in this process (with `seeds` > 1:
-  that many seeds' steps vmapped into one program, as a sweep's --vmap_seeds runs them)."""
+def time_train_step(config, image_shape, num_classes: int, seeds: int, steps: int,
+                    warmup: int) -> dict:
+  """Compiles `config`'s train step (`seeds` seeds vmapped where > 1) and times it on
+  random batches of `image_shape`, no data read: init_s, compile_s, step_s (the median
+  of `steps` after `warmup`), xla_bytes, and the last state and metrics."""
   import jax
   import numpy as np
-  from resnet_jax import config_lib
-  from resnet_jax import models
   from resnet_jax import optim
   from resnet_jax import train
 
-  model_kwargs, image_shape, num_classes = parse_model(row['model'])
-  config = config_lib.base_config()
-  config.model.update(model_kwargs)
-  config.model.remat = row['remat']
-  config.model.scan_blocks = row['scan']
-  config.model.dtype = row['dtype']
-  config.model.conv_impl = row['conv_impl']
-  config.cpu_convolutions = row['cpu_convolutions']
-  config.batch_size = row['batch_size']
-  config.data.augment = 'crop_flip'
-  seeds = row.get('seeds', 1)
   model = train.build_model(config, num_classes)
   tx, schedule = optim.create_optimizer(config.optimizer, 1000)
   trainer = train.Trainer(config, model, tx, schedule, image_shape,
@@ -151,9 +140,9 @@ def measure_row(row: dict) -> dict:
   rng = np.random.default_rng(0)
   lead = (seeds,) if seeds > 1 else ()  # Several seeds' batches: a leading seed axis.
   batch = trainer.to_device({
-      'image': rng.integers(0, 256, lead + (row['batch_size'],) + image_shape,
+      'image': rng.integers(0, 256, lead + (config.batch_size,) + tuple(image_shape),
                             dtype=np.uint8),
-      'label': rng.integers(0, num_classes, lead + (row['batch_size'],), dtype=np.int32)},
+      'label': rng.integers(0, num_classes, lead + (config.batch_size,), dtype=np.int32)},
       train=True)
   key = trainer.stack([jax.random.PRNGKey(1 + i) for i in range(seeds)])
   t = time.perf_counter()
@@ -165,19 +154,45 @@ def measure_row(row: dict) -> dict:
     xla_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                  - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
   times = []
-  for i in range(row['warmup'] + row['steps']):
+  for i in range(warmup + steps):
     t = time.perf_counter()
     state, metrics = compiled(state, batch, key)
     jax.block_until_ready(metrics)
-    if i >= row['warmup']:
+    if i >= warmup:
       times.append(time.perf_counter() - t)
-  losses = np.asarray(metrics['loss'])
-  step_s = statistics.median(times)
+  return dict(init_s=init_s, compile_s=compile_s, step_s=statistics.median(times),
+              xla_bytes=xla_bytes, state=state, metrics=metrics)
+
+
+def measure_row(row: dict) -> dict:
+  """Compiles and times one train step configuration in this process (with `seeds` > 1:
+  that many seeds' steps vmapped into one program, as a sweep's --vmap_seeds runs them)."""
+  import jax
+  import numpy as np
+  from resnet_jax import config_lib
+  from resnet_jax import models
+
+  model_kwargs, image_shape, num_classes = parse_model(row['model'])
+  config = config_lib.base_config()
+  config.model.update(model_kwargs)
+  config.model.remat = row['remat']
+  config.model.scan_blocks = row['scan']
+  config.model.dtype = row['dtype']
+  config.model.conv_impl = row['conv_impl']
+  config.cpu_convolutions = row['cpu_convolutions']
+  config.batch_size = row['batch_size']
+  config.data.augment = 'crop_flip'
+  seeds = row.get('seeds', 1)
+  timed = time_train_step(config, image_shape, num_classes, seeds, row['steps'],
+                          row['warmup'])
+  state, xla_bytes, step_s = timed['state'], timed['xla_bytes'], timed['step_s']
+  losses = np.asarray(timed['metrics']['loss'])
   flops = seeds * _train_step_flops(model_kwargs, image_shape, num_classes,
                                     row['batch_size'])
   device = jax.devices()[0]
-  return dict(row, params=models.count_params(state.params) // seeds, init_s=init_s,
-              compile_s=compile_s, step_ms=step_s * 1e3, seeds=seeds,
+  return dict(row, params=models.count_params(state.params) // seeds,
+              init_s=timed['init_s'], compile_s=timed['compile_s'], step_ms=step_s * 1e3,
+              seeds=seeds,
               images_per_second=seeds * row['batch_size'] / step_s,
               gflop_per_step=flops / 1e9,
               gflops=flops / step_s / 1e9, xla_memory_gib=(xla_bytes or 0) / 2**30,

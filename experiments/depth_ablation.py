@@ -4,8 +4,8 @@ python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdi
 Every cell is an ordinary resnet_jax run in WORKDIR/CELL, trained by one of
 --parallel worker processes (each runs cell after cell). Rerunning skips finished
 cells and resumes unfinished ones; --shard_index/--num_shards run one slice of the
-grid (spread it over machines); --dry_run lists the cells; --report_only rewrites
-the report from whatever cells exist.
+grid (spread it over machines); --dry_run lists the cells; --estimate times their
+steps on this machine; --report_only rewrites the report from whatever cells exist.
 """
 
 import contextlib
@@ -55,6 +55,10 @@ _PROGRESS_EVERY = flags.DEFINE_float(
     'progress_every', 60.0, 'Seconds between the lines that give each running cell\'s '
     'step and the sweep\'s ETA (printed when a cell has logged a step since the last).',
     lower_bound=0)
+_ESTIMATE = flags.DEFINE_bool(
+    'estimate', False, 'Time a few train steps of each depth and net on this machine (on '
+    'random batches of the cells\' shapes: no data needed) and print how long the grid '
+    'would train here; nothing is written.')
 _WORKER = flags.DEFINE_bool('worker', False, 'Run the units named on stdin (internal: '
                             'the sweep\'s worker processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -338,7 +342,7 @@ def unit_command(unit: list[Cell]) -> str:
 
 # The driver's own flags, which its workers and the dry run's commands do not take.
 _DRIVER_FLAGS = ('parallel', 'dry_run', 'shard_index', 'num_shards', 'vmap_seeds', 'cells',
-                 'worker', 'progress_every')
+                 'worker', 'progress_every', 'estimate')
 
 
 def passed_flags(argv: list[str]) -> list[str]:
@@ -404,6 +408,48 @@ def serve(ablation, cells: list[Cell], workdir: str):
     if not finished:
       sys.exit(f'{unit_name(unit)} was stopped by a signal: its checkpoint stands.')
     reply.write(line)
+
+
+def cell_steps(config) -> int:
+  """The steps of a cell's run, from its config and its data set's known size (no data
+  read)."""
+  from resnet_jax import train
+  spec = datasets.get_spec(config.data.name)
+  held_out = (spec.validation_size if config.data.validation_size < 0
+              else config.data.validation_size)
+  return train.steps_for(config, (spec.train_examples - held_out) // config.batch_size)
+
+
+def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5) -> float:
+  """Times `steps` train steps of each depth and net's program here, as the sweep would
+  compile it (its seeds vmapped with `together`), on random batches of its cells'
+  shapes; prints each and returns the seconds the cells' steps would take here, one
+  program after another."""
+  import jax
+  from experiments import benchmark
+  groups = units(cells, together=True)  # Seeds differ in nothing a step's time sees.
+  print(f'Timing the train step of each of {len(groups)} depths and nets on '
+        f'{jax.device_count()} {jax.devices()[0].platform} device(s): {steps} steps after '
+        'compiling, on random batches (no data read).', flush=True)
+  total = 0.0
+  for i, group in enumerate(groups, 1):
+    config = cell_config(ablation, group[0])
+    spec = datasets.get_spec(config.data.name)
+    shape = spec.image_shape if spec.in_memory else (
+        (config.data.image_size,) * 2 + spec.image_shape[-1:])
+    per_program = len(group) if together else 1
+    timed = benchmark.time_train_step(config, shape, spec.num_classes, per_program, steps,
+                                      warmup=1)
+    n = cell_steps(config)
+    seconds = timed['step_s'] * n * (len(group) // per_program)
+    total += seconds
+    how = (f'{len(group)} seeds in one program' if per_program > 1
+           else f'{len(group)} seed{"s" * (len(group) > 1)}, one after another')
+    print(f'[{i}/{len(groups)}] {unit_name(group[:1]).rsplit("-seed", 1)[0]} ({how}): '
+          f'{timed["step_s"] * 1e3:,.0f} ms a step (compiled in {timed["compile_s"]:.1f} '
+          f's) x {n:,} steps{f" x {len(group)}" if per_program == 1 < len(group) else ""}'
+          f' = {format_minutes(seconds)}', flush=True)
+  return total
 
 
 def _last_line(path: str) -> str:
@@ -699,6 +745,15 @@ def main(argv):
     together = seeds_together(_VMAP_SEEDS.value, devices,
                               '' if datasets.get_spec(data_name).in_memory else data_name)
     mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
+    if _ESTIMATE.value:
+      hours = estimate(ablation, mine, together) / 3600
+      days = f' ({hours / 24:.1f} days)' if hours > 48 else ''
+      print(f'{len(mine)} cell{"s" * (len(mine) != 1)}'
+            f'{" in this shard" if _NUM_SHARDS.value > 1 else ""}: about '
+            f'{format_minutes(hours * 3600)}{days} of training steps here, one program at a '
+            'time on all these devices (compiling, evaluation and input not counted; '
+            '--parallel workers with devices of their own divide it).')
+      return
     if _DRY_RUN.value:
       try:
         for unit in units(mine, together):

@@ -55,6 +55,7 @@ class DatasetSpec:
   image_shape: tuple
   num_classes: int
   validation_size: int  # Held out of the end of the training split.
+  train_examples: int  # The training split's size, before any is held out.
   test_split: str = 'test'
   in_memory: bool = True  # False: streamed through tf.data (ImageNet).
   how_to_get: str = ''
@@ -65,17 +66,17 @@ FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 
                          'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 
 DATASETS = {
-    'fashion_mnist': DatasetSpec('fashion_mnist', (28, 28, 1), 10, 5000,
+    'fashion_mnist': DatasetSpec('fashion_mnist', (28, 28, 1), 10, 5000, 60_000,
                                  how_to_get='install the Debian package dataset-fashion-mnist '
                                  '(apt-get install dataset-fashion-mnist) or run once with network',
                                  class_names=FASHION_MNIST_CLASSES),
-    'mnist': DatasetSpec('mnist', (28, 28, 1), 10, 6000,
+    'mnist': DatasetSpec('mnist', (28, 28, 1), 10, 6000, 60_000,
                          how_to_get='run once with network access so TFDS can download it'),
-    'cifar10': DatasetSpec('cifar10', (32, 32, 3), 10, 5000,
+    'cifar10': DatasetSpec('cifar10', (32, 32, 3), 10, 5000, 50_000,
                            how_to_get='run once with network access so TFDS can download it'),
-    'cifar100': DatasetSpec('cifar100', (32, 32, 3), 100, 5000,
+    'cifar100': DatasetSpec('cifar100', (32, 32, 3), 100, 5000, 50_000,
                             how_to_get='run once with network access so TFDS can download it'),
-    'imagenet2012': DatasetSpec('imagenet2012', (224, 224, 3), 1000, 10000,
+    'imagenet2012': DatasetSpec('imagenet2012', (224, 224, 3), 1000, 10000, 1_281_167,
                                 test_split='validation', in_memory=False,
                                 how_to_get='download ILSVRC2012_img_train.tar and '
                                 'ILSVRC2012_img_val.tar into the TFDS manual dir '

@@ -278,6 +278,67 @@ def test_imagenet_preset_cells_are_figure_4s_nets():
         'imagenet2012', 'imagenet_resnet', cell.depth)
     assert c.model.shortcut == cell.shortcut and not c.model.zero_init_last_bn
     assert (c.batch_size, c.num_epochs) == (1024, 90.0)
+    assert depth_ablation.cell_steps(c) == 111_690  # 90 epochs of 1,271,167 images.
+
+
+def test_cell_steps_are_the_presets_run_lengths_without_reading_data():
+  """What --estimate multiplies a step's time by: each preset's steps, from its config
+  and its data set's known size (the README's counts)."""
+  for preset, steps in (('quick', 60), ('full', 8_580), ('paper', 64_000)):
+    for cell, c in preset_cells(preset):
+      assert depth_ablation.cell_steps(c) == steps, (preset, cell.name)
+
+
+@pytest.mark.parametrize('together', [True, False], ids=['vmapped_seeds', 'one_by_one'])
+def test_an_estimate_times_each_depth_and_net_once_and_counts_every_cell(together,
+                                                                         monkeypatch, capsys):
+  from experiments import benchmark
+  ab = ablation_config.get_config('quick')
+  ab.depths, ab.seeds = [8], [0, 1]
+  timed, time_train_step = [], benchmark.time_train_step
+
+  def recorded(config, image_shape, num_classes, seeds, steps, warmup):
+    out = time_train_step(config, image_shape, num_classes, seeds, steps, warmup)
+    timed.append((config.model.shortcut, image_shape, seeds, out['step_s']))
+    return out
+  monkeypatch.setattr(benchmark, 'time_train_step', recorded)
+  total = depth_ablation.estimate(ab, depth_ablation.grid(ab), together, steps=2)
+  # One program per depth and net, of both seeds where they train together.
+  assert sorted(t[0] for t in timed) == ['A', 'none']
+  assert all(shape == (28, 28, 1) and seeds == (2 if together else 1)
+             for _, shape, seeds, _ in timed)
+  assert np.isclose(total, sum(t[3] for t in timed) * 60 * (1 if together else 2))
+  lines = capsys.readouterr().out.splitlines()
+  how = '2 seeds in one program' if together else '2 seeds, one after another'
+  assert re.fullmatch(rf'\[1/2\] plain-8 \({how}\): [\d,]+ ms a step \(compiled in [\d.]+ s\) '
+                      rf'x 60 steps{"" if together else " x 2"} = [\d.]+ min', lines[1]), lines
+
+
+def test_an_estimate_of_the_imagenet_preset_needs_no_data(capsys):
+  """The imagenet preset (no ImageNet here), at small shapes: its cell's train step is
+  timed on random batches and multiplied by its run's steps."""
+  ab = ablation_config.get_config('imagenet')
+  ab.depths, ab.shortcuts = [18], ['A']
+  ab.overrides.batch_size = 8
+  ab.overrides.data.image_size = 32
+  ab.overrides.model = {'dtype': 'float32'}
+  depth_ablation.estimate(ab, depth_ablation.grid(ab), together=False, steps=1)
+  steps = (1_281_167 - 10_000) // 8 * 90  # ImageNet's training images, 10,000 held out.
+  assert re.search(rf'\[1/1\] resnetA-18 \(1 seed, one after another\): [\d,]+ ms a step '
+                   rf'\(compiled in [\d.]+ s\) x {steps:,} steps = [\d.]+ h',
+                   capsys.readouterr().out)
+
+
+def test_an_estimate_from_the_command_line_writes_nothing(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                        '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
+                        '--config.depths=8', '--config.seeds=0', '--estimate'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 4 and lines[1].startswith('[1/2] plain-8 (1 seed, one after another)')
+  assert re.fullmatch(r'2 cells: about [\d.]+ min of training steps here, .*', lines[-1])
+  assert not os.path.exists(tmp_path / 'sweep')
 
 
 def test_an_imagenet_preset_cell_trains_streamed_and_is_analysed_on_mock_imagenet(

@@ -37,6 +37,7 @@ def test_fashion_mnist_import_is_a_real_tfds_dataset(fashion_data_dir, caplog):
                          'checksums.json')) as f:
     record = json.load(f)
   assert record['splits']['train']['examples'] == 60000
+  assert datasets.get_spec('fashion_mnist').train_examples == 60000  # Sweep estimates' count.
   assert record['splits']['test']['sha256'] == datasets.array_checksum(
       datasets.read_idx(os.path.join(FASHION_MNIST_DIR, 't10k-images-idx3-ubyte.gz')),
       datasets.read_idx(os.path.join(FASHION_MNIST_DIR, 't10k-labels-idx1-ubyte.gz')))
