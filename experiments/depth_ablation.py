@@ -532,7 +532,7 @@ def unit_progress(log_path: str, start: int = 0) -> tuple[int, int, float] | Non
 
 
 def format_minutes(seconds: float) -> str:
-  return f'{seconds / 60:.1f} min' if seconds < 7200 else f'{seconds / 3600:.1f} h'
+  return f'{seconds / 60:.1f} min' if seconds < 7200 else f'{seconds / 3600:,.1f} h'
 
 
 def eta_seconds(rate: float, running: list[float], queued: list[float], workers: int) -> float:

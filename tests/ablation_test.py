@@ -760,6 +760,7 @@ def test_eta_from_the_running_cells_progress_before_any_has_finished():
   assert depth_ablation.Clock(1).eta([(8, 1.0, (2, 4, 0.0))], [8]) < 1e-6
   assert depth_ablation.format_minutes(90.0) == '1.5 min'
   assert depth_ablation.format_minutes(9000.0) == '2.5 h'
+  assert depth_ablation.format_minutes(3.8e6) == '1,055.6 h'
 
 
 def test_units_group_seeds_only_when_asked():
