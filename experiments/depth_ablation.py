@@ -719,16 +719,18 @@ def main(argv):
     run_dir.check_local(workdir)
     run_dir.check_kind(workdir, sweep=True)
     cells = grid(ablation)
+    chosen = None
     if _CELLS.value:
       by_name = {c.name: c for c in cells}
       unknown = [n for n in _CELLS.value if n not in by_name]
       if unknown:
         raise config_lib.ConfigError(f'No cell named {unknown[0]!r} in this grid: '
                                      '--dry_run lists them.')
-      unit = [by_name[n] for n in _CELLS.value]
-      check_unit(unit)
-      run_cells(ablation, unit, workdir)
-      return
+      chosen = [by_name[n] for n in _CELLS.value]
+      check_unit(chosen)
+      if not (_DRY_RUN.value or _ESTIMATE.value):  # Those only list or time them.
+        run_cells(ablation, chosen, workdir)
+        return
     if _WORKER.value:
       serve(ablation, cells, workdir)
       return
@@ -744,7 +746,7 @@ def main(argv):
     data_name = configs[0].data.name  # One run config: every cell reads the same data.
     together = seeds_together(_VMAP_SEEDS.value, devices,
                               '' if datasets.get_spec(data_name).in_memory else data_name)
-    mine = shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
+    mine = chosen or shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
     if _ESTIMATE.value:
       hours = estimate(ablation, mine, together) / 3600
       days = f' ({hours / 24:.1f} days)' if hours > 48 else ''

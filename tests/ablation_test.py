@@ -329,16 +329,25 @@ def test_an_estimate_of_the_imagenet_preset_needs_no_data(capsys):
                    capsys.readouterr().out)
 
 
-def test_an_estimate_from_the_command_line_writes_nothing(tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
-                        '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
-                        '--config.depths=8', '--config.seeds=0', '--estimate'],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
-  lines = out.stdout.strip().splitlines()
+def test_an_estimate_or_a_dry_run_from_the_command_line_writes_nothing(tmp_path):
+  """Also of the cells --cells names, which it would otherwise train."""
+  def run(*flags):
+    out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                          '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
+                          '--config.depths=8', '--config.seeds=0', *flags],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not os.path.exists(tmp_path / 'sweep')
+    return out.stdout.strip().splitlines()
+
+  lines = run('--estimate')
   assert len(lines) == 4 and lines[1].startswith('[1/2] plain-8 (1 seed, one after another)')
   assert re.fullmatch(r'2 cells: about [\d.]+ min of training steps here, .*', lines[-1])
-  assert not os.path.exists(tmp_path / 'sweep')
+  lines = run('--estimate', '--cells=resnetA-8-seed0')
+  assert len(lines) == 3 and lines[1].startswith('[1/1] resnetA-8 (1 seed')
+  assert lines[-1].startswith('1 cell: about ')
+  lines = run('--dry_run', '--cells=resnetA-8-seed0')
+  assert len(lines) == 1 and lines[0].split()[:2] == ['resnetA-8-seed0', 'new']
 
 
 def test_an_imagenet_preset_cell_trains_streamed_and_is_analysed_on_mock_imagenet(
