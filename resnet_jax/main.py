@@ -1,5 +1,6 @@
 """Command line: python -m resnet_jax.main --config=configs/FILE.py[:ARGS] --workdir=DIR."""
 
+import contextlib
 import sys
 
 from absl import app
@@ -83,10 +84,15 @@ def main(argv):
   except config_lib.ConfigError as e:
     sys.exit(f'error: {e}')
   init_distributed()
+  import jax
   from resnet_jax import train
+  # With several processes a Ctrl-C must stop them all at one step from now on, while the
+  # data load and the steps compile too: one stopping alone would strand the others.
+  early = train.StopSignal() if jax.process_count() > 1 else contextlib.nullcontext()
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
-                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    with early as stop:
+      train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
+                               allow_config_change=_ALLOW_CONFIG_CHANGE.value, stop=stop)
   except train.USER_ERRORS + (FloatingPointError,) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:  # Before the training loop, or a second Ctrl-C in it.

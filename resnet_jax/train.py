@@ -6,6 +6,7 @@ split at the end, checkpoints with Orbax, and writes TensorBoard events,
 `metrics.jsonl` and `config.json` into `workdir`.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -315,7 +316,9 @@ class StopSignal:
   With several processes, JAX's preemption service (started by
   `jax.distributed.initialize`) catches SIGTERM on any of them and names one step
   at which every process stops together; a Ctrl-C there is handed to it as SIGTERM,
-  since one process stopping alone would leave the others waiting for it.
+  since one process stopping alone would leave the others waiting for it (the command
+  line enters it before the data are read and the steps compiled, so that this holds
+  from the start).
   """
 
   def __init__(self):
@@ -338,13 +341,20 @@ class StopSignal:
       signal.signal(signal.SIGINT, signal.default_int_handler)
       self._interrupted = True
       if self.multi_process:  # To JAX's preemption service, which tells every process.
+        os.write(2, b'Ctrl-C: every process of the run stops at its next step, with a '
+                 b'checkpoint (Ctrl-C again stops this one at once).\n')
         os.kill(os.getpid(), signal.SIGTERM)
         return
     self.received = signal.Signals(signum).name
 
-  def should_stop(self, step: int) -> bool:
-    """Called after every step, on every process."""
-    if self.multi_process and multihost_utils.reached_preemption_sync_point(step):
+  def should_stop(self, steps_run: int) -> bool:
+    """Called after every step, on every process, with the steps run in this session.
+
+    (Not the global step: the service sets the stop one step past the counts the
+    processes last gave it, 0 before any, so a notice that comes before a resumed
+    run's first step would otherwise name a step already behind it, never reached.)
+    """
+    if self.multi_process and multihost_utils.reached_preemption_sync_point(steps_run):
       self.received = 'SIGINT' if self._interrupted else 'SIGTERM'
     return self.received is not None
 
@@ -411,13 +421,16 @@ def remember_config(workdir: str, config, allow_change: bool) -> None:
     run_dir.write_text(path, new)
 
 
-def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
+                       stop: StopSignal | None = None) -> dict:
   """Trains and evaluates one run in `workdir`; returns the final metrics.
 
   A workdir with checkpoints resumes from the newest; one that holds a run of another
   config is refused unless `allow_config_change`. A NaN/Inf loss raises DivergedError.
+  `stop`: a StopSignal the caller has entered (else one is, for the training loop).
   """
-  result = train_seeds(config, {config.seed: workdir}, allow_config_change)[config.seed]
+  result = train_seeds(config, {config.seed: workdir}, allow_config_change,
+                       stop)[config.seed]
   if 'diverged_at' in result:
     raise DivergedError(result['message'], result['diverged_at'])
   return result
@@ -456,7 +469,8 @@ def _stack(trees: list):
   return jax.tree_util.tree_map(lambda *x: np.stack(x), *trees)
 
 
-def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> dict:
+def train_seeds(config, workdirs: dict, allow_config_change: bool = False,
+                stop: StopSignal | None = None) -> dict:
   """Trains `config` under each seed of `workdirs` ({seed: workdir}) in one program.
 
   With several seeds the train step is `jax.vmap`ped over them: one compilation, and
@@ -472,7 +486,7 @@ def train_seeds(config, workdirs: dict, allow_config_change: bool = False) -> di
     run_dir.check_writable(workdir)
   # Process 0 holds the workdirs for all the processes of a multi-host run.
   with run_dir.exclusive(list(workdirs.values()) if jax.process_index() == 0 else []):
-    return _train_seeds(config, workdirs, allow_config_change)
+    return _train_seeds(config, workdirs, allow_config_change, stop)
 
 
 def _accuracies(final: dict) -> str:
@@ -495,7 +509,7 @@ def _already_trained(runs: list[SeedRun], finals: list[dict], states: list, step
   return results
 
 
-def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
+def _train_seeds(config, workdirs: dict, allow_config_change: bool, stop) -> dict:
   seeds = list(workdirs)
   k = len(seeds)
   spec = datasets.get_spec(config.data.name)
@@ -613,7 +627,7 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
                          force=force)
 
   t_train = time.perf_counter()
-  with StopSignal() as stop:
+  with contextlib.nullcontext(stop) if stop else StopSignal() as stop:
     for step in range(start, total_steps):
       state, metrics = compiled(state, feed(step), step_rng, *trainer.resident)
       if pending:
@@ -637,7 +651,7 @@ def _train_seeds(config, workdirs: dict, allow_config_change: bool) -> dict:
                 f'{val["accuracy"]:.4f}' + (f' (seed {run.config.seed})' if k > 1 else ''))
       if config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0:
         save_all(done)
-      if stop.should_stop(done) and done < total_steps:
+      if stop.should_stop(done - start) and done < total_steps:
         save_all(done, force=True)  # Un-logged metrics go with it: resume is exact.
         for run in runs:
           run.close()

@@ -299,8 +299,8 @@ def test_a_seed_that_diverges_in_a_group_keeps_its_record_through_a_stop(
                                                           state.params))
     return state
 
-  def sigterm_at_step_6(self, step):
-    if step >= 6:
+  def sigterm_at_step_6(self, steps_run):
+    if steps_run >= 6:  # (From step 0.)
       self.received = 'SIGTERM'
     return self.received is not None
 
