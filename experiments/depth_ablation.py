@@ -428,9 +428,10 @@ def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5) -> flo
   import jax
   from experiments import benchmark
   groups = units(cells, together=True)  # Seeds differ in nothing a step's time sees.
-  print(f'Timing the train step of each of {len(groups)} depths and nets on '
-        f'{jax.device_count()} {jax.devices()[0].platform} device(s): {steps} steps after '
-        'compiling, on random batches (no data read).', flush=True)
+  print(f'Timing the train step of each depth and net ({len(groups)}) on '
+        f'{jax.device_count()} {jax.devices()[0].platform} device(s): {steps} '
+        f'step{"s" * (steps != 1)} after compiling, on random batches (no data read).',
+        flush=True)
   total = 0.0
   for i, group in enumerate(groups, 1):
     config = cell_config(ablation, group[0])

@@ -325,7 +325,7 @@ def test_an_estimate_of_the_imagenet_preset_needs_no_data(capsys):
   depth_ablation.estimate(ab, depth_ablation.grid(ab), together=False, steps=1)
   steps = (1_281_167 - 10_000) // 8 * 90  # ImageNet's training images, 10,000 held out.
   assert re.search(rf'\[1/1\] resnetA-18 \(1 seed, one after another\): [\d,]+ ms a step '
-                   rf'\(compiled in [\d.]+ s\) x {steps:,} steps = [\d.]+ h',
+                   rf'\(compiled in [\d.]+ s\) x {steps:,} steps = [\d,.]+ h',
                    capsys.readouterr().out)
 
 
