@@ -330,12 +330,26 @@ def test_an_estimate_of_the_imagenet_preset_needs_no_data(capsys):
 
 
 def test_an_estimate_or_a_dry_run_from_the_command_line_writes_nothing(tmp_path):
-  """Also of the cells --cells names, which it would otherwise train."""
+  """Also of the cells --cells names, which it would otherwise train. Neither needs
+  TensorFlow, TFDS, TensorBoard or clu (an accelerator image may lack them)."""
+  (tmp_path / 'sitecustomize.py').write_text(
+      'import sys\n'
+      'class Block:\n'
+      '  def find_spec(self, name, path=None, target=None):\n'
+      "    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'tensorboard', "
+      "'clu'):\n"
+      "      raise ImportError('no ' + name)\n"
+      'sys.meta_path.insert(0, Block())\n')
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+  blocked = subprocess.run([sys.executable, '-c', 'import tensorflow_datasets'], env=env,
+                           capture_output=True, text=True, timeout=60)
+  assert 'ImportError: no tensorflow_datasets' in blocked.stderr
+
   def run(*flags):
     out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
                           '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
                           '--config.depths=8', '--config.seeds=0', *flags],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert not os.path.exists(tmp_path / 'sweep')
     return out.stdout.strip().splitlines()
