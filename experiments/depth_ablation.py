@@ -8,6 +8,7 @@ grid (spread it over machines); --dry_run lists the cells; --estimate times thei
 steps on this machine; --report_only rewrites the report from whatever cells exist.
 """
 
+import collections
 import contextlib
 import dataclasses
 import importlib.util
@@ -420,11 +421,22 @@ def cell_steps(config) -> int:
   return train.steps_for(config, (spec.train_examples - held_out) // config.batch_size)
 
 
-def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5) -> float:
+def steps_behind(cell_dir: str, steps: int) -> int:
+  """The steps of its `steps` a cell has behind it: all when finished (or diverged: the
+  sweep does not run it again), its newest checkpoint's when partly trained, else 0."""
+  status = cell_status(cell_dir)
+  if status == 'partial':
+    saved = os.listdir(os.path.join(cell_dir, 'checkpoints'))
+    return min(max((int(name) for name in saved if name.isdigit()), default=0), steps)
+  return steps if status in ('done', 'diverged') else 0
+
+
+def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5,
+             workdir: str | None = None) -> tuple[float, float]:
   """Times `steps` train steps of each depth and net's program here, as the sweep would
   compile it (its seeds vmapped with `together`), on random batches of its cells'
   shapes; prints each and returns the seconds the cells' steps would take here, one
-  program after another."""
+  program after another, and those left after what the cells in `workdir` have run."""
   import jax
   from experiments import benchmark
   groups = units(cells, together=True)  # Seeds differ in nothing a step's time sees.
@@ -432,7 +444,9 @@ def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5) -> flo
         f'{jax.device_count()} {jax.devices()[0].platform} device(s): {steps} '
         f'step{"s" * (steps != 1)} after compiling, on random batches (no data read).',
         flush=True)
-  total = 0.0
+  under_way = workdir and any(cell_status(os.path.join(workdir, c.name)) != 'new'
+                              for c in cells)
+  total = left = 0.0
   for i, group in enumerate(groups, 1):
     config = cell_config(ablation, group[0])
     spec = datasets.get_spec(config.data.name)
@@ -443,14 +457,26 @@ def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5) -> flo
                                       warmup=1)
     n = cell_steps(config)
     seconds = timed['step_s'] * n * (len(group) // per_program)
+    behind = [steps_behind(os.path.join(workdir, c.name), n) if under_way else 0
+              for c in group]
+    unfinished = [b for b in behind if b < n]
+    if not unfinished:
+      to_run = 0
+    elif per_program > 1:  # Its unfinished seeds train together from their common step.
+      to_run = n - min(unfinished)
+    else:
+      to_run = sum(n - b for b in unfinished)
     total += seconds
+    left += timed['step_s'] * to_run
     how = (f'{len(group)} seeds in one program' if per_program > 1
            else f'{len(group)} seed{"s" * (len(group) > 1)}, one after another')
     print(f'[{i}/{len(groups)}] {unit_name(group[:1]).rsplit("-seed", 1)[0]} ({how}): '
           f'{timed["step_s"] * 1e3:,.0f} ms a step (compiled in {timed["compile_s"]:.1f} '
           f's) x {n:,} steps{f" x {len(group)}" if per_program == 1 < len(group) else ""}'
-          f' = {format_minutes(seconds)}', flush=True)
-  return total
+          f' = {format_minutes(seconds)}'
+          + (f'; {to_run:,} steps left, {format_minutes(timed["step_s"] * to_run)}'
+             if under_way else ''), flush=True)
+  return total, left
 
 
 def _last_line(path: str) -> str:
@@ -534,6 +560,12 @@ def unit_progress(log_path: str, start: int = 0) -> tuple[int, int, float] | Non
 
 def format_minutes(seconds: float) -> str:
   return f'{seconds / 60:.1f} min' if seconds < 7200 else f'{seconds / 3600:,.1f} h'
+
+
+def format_duration(seconds: float) -> str:
+  """format_minutes, with days beside hours past two days."""
+  days = seconds / 86400
+  return format_minutes(seconds) + (f' ({days:.1f} days)' if days > 2 else '')
 
 
 def eta_seconds(rate: float, running: list[float], queued: list[float], workers: int) -> float:
@@ -749,13 +781,17 @@ def main(argv):
                               '' if datasets.get_spec(data_name).in_memory else data_name)
     mine = chosen or shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
     if _ESTIMATE.value:
-      hours = estimate(ablation, mine, together) / 3600
-      days = f' ({hours / 24:.1f} days)' if hours > 48 else ''
+      total, left = estimate(ablation, mine, together, workdir=workdir)
       print(f'{len(mine)} cell{"s" * (len(mine) != 1)}'
             f'{" in this shard" if _NUM_SHARDS.value > 1 else ""}: about '
-            f'{format_minutes(hours * 3600)}{days} of training steps here, one program at a '
+            f'{format_duration(total)} of training steps here, one program at a '
             'time on all these devices (compiling, evaluation and input not counted; '
             '--parallel workers with devices of their own divide it).')
+      status = collections.Counter(cell_status(os.path.join(workdir, c.name)) for c in mine)
+      if status['new'] < len(mine):
+        print(f'{len(mine) - status["new"] - status["partial"]} of them finished and '
+              f'{status["partial"]} partly trained in {workdir}: about '
+              f'{format_duration(left)} of training steps left.')
       return
     if _DRY_RUN.value:
       try:

@@ -302,7 +302,8 @@ def test_an_estimate_times_each_depth_and_net_once_and_counts_every_cell(togethe
     timed.append((config.model.shortcut, image_shape, seeds, out['step_s']))
     return out
   monkeypatch.setattr(benchmark, 'time_train_step', recorded)
-  total = depth_ablation.estimate(ab, depth_ablation.grid(ab), together, steps=2)
+  total, left = depth_ablation.estimate(ab, depth_ablation.grid(ab), together, steps=2)
+  assert left == total  # No workdir: every step is left.
   # One program per depth and net, of both seeds where they train together.
   assert sorted(t[0] for t in timed) == ['A', 'none']
   assert all(shape == (28, 28, 1) and seeds == (2 if together else 1)
@@ -312,6 +313,31 @@ def test_an_estimate_times_each_depth_and_net_once_and_counts_every_cell(togethe
   how = '2 seeds in one program' if together else '2 seeds, one after another'
   assert re.fullmatch(rf'\[1/2\] plain-8 \({how}\): [\d,]+ ms a step \(compiled in [\d.]+ s\) '
                       rf'x 60 steps{"" if together else " x 2"} = [\d.]+ min', lines[1]), lines
+
+
+@pytest.mark.parametrize('together', [True, False], ids=['vmapped_seeds', 'one_by_one'])
+def test_an_estimate_counts_what_the_cells_in_the_workdir_have_left(together, tmp_path,
+                                                                   monkeypatch, capsys):
+  """A finished cell has nothing left, a partly trained one the steps past its newest
+  checkpoint; a group of vmapped seeds trains from the step its unfinished seeds share."""
+  from experiments import benchmark
+  ab = ablation_config.get_config('quick')
+  ab.depths, ab.seeds = [8], [0, 1]
+  monkeypatch.setattr(benchmark, 'time_train_step',
+                      lambda *args, **kwargs: {'step_s': 0.5, 'compile_s': 1.0})
+  (tmp_path / 'plain-8-seed0').mkdir()
+  (tmp_path / 'plain-8-seed0' / 'metrics.jsonl').write_text('{"step": 60, "split": "run"}\n')
+  for name in ('20', '40', '60.orbax-checkpoint-tmp-1'):  # The last one never completed.
+    (tmp_path / 'plain-8-seed1' / 'checkpoints' / name).mkdir(parents=True)
+  total, left = depth_ablation.estimate(ab, depth_ablation.grid(ab), together, steps=1,
+                                        workdir=str(tmp_path))
+  # Each program: 0.5 s a step x 60 steps; plain-8 has 20 steps left (seed 1 from 40),
+  # resnetA-8 all of its 60 (vmapped) or 120 (one seed after the other).
+  assert (total, left) == ((60.0, 40.0) if together else (120.0, 70.0))
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[1].endswith('; 20 steps left, 0.2 min'), lines
+  assert lines[2].endswith(' = 0.5 min; 60 steps left, 0.5 min' if together
+                           else ' = 1.0 min; 120 steps left, 1.0 min'), lines
 
 
 def test_an_estimate_of_the_imagenet_preset_needs_no_data(capsys):
@@ -346,12 +372,13 @@ def test_an_estimate_or_a_dry_run_from_the_command_line_writes_nothing(tmp_path)
   assert 'ImportError: no tensorflow_datasets' in blocked.stderr
 
   def run(*flags):
+    before = sorted(str(p) for p in tmp_path.rglob('*'))
     out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
                           '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
                           '--config.depths=8', '--config.seeds=0', *flags],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert not os.path.exists(tmp_path / 'sweep')
+    assert sorted(str(p) for p in tmp_path.rglob('*')) == before
     return out.stdout.strip().splitlines()
 
   lines = run('--estimate')
@@ -362,6 +389,13 @@ def test_an_estimate_or_a_dry_run_from_the_command_line_writes_nothing(tmp_path)
   assert lines[-1].startswith('1 cell: about ')
   lines = run('--dry_run', '--cells=resnetA-8-seed0')
   assert len(lines) == 1 and lines[0].split()[:2] == ['resnetA-8-seed0', 'new']
+  # A sweep under way: what its cells have left too.
+  (tmp_path / 'sweep' / 'plain-8-seed0').mkdir(parents=True)
+  (tmp_path / 'sweep' / 'plain-8-seed0' / 'metrics.jsonl').write_text('{"split": "run"}\n')
+  lines = run('--estimate')
+  assert lines[1].endswith('; 0 steps left, 0.0 min'), lines
+  assert re.fullmatch(rf'1 of them finished and 0 partly trained in {tmp_path}/sweep: about '
+                      r'[\d.]+ min of training steps left\.', lines[-1]), lines
 
 
 def test_an_imagenet_preset_cell_trains_streamed_and_is_analysed_on_mock_imagenet(
