@@ -189,7 +189,8 @@ def cell_config(ablation, cell: Cell):
 
 
 def cell_status(workdir: str) -> str:
-  """'done', 'diverged', 'partial' (has checkpoints) or 'new'."""
+  """'done' (its run's last record is whole), 'diverged', 'partial' (has checkpoints: its
+  run resumes, and redoes a last record a kill cut short) or 'new'."""
   if os.path.exists(os.path.join(workdir, 'diverged.json')):
     return 'diverged'
   path = os.path.join(workdir, 'metrics.jsonl')
@@ -197,7 +198,11 @@ def cell_status(workdir: str) -> str:
     with open(path) as f:
       for line in f:
         if '"split": "run"' in line:
-          return 'done'
+          try:
+            json.loads(line)
+            return 'done'
+          except ValueError:
+            pass
   return 'partial' if os.path.isdir(os.path.join(workdir, 'checkpoints')) else 'new'
 
 

@@ -315,6 +315,23 @@ def test_an_estimate_times_each_depth_and_net_once_and_counts_every_cell(togethe
                       rf'x 60 steps{"" if together else " x 2"} = [\d.]+ min', lines[1]), lines
 
 
+def test_a_cell_is_done_only_when_its_run_record_is_whole(tmp_path):
+  """A kill while the run record was written leaves it cut short: the cell is not done
+  (the report calls it unfinished) but partial, so the sweep runs it again, and its run
+  redoes the record."""
+  cell = tmp_path / 'plain-8-seed0'
+  assert depth_ablation.cell_status(str(cell)) == 'new'
+  (cell / 'checkpoints' / '60').mkdir(parents=True)
+  assert depth_ablation.cell_status(str(cell)) == 'partial'
+  whole = '{"step": 60, "split": "train", "loss": 0.5}\n{"step": 60, "split": "run", "x": 1}\n'
+  (cell / 'metrics.jsonl').write_text(whole[:-8])
+  assert depth_ablation.cell_status(str(cell)) == 'partial'
+  (cell / 'metrics.jsonl').write_text(whole)
+  assert depth_ablation.cell_status(str(cell)) == 'done'
+  (cell / 'diverged.json').write_text('{"step": 4}')
+  assert depth_ablation.cell_status(str(cell)) == 'diverged'
+
+
 @pytest.mark.parametrize('together', [True, False], ids=['vmapped_seeds', 'one_by_one'])
 def test_an_estimate_counts_what_the_cells_in_the_workdir_have_left(together, tmp_path,
                                                                    monkeypatch, capsys):
