@@ -249,8 +249,8 @@ def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
   for cell in cells:
     result = results[cell.seed]
     if 'diverged_at' in result:
-      with open(os.path.join(workdir, cell.name, 'diverged.json'), 'w') as f:
-        json.dump({'step': result['diverged_at'], 'message': result['message']}, f)
+      run_dir.write_text(os.path.join(workdir, cell.name, 'diverged.json'), json.dumps(
+          {'step': result['diverged_at'], 'message': result['message']}))  # Whole or not.
       print(f'{cell.name} diverged at step {result["diverged_at"]}; the sweep goes on.',
             flush=True)
     elif 'stopped_at' not in result and cell.seed == min(ablation.seeds):
