@@ -754,6 +754,15 @@ def main(argv):
   from experiments import report
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
   try:
+    modes = [f'--{name}' for name in ('dry_run', 'estimate', 'report_only')
+             if flags.FLAGS[name].value]
+    if len(modes) > 1:
+      raise config_lib.ConfigError(f'{" and ".join(modes)} each do something else: give '
+                                   'one of them.')
+    if _CELLS.value == []:  # `--cells=$CELLS` with CELLS unset: not the whole grid.
+      raise config_lib.ConfigError('--cells names no cell: name the cells to run '
+                                   '(--dry_run lists them), or leave the flag out to run '
+                                   'the grid.')
     run_dir.check_local(workdir)
     run_dir.check_kind(workdir, sweep=True)
     cells = grid(ablation)

@@ -953,10 +953,13 @@ def test_no_worker_is_refused_not_taken_for_one(tmp_path):
     ('plain-20-seed0,resnetA-20-seed0', '--cells=plain-20-seed0,resnetA-20-seed0 mixes '
                                         'depths or nets: one command trains the seeds of one'),
     ('plain-20-seed1,plain-20-seed1', '--cells names plain-20-seed1 twice'),
-    ('plain-21-seed0', "No cell named 'plain-21-seed0' in this grid: --dry_run lists them.")])
+    ('plain-21-seed0', "No cell named 'plain-21-seed0' in this grid: --dry_run lists them."),
+    ('', '--cells names no cell: name the cells to run (--dry_run lists them), or leave '
+         'the flag out to run the grid.')])
 def test_cells_one_process_cannot_train_together_are_refused(tmp_path, cells, error):
   """Trained as one unit, a plain and a residual cell got the first one's config in both
-  directories (a residual cell holding a plain net's run)."""
+  directories (a residual cell holding a plain net's run). An empty list (a job array's
+  unset variable) is not the whole grid."""
   out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
                         '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
                         f'--cells={cells}'], cwd=REPO, capture_output=True, text=True,
@@ -964,6 +967,18 @@ def test_cells_one_process_cannot_train_together_are_refused(tmp_path, cells, er
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(f'error: {error}')
   assert not os.path.exists(tmp_path / 'sweep')
+
+
+def test_two_of_dry_run_estimate_and_report_only_are_refused(tmp_path):
+  """Each does one thing (one of them used to win without a word)."""
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
+                        '--config=configs/ablation.py:quick', f'--workdir={tmp_path}/sweep',
+                        '--estimate', '--report_only'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      'error: --estimate and --report_only each do something else: give one of them.')
+  assert os.listdir(tmp_path) == []
 
 
 def test_a_report_of_a_missing_sweep_directory_is_refused_and_makes_nothing(tmp_path):
