@@ -59,7 +59,8 @@ _PROGRESS_EVERY = flags.DEFINE_float(
 _ESTIMATE = flags.DEFINE_bool(
     'estimate', False, 'Time a few train steps of each depth and net on this machine (on '
     'random batches of the cells\' shapes: no data needed) and print how long the grid '
-    'would train here; nothing is written.')
+    'would train here, and what a sweep under way in --workdir has left; nothing is '
+    'written.')
 _WORKER = flags.DEFINE_bool('worker', False, 'Run the units named on stdin (internal: '
                             'the sweep\'s worker processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
