@@ -427,13 +427,12 @@ def cell_steps(config) -> int:
   return train.steps_for(config, (spec.train_examples - held_out) // config.batch_size)
 
 
-def steps_behind(cell_dir: str, steps: int) -> int:
-  """The steps of its `steps` a cell has behind it: all when finished (or diverged: the
-  sweep does not run it again), its newest checkpoint's when partly trained, else 0."""
-  status = cell_status(cell_dir)
+def steps_behind(cell_dir: str, status: str, steps: int) -> int:
+  """The steps of its `steps` a cell of `status` has behind it: all when finished (or
+  diverged: the sweep does not run it again), its newest checkpoint's when partly
+  trained, else 0."""
   if status == 'partial':
-    saved = os.listdir(os.path.join(cell_dir, 'checkpoints'))
-    return min(max((int(name) for name in saved if name.isdigit()), default=0), steps)
+    return min(max(run_dir.saved_steps(cell_dir), default=0), steps)
   return steps if status in ('done', 'diverged') else 0
 
 
@@ -450,8 +449,9 @@ def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5,
         f'{jax.device_count()} {jax.devices()[0].platform} device(s): {steps} '
         f'step{"s" * (steps != 1)} after compiling, on random batches (no data read).',
         flush=True)
-  under_way = workdir and any(cell_status(os.path.join(workdir, c.name)) != 'new'
-                              for c in cells)
+  status = {c: cell_status(os.path.join(workdir, c.name)) if workdir else 'new'
+            for c in cells}
+  under_way = any(s != 'new' for s in status.values())
   total = left = 0.0
   for i, group in enumerate(groups, 1):
     config = cell_config(ablation, group[0])
@@ -463,7 +463,7 @@ def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5,
                                       warmup=1)
     n = cell_steps(config)
     seconds = timed['step_s'] * n * (len(group) // per_program)
-    behind = [steps_behind(os.path.join(workdir, c.name), n) if under_way else 0
+    behind = [steps_behind(os.path.join(workdir, c.name), status[c], n) if under_way else 0
               for c in group]
     unfinished = [b for b in behind if b < n]
     if not unfinished:

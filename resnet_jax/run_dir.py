@@ -52,13 +52,21 @@ def check_kind(workdir: str, sweep: bool) -> None:
         'the run a directory of its own.')
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of a run's complete checkpoints, read from the directory names alone (Orbax
+  names a step's directory by its number once it is complete)."""
+  saved = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(saved):
+    return []
+  return sorted(int(name) for name in os.listdir(saved) if name.isdigit())
+
+
 def holds_results(workdir: str) -> bool:
   """Whether `workdir` keeps something of a run: a complete checkpoint, a logged record or
   a divergence. One that does not (its attempt failed or was stopped before any) has
   nothing that another config could mix with."""
-  saved = os.path.join(workdir, 'checkpoints')
-  if os.path.isdir(saved) and any(name.isdigit() for name in os.listdir(saved)):
-    return True  # Orbax names a step's directory by its number once it is complete.
+  if saved_steps(workdir):
+    return True
   if os.path.exists(os.path.join(workdir, 'diverged.json')):
     return True
   metrics = os.path.join(workdir, 'metrics.jsonl')
