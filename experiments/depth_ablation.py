@@ -86,6 +86,10 @@ def _repeated(items: list) -> list:
   return [v for i, v in enumerate(items) if v in items[:i]]
 
 
+# Run config keys the grid sets in each cell, with the ablation key that gives them.
+GRID_KEYS = {'model.depth': 'depths', 'model.shortcut': 'shortcuts', 'seed': 'seeds'}
+
+
 def grid(ablation) -> list[Cell]:
   """Every cell of the sweep, shallow first so that early results come early; a config
   that is not an ablation's, or holds values of the wrong type, is refused in one line."""
@@ -114,6 +118,14 @@ def grid(ablation) -> list[Cell]:
     if repeated:  # Two runs of one cell would share a directory.
       raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '
                                    f'value once.')
+  for key, flag in GRID_KEYS.items():
+    value = ablation.overrides
+    for part in key.split('.'):
+      value = value.get(part) if isinstance(value, (dict, ml_collections.ConfigDict)) else None
+    if value is not None:
+      raise config_lib.ConfigError(
+          f'config.overrides.{key} would give every cell one {key.split(".")[-1]}: the grid '
+          f'sets each cell\'s; give --config.{flag} instead.')
   from resnet_jax import models
   for name in values['exclude']:
     shortcut, _, depth = name.rpartition('-')
@@ -165,8 +177,11 @@ def load_config_file(name: str):
 
 
 def merge(config, overrides):
-  """Recursively sets `overrides` into `config`; unknown keys are an error."""
+  """Recursively sets `overrides` into `config`, but for unset (None) placeholders;
+  unknown keys are an error."""
   for key, value in overrides.items():
+    if value is None:
+      continue
     if key not in config:
       raise config_lib.ConfigError(f'The ablation override {key!r} is not a run config key.')
     if isinstance(value, ml_collections.ConfigDict):
@@ -187,6 +202,30 @@ def cell_config(ablation, cell: Cell):
   merge(config, ablation.overrides)
   config.seed = cell.seed
   return config
+
+
+def _set_only(tree: dict) -> dict:
+  """`tree` without its unset (None) leaves, nor the sub-trees left empty."""
+  out = {}
+  for key, value in tree.items():
+    value = _set_only(value) if isinstance(value, dict) else value
+    if value not in (None, {}):
+      out[key] = value
+  return out
+
+
+def saved_ablation(ablation, data_name: str) -> ml_collections.ConfigDict:
+  """The sweep's config as ablation.json keeps it for the report: the overrides it sets,
+  and no paper table beside cells of another data set than the table's."""
+  from experiments import report
+  saved = json.loads(ablation.to_json_best_effort())
+  saved['overrides'] = _set_only(saved['overrides'])
+  table = report.paper_table_name(saved.get('paper_table', ''))
+  if table and report.PAPER_DATA[table] != data_name:
+    print(f'The cells train on {data_name}: the report leaves out the paper\'s errors, which '
+          f'are of {report.PAPER_DATA[table]}.', flush=True)
+    saved['paper_table'] = ''
+  return ml_collections.ConfigDict(saved)
 
 
 def cell_status(workdir: str) -> str:
@@ -827,15 +866,16 @@ def main(argv):
     # it writes anything. A report alone may be written while the sweep runs.
     held = [] if _REPORT_ONLY.value else [workdir]
     with run_dir.exclusive(held, f'.lock-shard{_SHARD_INDEX.value}of{_NUM_SHARDS.value}'):
+      saved = saved_ablation(ablation, data_name)
       run_dir.write_text(os.path.join(workdir, 'ablation.json'),
-                         ablation.to_json_best_effort(indent=2))
+                         saved.to_json_best_effort(indent=2))
       if not _REPORT_ONLY.value:
         # Workers checkpoint their cells and stop (SIGINT too: a shell's background job
         # inherits it ignored).
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         run_sweep(ablation, workdir, mine, _PARALLEL.value, together, devices)
-    report.write_report(workdir, ablation)
+    report.write_report(workdir, saved)
   except (config_lib.ConfigError, CellFailed, report.ReportError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:

@@ -28,6 +28,10 @@ PAPER_TABLES = {
 }
 
 
+# The data set (its name in resnet_jax.datasets) each table's errors are of.
+PAPER_DATA = {'cifar10': 'cifar10', 'imagenet': 'imagenet2012'}
+
+
 def paper_table_name(value) -> str:
   """An ablation config's `paper_table`: a name of PAPER_TABLES, or '' for none (sweeps
   written before ImageNet had a table stored True for CIFAR-10's)."""
@@ -435,7 +439,9 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
                        'Gradient norm of each block (plain dashed, residual solid)', log=True)
       figures += ['layer_responses.png', 'gradient_norms.png']
   preset = ablation.get('preset') if ablation else None  # None: no ablation.json.
-  title = '# Depth ablation: plain versus residual' + (f' ({preset} preset)' if preset else '')
+  about = ', '.join(filter(None, [f'{preset} preset' if preset else '',
+                                  cells_data(workdir, cells)]))
+  title = '# Depth ablation: plain versus residual' + (f' ({about})' if about else '')
   lines = [title, '',
            'Errors are in %, mean +- std over seeds (one seed: its value). Training error: '
            'the last logging interval of training; validation: the held-out part of the '
@@ -454,6 +460,17 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   print(f'\n{table}\n{running_now}Wrote the report into {workdir}: report.md, results.csv, '
         f'results.md, {", ".join(figures)}.', flush=True)
   return rows
+
+
+def cells_data(workdir: str, cells: list[dict]) -> str:
+  """The data set the cells trained on, from a cell's config.json ('' if none says)."""
+  for cell in cells:
+    try:
+      with open(os.path.join(workdir, cell['name'], 'config.json')) as f:
+        return json.load(f)['data']['name']
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return ''
 
 
 def read_ablation(workdir: str):

@@ -4,6 +4,7 @@ import functools
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from resnet_jax import datasets
 
@@ -81,6 +82,25 @@ RUN_CONTROL_KEYS = frozenset({
     'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
     'checkpoints_to_keep', 'eval_batch_size', 'init_from', 'cpu_convolutions',
     'data.data_dir', 'data.manual_dir', 'data.fashion_mnist_dir'})
+
+
+def sweep_overrides(values: dict) -> ml_collections.ConfigDict:
+  """A sweep's changes to its cells' run config: `values`, and an unset placeholder for
+  every other key of base_config(), so that --config.overrides.KEY=VALUE can change any
+  key a run reads (configs/ablation.py); unset ones change nothing."""
+  def fill(base, given, prefix):
+    unknown = sorted(set(given) - set(base))
+    if unknown:
+      raise ValueError(f'overrides.{prefix}{unknown[0]} is not a key of a run config.')
+    out = ml_collections.ConfigDict()
+    for key, default in base.items():
+      if isinstance(default, ml_collections.ConfigDict):
+        out[key] = fill(default, given.get(key, {}), f'{prefix}{key}.')
+      else:
+        out[key] = given[key] if key in given else config_dict.placeholder(
+            type(default))
+    return out
+  return fill(base_config(), values, '')
 
 
 def _flatten(tree, prefix=''):

@@ -744,7 +744,8 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path, capsys):
             'depth_vs_error.png', 'layer_responses.png', 'gradient_norms.png'):
     assert os.path.exists(os.path.join(workdir, f)), f
   with open(os.path.join(workdir, 'report.md')) as f:
-    assert f.readline() == '# Depth ablation: plain versus residual (tiny preset)\n'
+    assert f.readline() == ('# Depth ablation: plain versus residual (tiny preset, '
+                            'fashion_mnist)\n')
   analyses = json.load(open(os.path.join(workdir, 'analysis.json')))
   assert len(analyses[0]['response_std_final']) == 7  # Stem + 2 per block, depth 8.
   assert len(analyses[0]['grad_norm_init']) == 3
@@ -929,15 +930,78 @@ def test_a_dry_run_with_space_separated_flags_prints_runnable_commands(tmp_path)
         '--workdir', str(tmp_path), '--config.shortcuts=none,B', f'--cells={name}']
 
 
-def test_an_override_the_preset_lacks_is_named_in_one_line(tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation',
-                        '--config=configs/ablation.py:full', f'--workdir={tmp_path}/sweep',
-                        '--config.overrides.optimizer.momentum=0.8', '--dry_run'],
+def test_any_run_key_can_be_overridden_from_the_command_line(tmp_path):
+  """Keys the preset does not set (the data set, momentum) too; a misspelt one is refused
+  in one line."""
+  cmd = [sys.executable, '-m', 'experiments.depth_ablation', '--config=configs/ablation.py:full',
+         f'--workdir={tmp_path}/sweep', '--dry_run']
+  out = subprocess.run(cmd + ['--config.overrides.data.name=cifar100',
+                              '--config.overrides.optimizer.momentum=0.8'],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 16 and all(' --config.overrides.data.name=cifar100 ' in line
+                                  for line in lines), lines
+  out = subprocess.run(cmd + ['--config.overrides.optimizer.momentun=0.8'], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
   assert out.returncode == 1 and 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(
-      'error: --config.overrides.optimizer.momentum sets a key the config does not have')
+      'error: --config.overrides.optimizer.momentun sets a key the config does not have '
+      '(Did you mean "momentum"?)')
   assert not os.path.exists(tmp_path / 'sweep')
+
+
+def test_the_quick_preset_runs_on_another_data_set(tmp_path):
+  """--config.overrides.data.name=cifar10: the preset's budget and nets, on mock CIFAR-10;
+  keys the preset leaves unset keep the run config's values."""
+  import tensorflow_datasets as tfds
+  from resnet_jax import train
+  ab = ablation_config.get_config('quick')
+  ab.overrides.data.name = 'cifar10'
+  ab.overrides.data.validation_size = 64
+  ab.overrides.num_train_steps, ab.overrides.batch_size, ab.overrides.eval_batch_size = 2, 16, 64
+  cell = depth_ablation.grid(ab)[1]
+  c = depth_ablation.cell_config(ab, cell)
+  assert (c.data.name, c.model.num_filters, c.model.zero_init_head) == ('cifar10', 8, True)
+  assert (c.optimizer.schedule, c.data.normalize, c.seed) == ('cosine', 'channel', 0)
+  c.data.data_dir = str(tmp_path / 'tfds')
+  with tfds.testing.mock_data(num_examples=192):
+    out = train.train_and_evaluate(c, str(tmp_path / cell.name))
+  assert 'test' in out
+  run = [r for r in metrics_io.read_metrics(str(tmp_path / cell.name)) if r['split'] == 'run']
+  assert run[0]['step'] == 2
+  assert run[0]['params'] == 67_906 + 2 * 9 * 8  # The first conv takes 3 channels, not 1.
+
+
+@pytest.mark.parametrize('key,value,flag', [('model.depth', 32, 'depths'),
+                                            ('model.shortcut', 'B', 'shortcuts'),
+                                            ('seed', 3, 'seeds')])
+def test_an_override_of_what_the_grid_sets_is_refused(key, value, flag):
+  ab = ablation_config.get_config('quick')
+  *parents, leaf = key.split('.')
+  node = ab.overrides
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=rf'config.overrides.{key} would give every '
+                     rf'cell one .*: the grid sets each cell\'s; give --config.{flag} instead'):
+    depth_ablation.grid(ab)
+  with pytest.raises(ValueError, match='overrides.optimizer.momentun is not a key'):
+    config_lib.sweep_overrides({'optimizer': {'momentun': 0.8}})
+
+
+def test_the_sweeps_saved_config_drops_the_paper_table_beside_other_data(capsys):
+  ab = ablation_config.get_config('paper')
+  saved = depth_ablation.saved_ablation(ab, 'cifar10')
+  assert saved.paper_table == 'cifar10' and capsys.readouterr().out == ''
+  assert saved.overrides.to_dict() == {'log_every_steps': 200}  # No unset placeholders.
+  ab.overrides.data.name = 'cifar100'
+  saved = depth_ablation.saved_ablation(ab, 'cifar100')
+  assert saved.paper_table == '' and saved.overrides.data.name == 'cifar100'
+  assert capsys.readouterr().out == ('The cells train on cifar100: the report leaves out the '
+                                     'paper\'s errors, which are of cifar10.\n')
+  assert depth_ablation.saved_ablation(ablation_config.get_config('imagenet'),
+                                       'imagenet2012').paper_table == 'imagenet'
 
 
 def test_no_worker_is_refused_not_taken_for_one(tmp_path):
