@@ -44,8 +44,40 @@ def refuse_arguments(argv: list[str]) -> None:
              '(--flag=VALUE), and lists are comma-separated (--models=a,b).')
 
 
+# What a --config.KEY=VALUE must give, by the type of the key's value in the config.
+_TYPE_WORDS = {int: 'a whole number', float: 'a number', bool: 'true or false',
+               str: 'a string', tuple: 'comma-separated values'}
+
+
+def _override_type_error(message: str) -> str | None:
+  """One line for a --config.KEY=VALUE whose value is not of the key's type (absl's own
+  message names only the conversion that failed), or None if `message` is not one."""
+  match = re.match(r'flag --config\.([\w.]+)=(.*?): ', message)
+  if not match:
+    return None
+  path, value = match.groups()
+  try:
+    node = flags.FLAGS['config'].value
+    *parents, leaf = path.split('.')
+    for part in parents:
+      node = node[part]
+    kind, now = node.get_ref(leaf).get_type(), node[leaf]
+  except (AttributeError, KeyError, TypeError):  # No config to look in: absl's text.
+    return None
+  if kind not in _TYPE_WORDS:
+    return None
+  if isinstance(now, tuple):
+    now = ','.join(map(str, now))
+  example = f' (the config has {now})' if now is not None else ''
+  return f'error: --config.{path}={value}: {path} takes {_TYPE_WORDS[kind]}{example}.'
+
+
 def _flag_error_message(message: str) -> str:
-  """One line for a config file's ValueError (its argument, say); absl's text otherwise."""
+  """One line for a config file's ValueError (its argument, say) or an override of the
+  wrong type; absl's text otherwise."""
+  typed = _override_type_error(message)
+  if typed:
+    return typed
   flag = re.match(r'flag (--\S+): Error whilst parsing config file:', message)
   last = message.strip().splitlines()[-1].strip()
   error = re.match(r'(?:\w+\.)*(?:ValueError|ConfigError): (.*)', last)

@@ -249,11 +249,15 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'optimizer.warmup_steps must be >= 0, got {o.warmup_steps}.')
   if o.warmup_steps > 0 and o.warmup_kind == 'constant' and not o.warmup_learning_rate > 0:
     _fail(f'optimizer.warmup_learning_rate must be positive, got {o.warmup_learning_rate}.')
+  bounds = list(o.boundaries)
+  if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and int(b) == b
+             for b in bounds):  # From the command line a word arrives as a string.
+    _fail(f'optimizer.boundaries must be steps, as in --config.optimizer.boundaries='
+          f'32000,48000, got {tuple(bounds)}.')
   if o.schedule == 'piecewise':
-    bounds = list(o.boundaries)
     if not o.decay_factor > 0:
       _fail(f'optimizer.decay_factor must be positive, got {o.decay_factor}.')
-    if any(int(b) != b for b in bounds) or bounds != sorted(set(bounds)):
+    if bounds != sorted(set(bounds)):
       _fail(f'optimizer.boundaries must be increasing steps, got {tuple(bounds)}.')
     if bounds and bounds[0] <= o.warmup_steps:
       _fail(f'optimizer.boundaries {tuple(bounds)} must come after the '

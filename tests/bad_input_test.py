@@ -49,6 +49,8 @@ BAD = [
      'decay_factor must be positive'),
     ({'optimizer.schedule': 'piecewise', 'optimizer.boundaries': (48000, 32000)},
      r'boundaries must be increasing steps, got \(48000, 32000\)'),
+    ({'optimizer.boundaries': ('a,b',)},  # --config.optimizer.boundaries=a,b
+     r"boundaries must be steps, as in --config.optimizer.boundaries=32000,48000, got \('a,b',\)"),
     ({'optimizer.schedule': 'piecewise', 'optimizer.boundaries': (32000, 32000)},
      'boundaries must be increasing'),
     ({'optimizer.schedule': 'piecewise', 'optimizer.boundaries': (300, 600),
@@ -238,11 +240,26 @@ def test_cli_names_an_override_of_a_key_the_config_lacks(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def test_cli_refuses_a_value_of_the_wrong_type(tmp_path):
-  out = cli('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}',
-            '--config.batch_size=lots')
-  assert out.returncode != 0
-  assert 'batch_size' in out.stderr
+WRONG_TYPES = [
+    ('resnet_jax.main', '--config=configs/fashion_mnist.py', '--config.batch_size=lots',
+     'error: --config.batch_size=lots: batch_size takes a whole number (the config has 64).'),
+    ('resnet_jax.main', '--config=configs/cifar10.py', '--config.data.on_device=maybe',
+     'error: --config.data.on_device=maybe: data.on_device takes true or false (the config '
+     'has False).'),
+    ('experiments.depth_ablation', '--config=configs/ablation.py:quick',
+     '--config.overrides.num_epochs=2x', 'error: --config.overrides.num_epochs=2x: '
+     'overrides.num_epochs takes a number.'),
+]
+
+
+@pytest.mark.parametrize('module,config,flag,message', WRONG_TYPES,
+                         ids=[f for _, _, f, _ in WRONG_TYPES])
+def test_cli_refuses_a_value_of_the_wrong_type_in_one_line(module, config, flag, message,
+                                                           tmp_path):
+  out = subprocess.run([sys.executable, '-m', module, config, f'--workdir={tmp_path}/out',
+                        flag], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and out.stderr.strip().splitlines() == [message], out.stderr
+  assert not os.listdir(tmp_path)
 
 
 def test_config_arguments_are_checked():
