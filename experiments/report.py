@@ -300,6 +300,11 @@ def _mean_curve(curves):
   return common, [np.mean([dict(c)[s] for c in curves]) for s in common]
 
 
+def _on(data: str) -> str:
+  """The data set for a figure's title: ', fashion_mnist' ('' where unknown)."""
+  return f', {data}' if data else ''
+
+
 def _depth_colors(depths):
   import matplotlib.pyplot as plt
   cmap = plt.get_cmap('viridis')
@@ -307,7 +312,7 @@ def _depth_colors(depths):
   return {d: cmap(i / max(len(depths) - 1, 1) * 0.9) for i, d in enumerate(depths)}
 
 
-def plot_training_curves(cells, path):
+def plot_training_curves(cells, path, data=''):
   import matplotlib.pyplot as plt
   shortcuts = sorted({c['shortcut'] for c in cells}, key=lambda s: (s != 'none', s))
   colors = _depth_colors({c['depth'] for c in cells})
@@ -335,12 +340,13 @@ def plot_training_curves(cells, path):
     if ax.get_legend_handles_labels()[0]:
       ax.legend(title='solid: held-out, dashed: training')
   axes[0][0].set_ylabel('error (%)')
-  fig.suptitle('Training (dashed) and held-out validation (solid) error, mean over seeds')
+  fig.suptitle('Training (dashed) and held-out validation (solid) error, mean over seeds'
+               + _on(data))
   fig.tight_layout()
   save_figure(fig, path)
 
 
-def plot_depth_vs_error(rows, path):
+def plot_depth_vs_error(rows, path, data=''):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   styles = shortcut_styles(r['shortcut'] for r in rows)
@@ -362,7 +368,7 @@ def plot_depth_vs_error(rows, path):
     ax.set_xticks(depths)  # The grid's depths, not round numbers between them.
   ax.set_xlabel('depth (layers)')
   ax.set_ylabel('final error (%)')
-  ax.set_title('Final error against depth (mean +- std over seeds)')
+  ax.set_title('Final error against depth (mean +- std over seeds)' + _on(data))
   ax.grid(alpha=0.3)
   if ax.get_legend_handles_labels()[0]:  # Nothing finished yet: no legend to draw.
     ax.legend()
@@ -407,11 +413,12 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   if not cells:
     raise ReportError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
   rows = summarise(cells)
+  data = cells_data(workdir, cells)
   table = results_markdown(rows, ablation.get('paper_table', '') if ablation else '')
   write_csv(rows, os.path.join(workdir, 'results.csv'))
   run_dir.write_text(os.path.join(workdir, 'results.md'), table)
-  plot_training_curves(cells, os.path.join(workdir, 'training_curves.png'))
-  plot_depth_vs_error(rows, os.path.join(workdir, 'depth_vs_error.png'))
+  plot_training_curves(cells, os.path.join(workdir, 'training_curves.png'), data)
+  plot_depth_vs_error(rows, os.path.join(workdir, 'depth_vs_error.png'), data)
   figures = ['training_curves.png', 'depth_vs_error.png']
   if analyse:
     from experiments import analysis
@@ -432,15 +439,15 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
                        ('in layer order', 'sorted by magnitude'), 'std of response',
                        os.path.join(workdir, 'layer_responses.png'),
                        'Std of each conv layer\'s response (after BN, before addition/ReLU), '
-                       'trained nets, held-out images', sort_right=True)
+                       f'trained nets, held-out images{_on(data)}', sort_right=True)
       _analysis_figure(analyses, ('grad_norm_init', 'grad_norm_final'),
                        ('at initialisation', f'after training (step {analyses[0]["step"]})'),
                        'gradient l2 norm', os.path.join(workdir, 'gradient_norms.png'),
-                       'Gradient norm of each block (plain dashed, residual solid)', log=True)
+                       f'Gradient norm of each block (plain dashed, residual solid){_on(data)}',
+                       log=True)
       figures += ['layer_responses.png', 'gradient_norms.png']
   preset = ablation.get('preset') if ablation else None  # None: no ablation.json.
-  about = ', '.join(filter(None, [f'{preset} preset' if preset else '',
-                                  cells_data(workdir, cells)]))
+  about = ', '.join(filter(None, [f'{preset} preset' if preset else '', data]))
   title = '# Depth ablation: plain versus residual' + (f' ({about})' if about else '')
   lines = [title, '',
            'Errors are in %, mean +- std over seeds (one seed: its value). Training error: '

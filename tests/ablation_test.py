@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -492,9 +493,11 @@ def test_a_resumed_cells_time_counts_its_earlier_sessions():
 
 
 def test_report_on_known_metrics(tmp_path, monkeypatch):
-  plotted, save_figure = {}, report.save_figure
+  plotted, titles, save_figure = {}, {}, report.save_figure
 
-  def spy(fig, path):  # What each figure draws: (label, style, x, y).
+  def spy(fig, path):  # What each figure draws: (label, style, x, y), and its title.
+    titles[os.path.basename(path)] = (fig._suptitle.get_text() if fig._suptitle else
+                                      fig.axes[0].get_title())
     plotted[os.path.basename(path)] = [
         [(l.get_label(), l.get_linestyle(), list(l.get_xdata()), list(l.get_ydata()))
          for l in ax.get_lines()] + [(c.get_label(), list(c.lines[0].get_ydata()))
@@ -526,6 +529,7 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
   assert csv_rows[1]['train_error_std'] == 'nan'
   report_md = (tmp_path / 'report.md').read_text()
   assert report_md.startswith('# Depth ablation: plain versus residual\n')  # No preset known.
+  assert titles['depth_vs_error.png'] == 'Final error against depth (mean +- std over seeds)'
   assert '![training_curves.png]' in report_md
   for fig in ('training_curves.png', 'depth_vs_error.png'):
     assert (tmp_path / fig).stat().st_size > 10_000  # A real picture, not an empty canvas.
@@ -543,6 +547,15 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
           if len(c) == 2}
   assert bars == {'plain, training': [15.0, 50.0], 'plain, test': [14.0, 60.0],
                   'residual (A), training': [5.0], 'residual (A), test': [9.0]}
+  # The cells' data set, from a cell's config.json, titles the report and the figures.
+  (tmp_path / 'plain-20-seed1' / 'config.json').write_text('{"data": {"name": "cifar100"}}')
+  report.write_report(root, ml_collections.ConfigDict({'preset': 'quick'}), analyse=False)
+  assert (tmp_path / 'report.md').read_text().startswith(
+      '# Depth ablation: plain versus residual (quick preset, cifar100)\n')
+  assert titles == {
+      'training_curves.png': 'Training (dashed) and held-out validation (solid) error, '
+                             'mean over seeds, cifar100',
+      'depth_vs_error.png': 'Final error against depth (mean +- std over seeds), cifar100'}
 
 
 def test_report_files_are_replaced_whole_while_others_write_and_read_them(tmp_path):
