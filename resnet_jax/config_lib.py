@@ -250,7 +250,8 @@ def validate(config, device_count: int = 1) -> None:
   if o.warmup_steps > 0 and o.warmup_kind == 'constant' and not o.warmup_learning_rate > 0:
     _fail(f'optimizer.warmup_learning_rate must be positive, got {o.warmup_learning_rate}.')
   bounds = list(o.boundaries)
-  if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and int(b) == b
+  if not all((isinstance(b, int) and not isinstance(b, bool))
+             or (isinstance(b, float) and b.is_integer())
              for b in bounds):  # From the command line a word arrives as a string.
     _fail(f'optimizer.boundaries must be steps, as in --config.optimizer.boundaries='
           f'32000,48000, got {tuple(bounds)}.')
