@@ -215,16 +215,15 @@ def _set_only(tree: dict) -> dict:
 
 
 def saved_ablation(ablation, data_name: str) -> ml_collections.ConfigDict:
-  """The sweep's config as ablation.json keeps it for the report: the overrides it sets,
-  and no paper table beside cells of another data set than the table's."""
+  """The sweep's config as ablation.json keeps it for the report: the overrides it sets.
+  Says so where the report will leave out the paper's errors, of another data set."""
   from experiments import report
   saved = json.loads(ablation.to_json_best_effort())
   saved['overrides'] = _set_only(saved['overrides'])
   table = report.paper_table_name(saved.get('paper_table', ''))
-  if table and report.PAPER_DATA[table] != data_name:
+  if table and not report.paper_table_for(saved, data_name):
     print(f'The cells train on {data_name}: the report leaves out the paper\'s errors, which '
           f'are of {report.PAPER_DATA[table]}.', flush=True)
-    saved['paper_table'] = ''
   return ml_collections.ConfigDict(saved)
 
 

@@ -45,6 +45,13 @@ def paper_table_name(value) -> str:
   return value
 
 
+def paper_table_for(ablation, data: str) -> str:
+  """The paper's table to put beside the cells' errors: the sweep's `paper_table` where
+  the cells trained on that table's data set (or an unknown one), else none."""
+  table = paper_table_name(ablation.get('paper_table', '') if ablation else '')
+  return '' if table and data and PAPER_DATA[table] != data else table
+
+
 CELL_RE = re.compile(r'^(plain|resnet(?P<sc>\w+?))-(?P<depth>\d+)-seed(?P<seed>\d+)$')
 
 
@@ -414,7 +421,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
     raise ReportError(f'No ablation cells with metrics in {workdir}: run the sweep first.')
   rows = summarise(cells)
   data = cells_data(workdir, cells)
-  table = results_markdown(rows, ablation.get('paper_table', '') if ablation else '')
+  table = results_markdown(rows, paper_table_for(ablation, data))
   write_csv(rows, os.path.join(workdir, 'results.csv'))
   run_dir.write_text(os.path.join(workdir, 'results.md'), table)
   plot_training_curves(cells, os.path.join(workdir, 'training_curves.png'), data)

@@ -549,9 +549,12 @@ def test_report_on_known_metrics(tmp_path, monkeypatch):
                   'residual (A), training': [5.0], 'residual (A), test': [9.0]}
   # The cells' data set, from a cell's config.json, titles the report and the figures.
   (tmp_path / 'plain-20-seed1' / 'config.json').write_text('{"data": {"name": "cifar100"}}')
-  report.write_report(root, ml_collections.ConfigDict({'preset': 'quick'}), analyse=False)
+  report.write_report(root, ml_collections.ConfigDict({'preset': 'paper',
+                                                       'paper_table': 'cifar10'}),
+                      analyse=False)
   assert (tmp_path / 'report.md').read_text().startswith(
-      '# Depth ablation: plain versus residual (quick preset, cifar100)\n')
+      '# Depth ablation: plain versus residual (paper preset, cifar100)\n')
+  assert 'paper' not in (tmp_path / 'results.md').read_text()  # Table 6 is of CIFAR-10.
   assert titles == {
       'training_curves.png': 'Training (dashed) and held-out validation (solid) error, '
                              'mean over seeds, cifar100',
@@ -1003,18 +1006,21 @@ def test_an_override_of_what_the_grid_sets_is_refused(key, value, flag):
     config_lib.sweep_overrides({'optimizer': {'momentun': 0.8}})
 
 
-def test_the_sweeps_saved_config_drops_the_paper_table_beside_other_data(capsys):
+def test_no_paper_table_beside_cells_of_another_data_set(capsys):
   ab = ablation_config.get_config('paper')
   saved = depth_ablation.saved_ablation(ab, 'cifar10')
   assert saved.paper_table == 'cifar10' and capsys.readouterr().out == ''
   assert saved.overrides.to_dict() == {'log_every_steps': 200}  # No unset placeholders.
   ab.overrides.data.name = 'cifar100'
   saved = depth_ablation.saved_ablation(ab, 'cifar100')
-  assert saved.paper_table == '' and saved.overrides.data.name == 'cifar100'
+  assert saved.overrides.data.name == 'cifar100'
   assert capsys.readouterr().out == ('The cells train on cifar100: the report leaves out the '
                                      'paper\'s errors, which are of cifar10.\n')
-  assert depth_ablation.saved_ablation(ablation_config.get_config('imagenet'),
-                                       'imagenet2012').paper_table == 'imagenet'
+  assert report.paper_table_for(saved, 'cifar100') == ''
+  assert report.paper_table_for(saved, '') == 'cifar10'  # Cells of an unknown data set.
+  imagenet = depth_ablation.saved_ablation(ablation_config.get_config('imagenet'), 'imagenet2012')
+  assert report.paper_table_for(imagenet, 'imagenet2012') == 'imagenet'
+  assert capsys.readouterr().out == ''
 
 
 def test_no_worker_is_refused_not_taken_for_one(tmp_path):
