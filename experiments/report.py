@@ -386,6 +386,7 @@ def plot_depth_vs_error(rows, path, data=''):
 def _analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=False,
                      sort_right=False):
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
   colors = _depth_colors({a['depth'] for a in analyses})
   styles = shortcut_styles(a['shortcut'] for a in analyses)
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -399,6 +400,7 @@ def _analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=Fal
               label=_group_label(a['depth'], a['shortcut']))
     ax.set_title(title)
     ax.set_xlabel('layer index' if 'response' in key else 'block index')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # No layer 2.5.
     ax.set_ylabel(ylabel)
     if log:
       ax.set_yscale('log')
