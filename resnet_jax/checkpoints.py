@@ -6,7 +6,10 @@ would. Orbax writes each step into a temporary directory and renames it when
 complete, so a checkpoint cut short by a kill is never taken for a finished one.
 """
 
+import functools
 import os
+import re
+import sys
 from typing import Any
 
 import jax
@@ -62,12 +65,37 @@ RESUME_FIX = ('move that step directory away to resume from an earlier one, or u
 
 def _read(read, where: str, fix: str = RESUME_FIX):
   """`read()`, with any failure turned into one sentence naming the checkpoint."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = functools.partial(_drop_failed_read_reports, previous)
   try:
-    return read()
+    result = read()
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [''])[0][:200]
-    raise CheckpointError(f'The checkpoint {where} cannot be read ({type(e).__name__}: '
-                          f'{first}): {fix}.') from e
+    # The filter stays: the failed read's other reads still report after this error.
+    raise CheckpointError(f'The checkpoint {where} cannot be read ({_cause(e)}): '
+                          f'{fix}.') from e
+  sys.unraisablehook = previous
+  return result
+
+
+def _drop_failed_read_reports(previous, report):
+  """Passes every unraisable report on to `previous` but those of a failed read's other
+  array reads, left in flight when Orbax gave up (each a traceback beside the one-line
+  error): 'Event loop is closed', and their own read errors."""
+  message = str(report.exc_value)
+  if message != 'Event loop is closed' and not message.startswith(
+      'Encountered error while reading'):
+    previous(report)
+
+
+def _cause(e: Exception) -> str:
+  """The first line of a read error, less TensorStore's spec dump, naming the array that
+  failed where the dump does (its kvstore path: params.stage1_block2.conv1.kernel/)."""
+  text = str(e).strip()
+  first = (text.splitlines() or [''])[0].split(' See full TensorStore details')[0]
+  arrays = [p.rstrip('/') for p in re.findall(r"'path': '([^'/][^']*)'", text)]
+  if arrays:
+    first = f'{first.rstrip(".")}, in array {arrays[-1]}'
+  return f'{type(e).__name__}: {first[:240]}'
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, state):

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,6 +243,23 @@ def test_a_corrupt_checkpoint_is_refused_and_left_alone(fashion_data_dir, tmp_pa
                      match=r'checkpoint of step 4 .* cannot be read .*move that step'):
     train.train_and_evaluate(config, workdir, allow_config_change=True)
   assert snapshot(ckpt_dir) == before
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_an_array(fashion_data_dir, tmp_path):
+  # Orbax gives up at the first bad array with others still being read; their reports
+  # (tracebacks of 'Event loop is closed' and their own errors) must not follow the line.
+  workdir = str(tmp_path / 'run')
+  finish(command(workdir, fashion_data_dir, '--config.num_train_steps=10'))
+  arrays = os.path.join(workdir, 'checkpoints', '10', 'state', 'ocdbt.process_0', 'd')
+  for name in os.listdir(arrays):
+    os.truncate(os.path.join(arrays, name), 100)
+  out = subprocess.run(command(workdir, fashion_data_dir, '--config.num_train_steps=20',
+                               '--allow_config_change'),
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert out.stderr.count('\n') == 1, out.stderr[-3000:]
+  assert re.fullmatch(r"error: The checkpoint of step 10 in \S+ cannot be read \(.*, in array "
+                      r"[\w.]+\): move that step directory away .*\n", out.stderr), out.stderr
 
 
 def test_a_checkpoint_of_another_model_is_refused(fashion_data_dir, tmp_path):
