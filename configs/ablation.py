@@ -19,7 +19,7 @@ then updated with `overrides`, whose every run key can be set from the command l
 
 import ml_collections
 
-from resnet_jax import config_lib
+from resnet_jax.sweep import ablation as sweep_ablation
 
 PRESETS = ('quick', 'full', 'paper', 'extreme', 'imagenet')
 
@@ -41,7 +41,7 @@ def get_config(arg: str = 'quick'):
     # 60 steps of batch 128 (an eighth of an epoch), so that the 16 runs fit in 20 minutes
     # on 2 CPU cores with a margin: enough for plain nets to degrade with depth, not for
     # deeper residual nets to overtake ResNet-20 (see the README).
-    c.overrides = config_lib.sweep_overrides({
+    c.overrides = sweep_ablation.sweep_overrides({
         # The classifier starts at zero (chance loss) in plain and residual nets alike:
         # with the default head, deep residual nets start at a loss of 3-5 and 5 of 17
         # ResNet-56 runs stalled at 60-87% error after a spike in their first steps, which
@@ -60,7 +60,7 @@ def get_config(arg: str = 'quick'):
     c.run_config = 'fashion_mnist.py'
     c.depths = (20, 32, 44, 56)
     c.seeds = (0, 1)
-    c.overrides = config_lib.sweep_overrides({
+    c.overrides = sweep_ablation.sweep_overrides({
         'model': {'scan_blocks': True},
         'data': {'augment': 'crop_flip', 'pad': 2},
         # A linear warm-up over the first epoch (429 steps): without it ResNet-56's
@@ -75,14 +75,14 @@ def get_config(arg: str = 'quick'):
     c.depths = (20, 32, 44, 56, 110)
     c.seeds = (0, 1, 2, 3, 4)
     c.paper_table = 'cifar10'
-    c.overrides = config_lib.sweep_overrides({'log_every_steps': 200})
+    c.overrides = sweep_ablation.sweep_overrides({'log_every_steps': 200})
   elif preset == 'extreme':
     c.run_config = 'cifar10.py'
     c.depths = (110, 1202)
     c.seeds = (0,)
     c.exclude = ('none-1202',)
     c.paper_table = 'cifar10'
-    c.overrides = config_lib.sweep_overrides({'model': {'remat': True},
+    c.overrides = sweep_ablation.sweep_overrides({'model': {'remat': True},
                                              'log_every_steps': 200})
   else:  # imagenet
     # Section 4.1: the 18- and 34-layer nets, plain and with option A shortcuts (the
@@ -96,7 +96,7 @@ def get_config(arg: str = 'quick'):
     c.depths = (18, 34)
     c.seeds = (0,)
     c.paper_table = 'imagenet'
-    c.overrides = config_lib.sweep_overrides({
+    c.overrides = sweep_ablation.sweep_overrides({
         'model': {'zero_init_last_bn': False},
         'batch_size': 1024, 'num_epochs': 90.0, 'log_every_steps': 100,
     })

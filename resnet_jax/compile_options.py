@@ -19,19 +19,23 @@ _YNN_FUSIONS = 'xla_cpu_experimental_ynn_fusion_type'
 _YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 
 
-def for_jit(cpu_convolutions: str = 'eigen') -> dict | None:
-  """The `compiler_options` for `jax.jit` on the default backend (None: XLA's defaults)."""
+def check(cpu_convolutions: str) -> None:
   if cpu_convolutions not in CPU_CONVOLUTIONS:
     raise ValueError(f'Unknown cpu_convolutions {cpu_convolutions!r}: use one of '
                      f'{", ".join(CPU_CONVOLUTIONS)}.')
+
+
+def for_jit(cpu_convolutions: str = 'eigen') -> dict | None:
+  """The `compiler_options` for `jax.jit` on the default backend (None: XLA's defaults)."""
+  check(cpu_convolutions)
   if cpu_convolutions == 'default' or jax.default_backend() != 'cpu':
     return None
   return _eigen_convolutions()
 
 
 def for_config(config) -> dict | None:
-  """`for_jit` of a run's config (one written before the key existed: 'eigen')."""
-  return for_jit(config.get('cpu_convolutions', 'eigen'))
+  """`for_jit` of a run's config."""
+  return for_jit(config.cpu_convolutions)
 
 
 def run_once(options: dict | None) -> dict:

@@ -4,7 +4,6 @@ import functools
 import os
 
 import ml_collections
-from ml_collections import config_dict
 
 from resnet_jax import datasets
 
@@ -84,23 +83,11 @@ RUN_CONTROL_KEYS = frozenset({
     'data.data_dir', 'data.manual_dir', 'data.fashion_mnist_dir'})
 
 
-def sweep_overrides(values: dict) -> ml_collections.ConfigDict:
-  """A sweep's changes to its cells' run config: `values`, and an unset placeholder for
-  every other key of base_config(), so that --config.overrides.KEY=VALUE can change any
-  key a run reads (configs/ablation.py); unset ones change nothing."""
-  def fill(base, given, prefix):
-    unknown = sorted(set(given) - set(base))
-    if unknown:
-      raise ValueError(f'overrides.{prefix}{unknown[0]} is not a key of a run config.')
-    out = ml_collections.ConfigDict()
-    for key, default in base.items():
-      if isinstance(default, ml_collections.ConfigDict):
-        out[key] = fill(default, given.get(key, {}), f'{prefix}{key}.')
-      else:
-        out[key] = given[key] if key in given else config_dict.placeholder(
-            type(default))
-    return out
-  return fill(base_config(), values, '')
+def steps_for(config, steps_per_epoch: int) -> int:
+  """The run's length in steps: `num_train_steps` if positive, else `num_epochs`."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(round(config.num_epochs * steps_per_epoch))
 
 
 def _flatten(tree, prefix=''):
@@ -164,14 +151,9 @@ def validate(config, device_count: int = 1) -> None:
   # Imported here: models pulls in JAX, which a config file should not need.
   from resnet_jax import compile_options
   from resnet_jax import input_pipeline
-  from resnet_jax import models
   from resnet_jax import optim
   from resnet_jax import streaming_input
-  from resnet_jax.models import resnet
 
-  if 'depths' in config and 'run_config' in config:
-    _fail('This is a depth-ablation config (configs/ablation.py): run it with '
-          'python -m experiments.depth_ablation --config=... --workdir=....')
   missing = [key for key in base_config() if key not in config]
   if missing:
     _fail(f'The config has no {missing[0]!r}: a run config starts from '
@@ -183,28 +165,14 @@ def validate(config, device_count: int = 1) -> None:
   if not (isinstance(config.seed, int) and config.seed >= 0):
     _fail(f'seed must be a non-negative integer, got {config.seed}.')
   m = config.model
-  if m.name not in models.MODELS:
-    _fail(f'Unknown model.name {m.name!r}: use one of {", ".join(models.MODELS)}.')
-  if m.name == 'cifar_resnet':
-    try:
-      resnet.cifar_stage_sizes(m.depth)
-    except ValueError as e:
-      _fail(f'model.depth: {e}')
-  if m.name == 'imagenet_resnet' and m.depth not in resnet.IMAGENET_DEPTHS:
-    _fail(f'model.depth {m.depth} is not an ImageNet ResNet depth: use one of '
-          f'{sorted(resnet.IMAGENET_DEPTHS)}.')
-  if 'shortcut' in m and m.shortcut not in models.SHORTCUTS:
-    _fail(f'Unknown model.shortcut {m.shortcut!r}: use one of {", ".join(models.SHORTCUTS)}.')
-  if 'num_filters' in m and m.num_filters < 1:
-    _fail(f'model.num_filters (the first stage\'s width) must be >= 1, got {m.num_filters}.')
-  for key in ('dtype', 'param_dtype'):
-    if key in m and m[key] not in models.DTYPES:
-      _fail(f'Unknown model.{key} {m[key]!r}: use one of {", ".join(models.DTYPES)}.')
-  if 'conv_impl' in m and m.conv_impl not in ('fast', 'xla'):
-    _fail(f'Unknown model.conv_impl {m.conv_impl!r}: use "fast" or "xla".')
-  if config.get('cpu_convolutions', 'eigen') not in compile_options.CPU_CONVOLUTIONS:
-    _fail(f'Unknown cpu_convolutions {config.cpu_convolutions!r}: use one of '
-          f'{", ".join(compile_options.CPU_CONVOLUTIONS)}.')
+  # Rules that live beside the code using the value raise a ValueError there; the model's
+  # own (name, depth, shortcut, width, dtypes, conv_impl) are raised by building it
+  # abstractly, at the end.
+  try:
+    compile_options.check(config.cpu_convolutions)
+    optim.check(config.optimizer)
+  except ValueError as e:
+    _fail(str(e))
 
   d = config.data
   if d.on_device and not spec.in_memory:
@@ -228,47 +196,6 @@ def validate(config, device_count: int = 1) -> None:
   if size < stride:
     _fail(f'{size}x{size} inputs are too small for {m.name}, which downsamples by '
           f'{stride}: use images of at least {stride}x{stride}.')
-
-  o = config.optimizer
-  if o.name not in optim.OPTIMIZERS:
-    _fail(f'Unknown optimizer.name {o.name!r}: use one of {", ".join(optim.OPTIMIZERS)}.')
-  if o.schedule not in optim.SCHEDULES:
-    _fail(f'Unknown optimizer.schedule {o.schedule!r}: use one of '
-          f'{", ".join(optim.SCHEDULES)}.')
-  if o.warmup_kind not in ('linear', 'constant'):
-    _fail(f'Unknown optimizer.warmup_kind {o.warmup_kind!r}: use "linear" or "constant".')
-  if o.weight_decay_on not in ('all', 'kernels'):
-    _fail(f'Unknown optimizer.weight_decay_on {o.weight_decay_on!r}: use "all" or "kernels".')
-  if not o.learning_rate > 0:
-    _fail(f'optimizer.learning_rate must be positive, got {o.learning_rate}.')
-  if o.weight_decay < 0:
-    _fail(f'optimizer.weight_decay must be >= 0, got {o.weight_decay}.')
-  if not 0 <= o.momentum < 1:
-    _fail(f'optimizer.momentum must be in [0, 1), got {o.momentum}.')
-  if o.warmup_steps < 0:
-    _fail(f'optimizer.warmup_steps must be >= 0, got {o.warmup_steps}.')
-  if o.warmup_steps > 0 and o.warmup_kind == 'constant' and not o.warmup_learning_rate > 0:
-    _fail(f'optimizer.warmup_learning_rate must be positive, got {o.warmup_learning_rate}.')
-  bounds = list(o.boundaries)
-  if not all((isinstance(b, int) and not isinstance(b, bool))
-             or (isinstance(b, float) and b.is_integer())
-             for b in bounds):  # From the command line a word arrives as a string.
-    _fail(f'optimizer.boundaries must be steps, as in --config.optimizer.boundaries='
-          f'32000,48000, got {tuple(bounds)}.')
-  if o.schedule == 'piecewise':
-    if not o.decay_factor > 0:
-      _fail(f'optimizer.decay_factor must be positive, got {o.decay_factor}.')
-    if bounds != sorted(set(bounds)):
-      _fail(f'optimizer.boundaries must be increasing steps, got {tuple(bounds)}.')
-    if bounds and bounds[0] <= o.warmup_steps:
-      _fail(f'optimizer.boundaries {tuple(bounds)} must come after the '
-            f'{o.warmup_steps} warm-up steps (optimizer.warmup_steps).')
-  if o.name in ('adam', 'adamw'):
-    for key in ('b1', 'b2'):
-      if not 0 <= o[key] < 1:
-        _fail(f'optimizer.{key} must be in [0, 1), got {o[key]}.')
-    if not o.eps > 0:
-      _fail(f'optimizer.eps must be positive, got {o.eps}.')
 
   for key in ('batch_size', 'eval_batch_size'):
     if config[key] <= 0:

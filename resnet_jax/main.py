@@ -11,6 +11,7 @@ from ml_collections import config_flags
 from resnet_jax import cli
 from resnet_jax import config_lib
 from resnet_jax import run_dir
+from resnet_jax.sweep import ablation as sweep_ablation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
 config_flags.DEFINE_config_file('config', None, 'A config file under configs/.',
@@ -79,16 +80,18 @@ def main(argv):
   if problem:
     sys.exit(f'error: {problem}')
   try:
+    sweep_ablation.refuse_as_run(flags.FLAGS.config, _WORKDIR.value)
     config_lib.validate(flags.FLAGS.config)
     run_dir.check_local(_WORKDIR.value)
   except config_lib.ConfigError as e:
     sys.exit(f'error: {e}')
   init_distributed()
   import jax
+  from resnet_jax import signals
   from resnet_jax import train
   # With several processes a Ctrl-C must stop them all at one step from now on, while the
   # data load and the steps compile too: one stopping alone would strand the others.
-  early = train.StopSignal() if jax.process_count() > 1 else contextlib.nullcontext()
+  early = signals.StopSignal() if jax.process_count() > 1 else contextlib.nullcontext()
   try:
     with early as stop:
       train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,

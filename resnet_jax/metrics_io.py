@@ -6,8 +6,6 @@ import os
 import socket
 import time
 
-import jax
-
 from resnet_jax import run_dir
 
 
@@ -66,6 +64,7 @@ class MetricsLog:
   def __init__(self, workdir: str, resume_step: int = 0, final_step: int | None = None):
     """Resuming at `resume_step` drops the records after it; at `final_step` (the run's
     last), also its final evaluation's, from an attempt killed while it ran."""
+    import jax  # Here: the readers below serve processes without JAX (a sweep's driver).
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.events = None
@@ -111,28 +110,28 @@ def _truncate_after(path: str, step: int, final_step: int | None = None):
     run_dir.write_text(path, ''.join(keep))
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_records(workdir: str) -> list[dict]:
+  """The whole records of a run's metrics.jsonl ([] if it has none): a line a kill cut
+  short is left out."""
   path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records
 
 
 def final_metrics(workdir: str, step: int) -> dict | None:
   """{'validation': ..., 'test': ...} of a run that ended at `step` (its 'run' record is
   written last), or None if it has not: a rerun of a finished run has nothing to redo."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return None
-  final = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue  # A line cut short by a kill.
-      if record.get('step') == step and record.get('split') in ('validation', 'test', 'run'):
-        final[record['split']] = {k: v for k, v in record.items()
-                                  if k not in ('step', 'split', 'time')}
+  final = {r['split']: {k: v for k, v in r.items() if k not in ('step', 'split', 'time')}
+           for r in read_records(workdir)
+           if r.get('step') == step and r.get('split') in ('validation', 'test', 'run')}
   return final if 'run' in final else None
 
 

@@ -39,19 +39,6 @@ def check_writable(workdir: str) -> None:
                                  f'({e.strerror}): choose another --workdir.') from e
 
 
-def check_kind(workdir: str, sweep: bool) -> None:
-  """Refuses a sweep's directory given to one run, or a run's given to a sweep: the two
-  kinds' files would mix, and each would take the other's for its own."""
-  if sweep and os.path.isfile(os.path.join(workdir, 'config.json')):
-    raise config_lib.ConfigError(
-        f'{workdir} is a single run\'s directory (it has a config.json), not a sweep\'s: give '
-        'the sweep a directory of its own, such as runs/ablation.')
-  if not sweep and os.path.isfile(os.path.join(workdir, 'ablation.json')):
-    raise config_lib.ConfigError(
-        f'{workdir} is a depth-ablation sweep\'s directory (it has an ablation.json): give '
-        'the run a directory of its own.')
-
-
 def saved_steps(workdir: str) -> list[int]:
   """The steps of a run's complete checkpoints, read from the directory names alone (Orbax
   names a step's directory by its number once it is complete)."""

@@ -19,17 +19,18 @@ def config_with(**overrides):
 
 BAD = [
     ({'model.depth': 21}, '6n\\+2'),
-    ({'model.shortcut': 'D'}, 'Unknown model.shortcut'),
-    ({'model.name': 'vgg'}, 'Unknown model.name'),
-    ({'model.dtype': 'float8'}, 'Unknown model.dtype'),
+    ({'model.shortcut': 'D'}, 'shortcut'),
+    ({'model.name': 'vgg'}, "model 'vgg'"),
+    ({'model.dtype': 'float8'}, 'dtype'),
     ({'model.shortcut': 'identity'}, 'identity shortcut needs matching shapes'),
     ({'model.name': 'imagenet_resnet', 'model.depth': 50}, 'too small'),
-    ({'model.name': 'imagenet_resnet', 'model.depth': 51}, 'not an ImageNet ResNet depth'),
+    ({'model.name': 'imagenet_resnet', 'model.depth': 51, 'data.name': 'cifar10'},
+     'ImageNet ResNet depth'),
     ({'data.name': 'svhn'}, 'Unknown dataset'),
     ({'data.augment': 'mixup'}, 'data.augment'),
     ({'data.normalize': 'zca'}, 'data.normalize'),
-    ({'optimizer.name': 'lion'}, 'Unknown optimizer.name'),
-    ({'optimizer.schedule': 'exponential'}, 'Unknown optimizer.schedule'),
+    ({'optimizer.name': 'lion'}, 'optimizer.name'),
+    ({'optimizer.schedule': 'exponential'}, 'optimizer.schedule'),
     ({'optimizer.learning_rate': 0.0}, 'learning_rate must be positive'),
     ({'optimizer.learning_rate': -0.1}, 'learning_rate must be positive'),
     ({'optimizer.momentum': 1.5}, 'momentum'),
@@ -44,7 +45,7 @@ BAD = [
       'data.on_device': True}, 'data.on_device applies to in-memory'),
     ({'init_from': '/nonexistent/run'}, 'init_from .* does not exist'),
     ({'seed': -1}, 'seed must be a non-negative integer, got -1'),
-    ({'model.num_filters': 0}, r'model.num_filters \(the first stage.s width\) must be >= 1'),
+    ({'model.num_filters': 0}, 'num_filters'),
     ({'optimizer.schedule': 'piecewise', 'optimizer.decay_factor': -0.1},
      'decay_factor must be positive'),
     ({'optimizer.schedule': 'piecewise', 'optimizer.boundaries': (48000, 32000)},
@@ -176,7 +177,7 @@ def test_cli_refuses_bad_values_in_one_line(tmp_path):
             '--config.model.depth=21')
   assert out.returncode != 0
   last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: model.depth') and '6n+2' in last
+  assert last.startswith('error: ') and 'depth' in last and '6n+2' in last
   assert not os.listdir(tmp_path)  # Nothing written.
 
 

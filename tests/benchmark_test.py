@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from experiments import benchmark
+from resnet_jax import benchmark
 from resnet_jax import models
 from tests.conftest import REPO
 
@@ -138,7 +138,7 @@ def test_a_row_runs_without_tensorflow(tmp_path):
       "      raise ImportError('no ' + name)\n"
       'sys.meta_path.insert(0, Block())\n')
   code = ("import json, sys\n"
-          "from experiments import benchmark\n"
+          "from resnet_jax import benchmark\n"
           f"row = benchmark.measure_row({TINY_ROW!r})\n"
           "assert benchmark.preset_hours([dict(row, model='resnet20', batch_size=128), "
           "dict(row, model='resnet56', batch_size=128)])['paper'] > 0\n"

@@ -13,7 +13,7 @@ import pytest
 
 from resnet_jax import config_lib
 from resnet_jax import optim
-from resnet_jax import train
+from resnet_jax import trainer as trainer_lib
 from tests.conftest import override
 
 PLATFORMS = ('cuda', 'rocm', 'tpu')
@@ -44,9 +44,9 @@ def test_train_eval_and_init_lower_for_accelerators(name):
       'model.depth': 8, 'model.num_filters': 4, 'data.augment': 'crop_flip',
       **VARIANTS[name]})
   shape, classes = (16, 16, 3), 10
-  model = train.build_model(config, classes)
+  model = trainer_lib.build_model(config, classes)
   tx, schedule = optim.create_optimizer(config.optimizer, 100)
-  trainer = train.Trainer(config, model, tx, schedule, shape, np.zeros(3, np.float32),
+  trainer = trainer_lib.Trainer(config, model, tx, schedule, shape, np.zeros(3, np.float32),
                           np.ones(3, np.float32), classes)
   state = trainer.init_state(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
@@ -68,12 +68,12 @@ def test_vmapped_seeds_and_data_on_device_lower_for_accelerators():
   config = override(config_lib.base_config(), **{
       'model.depth': 8, 'model.num_filters': 4, 'model.scan_blocks': True})
   shape, classes = (16, 16, 3), 10
-  model = train.build_model(config, classes)
+  model = trainer_lib.build_model(config, classes)
   tx, schedule = optim.create_optimizer(config.optimizer, 100)
   rng = np.random.default_rng(0)
   resident = (rng.integers(0, 256, (32,) + shape, dtype=np.uint8),
               rng.integers(0, classes, (32,), dtype=np.int32))
-  trainer = train.Trainer(config, model, tx, schedule, shape, np.zeros(3, np.float32),
+  trainer = trainer_lib.Trainer(config, model, tx, schedule, shape, np.zeros(3, np.float32),
                           np.ones(3, np.float32), classes, resident=resident, num_seeds=2)
   state = trainer.stack([trainer.init_state(jax.random.PRNGKey(s)) for s in (0, 1)])
   batch = trainer.to_device({'index': np.arange(16, dtype=np.int32).reshape(2, 8)},

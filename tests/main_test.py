@@ -14,6 +14,9 @@ import pytest
 
 from resnet_jax import metrics_io
 from resnet_jax import train
+from resnet_jax import trainer as trainer_lib
+from resnet_jax import signals
+from resnet_jax import seeds
 from tests.conftest import REPO
 from tests.train_test import tiny_config
 
@@ -50,7 +53,7 @@ def tensorboard_matches_metrics(workdir):
   """Whether TensorBoard's scalars are metrics.jsonl's records (float32-rounded)."""
   scalars, _ = tensorboard_view(workdir)
   logged = {}
-  for r in metrics_io.read_metrics(workdir):
+  for r in metrics_io.read_records(workdir):
     for k, v in r.items():
       if k not in ('step', 'split', 'time'):
         logged.setdefault(f'{r["split"]}/{k}', []).append((r['step'], np.float32(v)))
@@ -63,7 +66,7 @@ def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_
   assert 0.0 <= result['test']['accuracy'] <= 1.0
   out = capsys.readouterr().out
   assert 'img/s' in out and 'ETA' in out and 'test accuracy' in out
-  records = metrics_io.read_metrics(workdir)
+  records = metrics_io.read_records(workdir)
   splits = {r['split'] for r in records}
   assert {'train', 'validation', 'test', 'run'} <= splits
   train_steps = [r['step'] for r in records if r['split'] == 'train']
@@ -81,7 +84,7 @@ def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_
   train.train_and_evaluate(small_run_config(fashion_data_dir, 6), workdir,
                            allow_config_change=True)
   assert 'Resumed from the checkpoint of step 4' in capsys.readouterr().out
-  train_steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
+  train_steps = [r['step'] for r in metrics_io.read_records(workdir) if r['split'] == 'train']
   assert train_steps == [2, 4, 6]
   # TensorBoard, reading its two events files, shows the same numbers, and the config.
   scalars, hparams = tensorboard_view(workdir)
@@ -100,7 +103,7 @@ def test_train_and_evaluate_writes_everything_and_resumes(fashion_data_dir, tmp_
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     assert f.read() == logged
   assert sorted(os.listdir(workdir)) == files  # No second TensorBoard events file.
-  test = [r for r in metrics_io.read_metrics(workdir) if r['split'] == 'test'][-1]
+  test = [r for r in metrics_io.read_records(workdir) if r['split'] == 'test'][-1]
   assert again['test']['accuracy'] == test['accuracy'] and int(again['state'].step) == 6
 
 
@@ -110,7 +113,7 @@ def test_a_run_that_holds_nothing_out_evaluates_the_test_split_only(fashion_data
   config.data.validation_size = 0
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert set(result) == {'test', 'state'}
-  splits = [r['split'] for r in metrics_io.read_metrics(str(tmp_path / 'run'))]
+  splits = [r['split'] for r in metrics_io.read_records(str(tmp_path / 'run'))]
   assert splits == ['train', 'train', 'test', 'run']
   out = capsys.readouterr().out
   assert 'fashion_mnist 600/0/600;' in out
@@ -129,7 +132,7 @@ def test_resuming_drops_the_records_of_the_attempt_that_died(tmp_path, final_ste
                  for step, split in rows)
     f.write('{"step": 6, "spl')  # A line cut short by the kill.
   metrics_io.MetricsLog(str(tmp_path), resume_step=4, final_step=final_step).close()
-  assert [(r['step'], r['split']) for r in metrics_io.read_metrics(str(tmp_path))] == kept
+  assert [(r['step'], r['split']) for r in metrics_io.read_records(str(tmp_path))] == kept
 
 
 def run_cli(args, env_extra=None):
@@ -224,7 +227,7 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_the_same_command_continues(
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'Resumed from the checkpoint of step {stopped_again}' in again.stdout
   assert 'Final (step 100)' in again.stdout
-  steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
+  steps = [r['step'] for r in metrics_io.read_records(workdir) if r['split'] == 'train']
   assert steps == list(range(2, 101, 2))  # No extra line at the stop: resume is exact.
 
 
@@ -256,7 +259,7 @@ def test_the_host_stays_a_step_ahead_so_a_sigterm_stops_the_run_at_once(
     if signal.getsignal(signal.SIGTERM) is not outside_the_run:  # Never kill pytest.
       os.kill(os.getpid(), signal.SIGTERM)
 
-  to_device = train.Trainer.to_device
+  to_device = trainer_lib.Trainer.to_device
 
   def feed(self, batch, train=False):
     batch = to_device(self, batch, train)
@@ -273,7 +276,7 @@ def test_the_host_stays_a_step_ahead_so_a_sigterm_stops_the_run_at_once(
 
   assert threading.current_thread() is threading.main_thread()  # Where SIGTERM is caught.
   outside_the_run = signal.getsignal(signal.SIGTERM)
-  monkeypatch.setattr(train.Trainer, 'to_device', feed)
+  monkeypatch.setattr(trainer_lib.Trainer, 'to_device', feed)
   config = small_run_config(fashion_data_dir, 40)
   config.log_every_steps = config.num_train_steps
   config.eval_every_steps = config.checkpoint_every_steps = 0
@@ -289,7 +292,7 @@ def test_a_seed_that_diverges_in_a_group_keeps_its_record_through_a_stop(
   """One seed of a vmapped pair turns NaN (its initial weights made NaN), the other trains
   on; a SIGTERM later stops the pair, and the diverged seed is still reported diverged (the
   sweep writes its diverged.json from that), not as stopped, to be trained again."""
-  init, made = train.Trainer.init_state, []
+  init, made = trainer_lib.Trainer.init_state, []
 
   def init_state(self, rng):
     state = init(self, rng)
@@ -304,13 +307,13 @@ def test_a_seed_that_diverges_in_a_group_keeps_its_record_through_a_stop(
       self.received = 'SIGTERM'
     return self.received is not None
 
-  monkeypatch.setattr(train.Trainer, 'init_state', init_state)
-  monkeypatch.setattr(train.StopSignal, 'should_stop', sigterm_at_step_6)
+  monkeypatch.setattr(trainer_lib.Trainer, 'init_state', init_state)
+  monkeypatch.setattr(signals.StopSignal, 'should_stop', sigterm_at_step_6)
   dirs = {0: str(tmp_path / 'a'), 1: str(tmp_path / 'b')}
-  result = train.train_seeds(small_run_config(fashion_data_dir, 10), dirs)
+  result = seeds.train_seeds(small_run_config(fashion_data_dir, 10), dirs)
   assert result[1]['diverged_at'] == 2 and 'lower the learning rate' in result[1]['message']
   assert result[0]['stopped_at'] == 6
-  steps = [r['step'] for r in metrics_io.read_metrics(dirs[0]) if r['split'] == 'train']
+  steps = [r['step'] for r in metrics_io.read_records(dirs[0]) if r['split'] == 'train']
   assert steps == [2, 4, 6]
   assert not os.path.exists(os.path.join(dirs[1], 'metrics.jsonl'))  # No NaN logged.
 
@@ -324,14 +327,14 @@ def test_data_on_device_trains_exactly_as_data_from_the_host(fashion_data_dir, t
     train.train_and_evaluate(config, workdir)
     runs[on_device] = [{k: v for k, v in r.items()
                         if k not in ('time', 'steps_per_second', 'images_per_second')}
-                       for r in metrics_io.read_metrics(workdir) if r['split'] != 'run']
+                       for r in metrics_io.read_records(workdir) if r['split'] != 'run']
   assert runs[True] == runs[False]
 
 
 def test_seeds_trained_together_follow_their_single_seed_runs(fashion_data_dir, tmp_path):
   """jax.vmap over seeds: each seed's run equals its own single-seed run to tolerance."""
   config = small_run_config(fashion_data_dir, 6)
-  together = train.train_seeds(config, {0: str(tmp_path / 'v0'), 1: str(tmp_path / 'v1')})
+  together = seeds.train_seeds(config, {0: str(tmp_path / 'v0'), 1: str(tmp_path / 'v1')})
   for seed in (0, 1):
     single = small_run_config(fashion_data_dir, 6)
     single.seed = seed
@@ -342,7 +345,7 @@ def test_seeds_trained_together_follow_their_single_seed_runs(fashion_data_dir, 
     rows = {}
     for name in (f'v{seed}', f's{seed}'):
       rows[name] = [(r['step'], r['split'], r['loss'], r['accuracy'])
-                    for r in metrics_io.read_metrics(str(tmp_path / name))
+                    for r in metrics_io.read_records(str(tmp_path / name))
                     if r['split'] in ('train', 'validation', 'test')]
     assert [r[:2] for r in rows[f'v{seed}']] == [r[:2] for r in rows[f's{seed}']]
     np.testing.assert_allclose([r[2:] for r in rows[f'v{seed}']],
@@ -355,10 +358,10 @@ def test_seeds_trained_together_follow_their_single_seed_runs(fashion_data_dir, 
 
 def test_seeds_trained_together_resume_together(fashion_data_dir, tmp_path, capsys):
   dirs = {0: str(tmp_path / 'a'), 1: str(tmp_path / 'b')}
-  train.train_seeds(small_run_config(fashion_data_dir, 4), dirs)
+  seeds.train_seeds(small_run_config(fashion_data_dir, 4), dirs)
   longer = small_run_config(fashion_data_dir, 6)
-  result = train.train_seeds(longer, dirs, allow_config_change=True)
+  result = seeds.train_seeds(longer, dirs, allow_config_change=True)
   assert 'Resumed from the checkpoint of step 4' in capsys.readouterr().out
   for seed, workdir in dirs.items():
-    steps = [r['step'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
+    steps = [r['step'] for r in metrics_io.read_records(workdir) if r['split'] == 'train']
     assert steps == [2, 4, 6] and np.isfinite(result[seed]['test']['loss'])

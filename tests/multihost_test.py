@@ -43,7 +43,7 @@ def env_with_devices(n):
 
 
 def losses(workdir):
-  return [r['loss'] for r in metrics_io.read_metrics(workdir) if r['split'] == 'train']
+  return [r['loss'] for r in metrics_io.read_records(workdir) if r['split'] == 'train']
 
 
 def start_two(data_dir, workdir):

@@ -58,7 +58,7 @@ def finish(cmd):
 
 def comparable_metrics(workdir):
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
-          for r in metrics_io.read_metrics(workdir) if r['split'] != 'run']
+          for r in metrics_io.read_records(workdir) if r['split'] != 'run']
 
 
 def final_arrays(workdir):
@@ -89,7 +89,7 @@ def test_sigkill_at_any_point_then_the_same_command_gives_identical_results(
   # TensorBoard shows the same: the killed attempts' events past the checkpoint it
   # resumed from are dropped.
   assert tensorboard_matches_metrics(killed)
-  run_record = lambda w: [r for r in metrics_io.read_metrics(w) if r['split'] == 'run'][-1]
+  run_record = lambda w: [r for r in metrics_io.read_records(w) if r['split'] == 'run'][-1]
   assert run_record(straight)['first_step'] == 0
   assert run_record(killed)['first_step'] == resumed_from  # Its train_seconds start there.
   step_a, leaves_a = final_arrays(straight)
@@ -318,4 +318,4 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_checkpoints(fashion_
   assert 0 < e.value.step < 40
   kept = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
   assert kept and max(kept) <= e.value.step
-  assert not any(r['split'] == 'run' for r in metrics_io.read_metrics(workdir))
+  assert not any(r['split'] == 'run' for r in metrics_io.read_records(workdir))

@@ -50,7 +50,9 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    blocks.check_shortcut(self.shortcut)
+    if self.num_filters < 1:
+      raise ValueError(f'num_filters (the first stage\'s width) must be >= 1, got '
+                       f'{self.num_filters}.')
     if self.conv_impl not in ('fast', 'xla'):
       raise ValueError(f'Unknown conv_impl {self.conv_impl!r}: use "fast" or "xla".')
     conv = functools.partial(

@@ -1,4 +1,4 @@
-"""The layer analysis of the ablation: per-layer response std (Figure 7) and per-block
+"""The layer analysis of a sweep's cells: per-layer response std (Figure 7) and per-block
 gradient norms, computed from a finished cell's config and checkpoint."""
 
 import json
@@ -13,11 +13,14 @@ import optax
 import orbax.checkpoint as ocp
 
 from resnet_jax import checkpoints
-from resnet_jax import datasets
+from resnet_jax import config_lib
 from resnet_jax import input_pipeline
 from resnet_jax import optim
 from resnet_jax import run_dir
+from resnet_jax import steps
 from resnet_jax import train
+from resnet_jax.run_data import Data
+from resnet_jax.trainer import Trainer, build_model
 
 
 def block_order(tree) -> list:
@@ -86,18 +89,18 @@ def _data(config):
   key = (config.data.name, config.data.data_dir, config.data.validation_size,
          config.data.normalize)
   if key not in _DATA_CACHE:
-    _DATA_CACHE[key] = train.Data(config)
+    _DATA_CACHE[key] = Data(config)
   return _DATA_CACHE[key]
 
 
 class RestoredCell(NamedTuple):
   """A cell rebuilt from its directory: the pieces that evaluating its nets needs."""
   config: ml_collections.ConfigDict
-  data: train.Data
+  data: Data
   model: Any
-  trainer: train.Trainer
-  init_state: train.TrainState
-  final_state: train.TrainState
+  trainer: Trainer
+  init_state: steps.TrainState
+  final_state: steps.TrainState
   step: int
 
 
@@ -107,13 +110,13 @@ def restore_cell(celldir: str) -> RestoredCell:
   with open(os.path.join(celldir, 'config.json')) as f:
     config = ml_collections.ConfigDict(json.load(f))
   data = _data(config)
-  spec = datasets.get_spec(config.data.name)
-  model = train.build_model(config, spec.num_classes)
-  total = train.steps_for(config, data.steps_per_epoch)
+  total = config_lib.steps_for(config, data.steps_per_epoch)
+  model = build_model(config, data.spec.num_classes)
   tx, schedule = optim.create_optimizer(config.optimizer, total)
-  trainer = train.Trainer(config, model, tx, schedule, data.image_shape, data.mean,
-                          data.std, spec.num_classes)
-  init_state = trainer.init_state(train.seed_rngs(config.seed)[0])
+  # No resident train split: the analysis evaluates held-out images only.
+  trainer = Trainer(config, model, tx, schedule, data.image_shape, data.mean, data.std,
+                    data.spec.num_classes)
+  init_state = trainer.init_state(steps.seed_rngs(config.seed)[0])
   mngr = train.checkpoint_manager(celldir, config)
   step = mngr.latest_step()
   if step is None:
@@ -128,7 +131,7 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   """Gradient norms at initialisation and at the newest checkpoint; response stds at
   the newest checkpoint."""
   config, data, model, trainer, init_state, final, step = restore_cell(celldir)
-  init_params = probe_params(model, init_state.params, train.seed_rngs(config.seed)[0],
+  init_params = probe_params(model, init_state.params, steps.seed_rngs(config.seed)[0],
                              data.image_shape)
   held_out, labels = data.held_out(num_examples)
   images = input_pipeline.preprocess(held_out, None, mean=data.mean, std=data.std)

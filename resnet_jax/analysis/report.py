@@ -1,0 +1,80 @@
+"""The sweep's report: results.csv/.md, the figures and report.md, written into the sweep
+directory from its cells' run records."""
+
+import json
+import os
+
+from resnet_jax import run_dir
+from resnet_jax.analysis import figures
+from resnet_jax.analysis import paper
+from resnet_jax.analysis import results
+
+
+def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict]:
+  """Writes results.csv/.md, the figures and report.md into `workdir`; returns the rows."""
+  import matplotlib
+  matplotlib.use('Agg')
+  cells = results.read_cells(workdir)
+  if not cells and results.read_cell(workdir):
+    raise results.ReportError(f'{workdir} is one cell\'s directory: pass the sweep directory '
+                              f'that holds it ({os.path.dirname(os.path.abspath(workdir))}).')
+  if not cells:
+    raise results.ReportError(f'No ablation cells with metrics in {workdir}: run the sweep '
+                              'first.')
+  rows = results.summarise(cells)
+  data = results.cells_data(workdir, cells)
+  table = results.results_markdown(rows, paper.table_for(ablation, data))
+  results.write_csv(rows, os.path.join(workdir, 'results.csv'))
+  run_dir.write_text(os.path.join(workdir, 'results.md'), table)
+  figures.plot_training_curves(cells, os.path.join(workdir, 'training_curves.png'), data)
+  figures.plot_depth_vs_error(rows, os.path.join(workdir, 'depth_vs_error.png'), data)
+  written = ['training_curves.png', 'depth_vs_error.png']
+  if analyse:
+    from resnet_jax.analysis import layers
+    n = ablation.get('analysis_examples', 256) if ablation else 256
+    seed = min(c['seed'] for c in cells)
+    analyses = []
+    for c in cells:
+      if c['seed'] == seed and results.finished(c):
+        try:
+          a = layers.cell_analysis(os.path.join(workdir, c['name']), n)
+        except layers.UNAVAILABLE as e:
+          print(f'No layer analysis of {c["name"]}: {e}', flush=True)
+          continue
+        analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
+    if analyses:
+      run_dir.write_text(os.path.join(workdir, 'analysis.json'), json.dumps(analyses))
+      figures.analysis_figure(
+          analyses, ('response_std_final', 'response_std_final'),
+          ('in layer order', 'sorted by magnitude'), 'std of response',
+          os.path.join(workdir, 'layer_responses.png'),
+          'Std of each conv layer\'s response (after BN, before addition/ReLU), trained '
+          f'nets, held-out images{figures.on(data)}', sort_right=True)
+      figures.analysis_figure(
+          analyses, ('grad_norm_init', 'grad_norm_final'),
+          ('at initialisation', f'after training (step {analyses[0]["step"]})'),
+          'gradient l2 norm', os.path.join(workdir, 'gradient_norms.png'),
+          f'Gradient norm of each block (plain dashed, residual solid){figures.on(data)}',
+          log=True)
+      written += ['layer_responses.png', 'gradient_norms.png']
+  preset = ablation.get('preset') if ablation else None  # None: no ablation.json.
+  about = ', '.join(filter(None, [f'{preset} preset' if preset else '', data]))
+  title = '# Depth ablation: plain versus residual' + (f' ({about})' if about else '')
+  lines = [title, '',
+           'Errors are in %, mean +- std over seeds (one seed: its value). Training error: '
+           'the last logging interval of training; validation: the held-out part of the '
+           'training set; test: the test split, evaluated once at the end.', '', table, '']
+  progress = results.progress_lines(cells)
+  if progress:
+    lines += ['Unfinished cells (the table counts finished ones only; the curves of a '
+              'depth and net with none finished are drawn from its unfinished ones):', '']
+    lines += [f'- {line}' for line in progress] + ['']
+  steps = results.step_tables(cells)
+  if steps:
+    lines += [steps]
+  lines += [f'![{f}]({f})\n' for f in written]
+  run_dir.write_text(os.path.join(workdir, 'report.md'), '\n'.join(lines))
+  running_now = ''.join(f'unfinished: {line}\n' for line in progress)
+  print(f'\n{table}\n{running_now}Wrote the report into {workdir}: report.md, results.csv, '
+        f'results.md, {", ".join(written)}.', flush=True)
+  return rows

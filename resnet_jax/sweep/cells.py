@@ -1,0 +1,170 @@
+"""A sweep's cells: their names, the grid of an ablation config, its shards and the
+units (one process's cells) it runs in."""
+
+import dataclasses
+import re
+
+import ml_collections
+
+from resnet_jax import config_lib
+
+
+_NAME = re.compile(r'^(plain|resnet(?P<shortcut>\w+?))-(?P<depth>\d+)-seed(?P<seed>\d+)$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run of the grid; its directory is WORKDIR/NAME, as `name` formats and `parse`
+  reads it (plain-20-seed0, resnetA-56-seed1)."""
+  depth: int
+  shortcut: str
+  seed: int
+
+  @property
+  def name(self) -> str:
+    kind = 'plain' if self.shortcut == 'none' else f'resnet{self.shortcut}'
+    return f'{kind}-{self.depth}-seed{self.seed}'
+
+  @classmethod
+  def parse(cls, name: str) -> 'Cell | None':
+    """The cell a directory name names, or None if it names none."""
+    m = _NAME.match(name)
+    return m and cls(int(m['depth']), m['shortcut'] or 'none', int(m['seed']))
+
+
+def _repeated(items: list) -> list:
+  """The items that appear earlier in `items` too, in order."""
+  return [v for i, v in enumerate(items) if v in items[:i]]
+
+
+# Run config keys the grid sets in each cell, with the ablation key that gives them.
+GRID_KEYS = {'model.depth': 'depths', 'model.shortcut': 'shortcuts', 'seed': 'seeds'}
+
+
+def grid(ablation) -> list[Cell]:
+  """Every cell of the sweep, shallow first so that early results come early; a config
+  that is not an ablation's, or holds values of the wrong type, is refused in one line."""
+  if 'model' in ablation and 'depths' not in ablation:
+    raise config_lib.ConfigError(
+        'This is the config of a single run: the sweep takes configs/ablation.py:PRESET '
+        '(a single run: python -m resnet_jax.main).')
+  missing = [key for key in ('run_config', 'depths', 'seeds', 'shortcuts', 'exclude',
+                             'overrides') if key not in ablation]
+  if missing:
+    raise config_lib.ConfigError(f'The ablation config has no {missing[0]!r}: start from '
+                                 'a preset of configs/ablation.py.')
+  values = {}
+  for key in ('depths', 'seeds', 'shortcuts', 'exclude'):
+    kind = int if key in ('depths', 'seeds') else str
+    wrong = [v for v in ablation[key] if not isinstance(v, kind) or isinstance(v, bool)]
+    if wrong:
+      example = dict(depths='20,32', seeds='0,1', shortcuts='none,A', exclude='none-1202')
+      raise config_lib.ConfigError(
+          f'config.{key} holds {wrong[0]!r}: give {"names" if kind is str else "integers"}, '
+          f'as in --config.{key}={example[key]}.')
+    # Names arrive from the command line as one string: ('none,A',) for none,A.
+    values[key] = [part.strip() for v in ablation[key] for part in v.split(',')
+                   if part.strip()] if kind is str else list(ablation[key])
+    repeated = _repeated(values[key]) if key != 'exclude' else []
+    if repeated:  # Two runs of one cell would share a directory.
+      raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '
+                                   f'value once.')
+  for key, flag in GRID_KEYS.items():
+    value = ablation.overrides
+    for part in key.split('.'):
+      value = value.get(part) if isinstance(value, (dict, ml_collections.ConfigDict)) else None
+    if value is not None:
+      raise config_lib.ConfigError(
+          f'config.overrides.{key} would give every cell one {key.split(".")[-1]}: the grid '
+          f'sets each cell\'s; give --config.{flag} instead.')
+  from resnet_jax import models
+  for name in values['exclude']:
+    shortcut, _, depth = name.rpartition('-')
+    if shortcut not in models.SHORTCUTS or not depth.isdigit():
+      raise config_lib.ConfigError(
+          f'config.exclude holds {name!r}: name each (shortcut, depth) to leave out as '
+          f'SHORTCUT-DEPTH, with a shortcut of {", ".join(models.SHORTCUTS)} (the plain '
+          f'net\'s is none), as in --config.exclude=none-1202,A-110.')
+  cells = [Cell(d, s, seed) for d in values['depths'] for seed in values['seeds']
+           for s in values['shortcuts'] if f'{s}-{d}' not in values['exclude']]
+  if not cells:
+    raise config_lib.ConfigError('The grid has no cells: config.depths, config.seeds and '
+                                 'config.shortcuts each need a value, and config.exclude '
+                                 'must leave a cell.')
+  return cells
+
+
+def check_shard(index: int, count: int):
+  if count < 1 or not 0 <= index < count:
+    raise config_lib.ConfigError(f'--shard_index {index} must be in [0, --num_shards '
+                                 f'{count}).')
+
+
+def shard(cells, index: int, count: int, together: bool = False):
+  """Slice `index` of `count`, balanced by depth (a cell's time grows with it): largest
+  first onto the least loaded slice. With `together` (seeds vmapped, --vmap_seeds) the
+  items are whole (depth, net) groups, one program each, while there are at least as
+  many groups as slices; else single cells. It depends on these arguments alone, so
+  every machine that resolves --vmap_seeds alike agrees."""
+  check_shard(index, count)
+  items = units(cells, together)
+  if len(items) < count:
+    items = [[c] for c in cells]
+  loads, mine = [0] * count, set()
+  for item in sorted(items, key=lambda u: -unit_cost(u)):  # Stable: ties in grid order.
+    least = loads.index(min(loads))
+    loads[least] += unit_cost(item)
+    if least == index:
+      mine.update(item)
+  return [c for c in cells if c in mine]  # In grid order: shallow first.
+
+
+def units(todo: list[Cell], together: bool) -> list[list[Cell]]:
+  """The processes to run: one per cell, or one per (depth, net) with its seeds."""
+  if not together:
+    return [[c] for c in todo]
+  groups = {}
+  for cell in todo:
+    groups.setdefault((cell.depth, cell.shortcut), []).append(cell)
+  return list(groups.values())
+
+
+def unit_cost(unit: list[Cell]) -> int:
+  """A unit's cost in layers: a cell's time grows with its depth."""
+  return sum(c.depth for c in unit)
+
+
+def unit_name(unit: list[Cell]) -> str:
+  if len(unit) == 1:
+    return unit[0].name
+  return unit[0].name.rsplit('-seed', 1)[0] + '-seeds' + '+'.join(str(c.seed) for c in unit)
+
+
+def check_unit(cells: list[Cell]):
+  """Refuses --cells that one process cannot train: it trains the seeds of one depth and
+  net, each once, with that depth and net's config."""
+  if len({(c.depth, c.shortcut) for c in cells}) > 1:
+    raise config_lib.ConfigError(
+        f'--cells={",".join(c.name for c in cells)} mixes depths or nets: one command '
+        'trains the seeds of one depth and net; give the others commands of their own '
+        '(--dry_run lists them).')
+  repeated = _repeated(cells)
+  if repeated:
+    raise config_lib.ConfigError(f'--cells names {repeated[0].name} twice: name each cell '
+                                 'once.')
+
+
+def select(cells: list[Cell], names: list[str]) -> list[Cell]:
+  """The cells of the grid that `names` (a --cells flag) name: the seeds of one depth and
+  net, which one process can train."""
+  if not names:  # `--cells=$CELLS` with CELLS unset: not the whole grid.
+    raise config_lib.ConfigError('--cells names no cell: name the cells to run (--dry_run '
+                                 'lists them), or leave the flag out to run the grid.')
+  by_name = {c.name: c for c in cells}
+  unknown = [n for n in names if n not in by_name]
+  if unknown:
+    raise config_lib.ConfigError(f'No cell named {unknown[0]!r} in this grid: --dry_run '
+                                 'lists them.')
+  chosen = [by_name[n] for n in names]
+  check_unit(chosen)
+  return chosen
