@@ -15,6 +15,9 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+_LOADED = {}  # The in-memory splits this process read last, by where they came from.
+
+
 class Data:
   """A run's data: the batch of any training step, and eval batches of each split."""
 
@@ -29,7 +32,11 @@ class Data:
     self.on_device = bool(cfg.on_device) and self.spec.in_memory
     self.pi, self.pc = jax.process_index(), jax.process_count()
     if self.spec.in_memory:
-      self.splits = datasets.load_arrays(cfg.name, self.builder, val)
+      key = (cfg.name, cfg.data_dir, cfg.manual_dir, cfg.fashion_mnist_dir, val)
+      if key not in _LOADED:  # A sweep's worker trains cell after cell on the same data.
+        _LOADED.clear()
+        _LOADED[key] = datasets.load_arrays(cfg.name, self.builder, val)
+      self.splits = _LOADED[key]
       self.sizes = {k: len(v) for k, v in self.splits.items()}
       self._check_batch_size(config.batch_size, val)
       self._batches = {}

@@ -163,6 +163,7 @@ class Run:
     self.mngr = checkpoint_manager(workdir, config)
     self.log = None
     self.result = {}
+    self.eval_seconds = 0.0  # This session's evaluations, for the run record.
 
   @property
   def active(self) -> bool:
@@ -231,7 +232,9 @@ class Run:
 
   def validate(self, trainer: Trainer, state, data: Data, done: int, note: str = ''):
     if self.active:
+      t = time.perf_counter()
       val = trainer.evaluate(state, data.eval_batches('validation'))
+      self.eval_seconds += time.perf_counter() - t
       self.log.write(done, 'validation', val)
       say(f'step {done}: validation loss {val["loss"]:.4f} accuracy '
           f'{val["accuracy"]:.4f}{note}')
@@ -251,10 +254,12 @@ class Run:
     if not self.active:
       self.close()
       return self.result
-    final = {}
+    final, t_eval = {}, time.perf_counter()
     if data.sizes['validation']:
       final['validation'] = trainer.evaluate(state, data.eval_batches('validation'))
     final['test'] = trainer.evaluate(state, data.eval_batches('test'))
+    self.eval_seconds += time.perf_counter() - t_eval
+    record = dict(record, eval_seconds=self.eval_seconds)
     for split, values in final.items():
       self.log.write(total, split, values)
     if self.mngr.latest_step() != total:
@@ -302,7 +307,7 @@ def train(config, data: Data, trainer: Trainer, run: Run, total: int,
   say(f'Compiled the train step in {compile_s:.1f} s.')
 
   t_train = last_time = time.perf_counter()
-  last_step = start
+  last_step, eval_s = start, 0.0
   with contextlib.nullcontext(stop) if stop else StopSignal() as stop:
     for step in range(start, total):
       state, metrics = compiled(state, run.batch(data, trainer, step), step_rng,
@@ -331,7 +336,9 @@ def train(config, data: Data, trainer: Trainer, run: Run, total: int,
           break
       if config.eval_every_steps > 0 and done % config.eval_every_steps == 0 \
           and done != total and data.sizes['validation']:
+        t_eval = time.perf_counter()
         run.validate(trainer, state, data, done)
+        eval_s += time.perf_counter() - t_eval
       if config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0:
         run.save(done, state, to_host(pending))
       if stop.should_stop(done - start) and done < total:
@@ -341,8 +348,9 @@ def train(config, data: Data, trainer: Trainer, run: Run, total: int,
             f'same command to continue.')
         return run.stopped(done, state)
 
-  train_s = time.perf_counter() - t_train
-  # first_step: a resumed run's train_seconds time only its steps from there on.
+  train_s = time.perf_counter() - t_train - eval_s
+  # first_step: a resumed run's train_seconds time only its steps from there on (the
+  # evaluations between them are each run's eval_seconds).
   record = {'compile_seconds': compile_s, 'train_seconds': train_s, 'first_step': start,
             'params': run.n_params, 'seeds_together': run.num_seeds}
   return run.finish(trainer, state, data, total, record)

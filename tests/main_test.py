@@ -113,8 +113,10 @@ def test_a_run_that_holds_nothing_out_evaluates_the_test_split_only(fashion_data
   config.data.validation_size = 0
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert set(result) == {'test', 'state'}
-  splits = [r['split'] for r in metrics_io.read_records(str(tmp_path / 'run'))]
-  assert splits == ['train', 'train', 'test', 'run']
+  records = metrics_io.read_records(str(tmp_path / 'run'))
+  assert [r['split'] for r in records] == ['train', 'train', 'test', 'run']
+  run = records[-1]  # Its times: steps, compilation and evaluation apart.
+  assert run['train_seconds'] > 0 and run['compile_seconds'] > 0 and run['eval_seconds'] > 0
   out = capsys.readouterr().out
   assert 'fashion_mnist 600/0/600;' in out
   assert re.search(r'^Final \(step 4\): test accuracy [0-9.]+, test loss', out, re.M), out

@@ -884,3 +884,20 @@ def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(fashion_data_dir, tm
   assert row['diverged'] == '1'
   events = glob.glob(os.path.join(workdir, 'plain-8-seed0', 'events.out.tfevents.*'))
   assert any(b'hparams' in open(e, 'rb').read() for e in events)  # TensorBoard's HParams.
+
+
+def test_the_time_split_adds_up_the_run_records_and_the_idle_workers(tmp_path):
+  cells = [cells_lib.Cell(8, 'none', 0), cells_lib.Cell(8, 'A', 0), cells_lib.Cell(8, 'A', 1)]
+  runs = {cells[0]: (30.0, 5.0, 4.0), cells[1]: (40.0, 0.0, 3.0), cells[2]: (40.0, 0.0, 3.0)}
+  for cell, (train_s, compile_s, eval_s) in runs.items():
+    os.makedirs(tmp_path / cell.name)
+    (tmp_path / cell.name / 'metrics.jsonl').write_text(json.dumps(
+        {'step': 4, 'split': 'run', 'train_seconds': train_s, 'compile_seconds': compile_s,
+         'eval_seconds': eval_s}) + '\n')
+  (tmp_path / cells[0].name / 'analysis.json').write_text(json.dumps({'seconds': 6.0}))
+  # Two workers for 60 s: one ran plain-8 in 50 s, the other both seeds of ResNet-8 in
+  # one program (its train steps and compilation counted once) in 55 s.
+  line = runner.time_split(str(tmp_path), [(cells[:1], 50.0), (cells[1:], 55.0)], 60.0, 2)
+  assert line == ('Time of the 2 units run (2 workers x 60 s): train steps 70 s (58%), '
+                  'compiling 5 s (4%), evaluation 10 s (8%), analysis 6 s (5%), start-up, '
+                  'data and checkpoints 14 s (12%), idle workers 15 s (12%).')

@@ -3,6 +3,7 @@ gradient norms, computed from a finished cell's config and checkpoint."""
 
 import json
 import os
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -171,7 +172,9 @@ def cell_analysis(celldir: str, num_examples: int = 256) -> dict:
     # With its checkpoints deleted (to free disk), a cell keeps the analysis it had.
     if saved.get('examples') == num_examples and step in (saved.get('step'), None):
       return saved
+  t = time.perf_counter()
   out = dict(analyse_cell(celldir, num_examples), examples=num_examples)
+  out['seconds'] = time.perf_counter() - t  # The sweep's time split counts it.
   run_dir.write_text(path, json.dumps(out))
   print(f'Analysed {os.path.basename(celldir)} (layer responses, gradient norms).',
         flush=True)

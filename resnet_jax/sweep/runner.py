@@ -1,11 +1,13 @@
 """The sweep's scheduler: worker processes fed unit after unit, progress lines with an
 ETA, and a failed cell reported in one line naming its log."""
 
+import json
 import os
 import select
 import subprocess
 import time
 
+from resnet_jax import metrics_io
 from resnet_jax.sweep import ablation as ablation_lib
 from resnet_jax.sweep import status as status_lib
 from resnet_jax.sweep.cells import Cell, unit_cost, unit_name, units
@@ -127,6 +129,38 @@ class Clock:
     return eta_seconds(rate, left, queued, self.workers)
 
 
+def time_split(workdir: str, ran: list[tuple[list[Cell], float]], wall: float,
+               workers: int) -> str:
+  """How the workers' time went (`workers` x `wall` seconds), from the run records of
+  the units `ran` ((cells, seconds from given to done)): train steps, compiling and
+  evaluation (each run's record), the layer analysis (its analysis.json), the rest of
+  each unit's time (process start, data, initialisation, checkpoints) and idle workers."""
+  parts = dict.fromkeys(('train steps', 'compiling', 'evaluation', 'analysis'), 0.0)
+  busy = 0.0
+  for unit, seconds in ran:
+    busy += seconds
+    for i, cell in enumerate(unit):
+      run = [r for r in metrics_io.read_records(os.path.join(workdir, cell.name))
+             if r.get('split') == 'run']
+      if run:
+        if i == 0:  # A unit's seeds share one program: its steps and its compilation.
+          parts['train steps'] += run[-1]['train_seconds']
+          parts['compiling'] += run[-1]['compile_seconds']
+        parts['evaluation'] += run[-1].get('eval_seconds', 0.0)
+      try:
+        with open(os.path.join(workdir, cell.name, 'analysis.json')) as f:
+          parts['analysis'] += json.load(f).get('seconds', 0.0)
+      except (OSError, ValueError):
+        pass
+  parts['start-up, data and checkpoints'] = max(busy - sum(parts.values()), 0.0)
+  total = workers * wall
+  parts['idle workers'] = max(total - busy, 0.0)
+  shares = ', '.join(f'{name} {seconds:,.0f} s ({100 * seconds / max(total, 1e-9):.0f}%)'
+                     for name, seconds in parts.items())
+  return (f'Time of the {len(ran)} unit{"s" * (len(ran) != 1)} run ({workers} '
+          f'worker{"s" * (workers != 1)} x {wall:,.0f} s): {shares}.')
+
+
 def run_sweep(ablation, workdir: str, cells, parallel: int, command: list[str],
               together: bool = False, devices: Devices = Devices('cpu', 1),
               progress_every: float = 60.0):
@@ -149,7 +183,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, command: list[str],
     print(f'Workers\' {devices.platform.upper()} devices: '
           + '; '.join(f'{i}: {e[var]}' for i, e in enumerate(envs)), flush=True)
   workers = [Worker(workdir, i, env, command) for i, env in enumerate(envs)]
-  clock, done = Clock(len(workers)), 0
+  clock, done, ran, t_start = Clock(len(workers)), 0, [], time.perf_counter()
   resumed = {unit_name(u) for u in queue if any(status[c] == 'partial' for c in u)}
 
   log_of = lambda unit: os.path.join(workdir, f'{unit_name(unit)}.log')
@@ -213,6 +247,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, command: list[str],
         statuses = [status_lib.cell_status(os.path.join(workdir, c.name)) for c in unit]
         now = time.perf_counter()
         clock.finished(unit_cost(unit), now - worker.started, name in resumed)
+        ran.append((unit, now - worker.started))
         done += 1
         eta = clock.eta([(unit_cost(w.unit), now - w.started, progress(w.unit))
                          for w in workers if w.unit and w is not worker],
@@ -227,3 +262,5 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, command: list[str],
       if worker.unit:  # Stopped by an error or a signal: it saves a checkpoint.
         worker.proc.terminate()
       worker.close()
+  if ran:
+    print(time_split(workdir, ran, time.perf_counter() - t_start, len(workers)), flush=True)
