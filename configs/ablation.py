@@ -45,9 +45,9 @@ def get_config(arg: str = 'quick'):
     c.overrides = sweep_ablation.sweep_overrides({
         'model': {'num_filters': 8, 'scan_blocks': True},
         'data': {'augment': 'none', 'validation_size': 2000},
-        # A 30-step linear warm-up: the deep residual nets start at a loss of 3 to 4 with
-        # the ordinary classifier and none of them stalls after it (at 60 steps with a
-        # 10-step warm-up, 5 of 17 ResNet-56 runs did).
+        # A 30-step linear warm-up: with the ordinary classifier the deep residual nets
+        # start at a loss of 3 to 4, and a shorter warm-up let some stall after an early
+        # loss spike (docs/ablation_quick/README.md).
         'optimizer': {'learning_rate': 0.1, 'nesterov': False, 'weight_decay': 1e-4,
                       'warmup_steps': 30},
         'batch_size': 128, 'num_train_steps': 150, 'log_every_steps': 10,

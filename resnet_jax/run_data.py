@@ -10,8 +10,6 @@ from resnet_jax import input_pipeline
 from resnet_jax import streaming_input
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-
-
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 

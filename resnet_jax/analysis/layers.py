@@ -83,17 +83,6 @@ def probe_params(model, params, rng, image_shape):
   return {**params, 'head': head}
 
 
-_DATA_CACHE = {}
-
-
-def _data(config):
-  key = (config.data.name, config.data.data_dir, config.data.validation_size,
-         config.data.normalize)
-  if key not in _DATA_CACHE:
-    _DATA_CACHE[key] = Data(config)
-  return _DATA_CACHE[key]
-
-
 class RestoredCell(NamedTuple):
   """A cell rebuilt from its directory: the pieces that evaluating its nets needs."""
   config: ml_collections.ConfigDict
@@ -110,7 +99,7 @@ def restore_cell(celldir: str) -> RestoredCell:
   at its newest checkpoint."""
   with open(os.path.join(celldir, 'config.json')) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  data = _data(config)
+  data = Data(config)  # Its arrays read once a process (run_data).
   total = config_lib.steps_for(config, data.steps_per_epoch)
   model = build_model(config, data.spec.num_classes)
   tx, schedule = optim.create_optimizer(config.optimizer, total)
