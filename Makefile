@@ -1,5 +1,6 @@
 # Two commands: `make run` (set up, then the quick depth ablation on Fashion-MNIST)
-# and `make test`. `make train` trains the single default ResNet-20 run instead.
+# and `make test`. `make why` then runs the why-skips analyses on the sweep's cells;
+# `make train` trains the single default ResNet-20 run instead.
 # Both set up first: a virtual environment with the package (at the versions of
 # constraints.txt), and the Debian package dataset-fashion-mnist where apt-get is
 # available. A second call is fast.
@@ -11,7 +12,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORKDIR ?= runs/ablation
 
-.PHONY: setup data run train test ablation benchmark
+.PHONY: setup data run why train test ablation benchmark
 setup: $(STAMP) data
 
 $(STAMP): pyproject.toml constraints.txt
@@ -31,6 +32,9 @@ run: setup
 	$(VENV)/bin/python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdir=$(WORKDIR) --parallel=2
 
 ablation: run
+
+why: setup
+	$(VENV)/bin/python -m experiments.why_skips --workdir=$(WORKDIR)
 
 train: setup
 	$(VENV)/bin/python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist

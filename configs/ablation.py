@@ -2,8 +2,8 @@
 
 python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdir=runs/ablation
 Presets (the argument):
-  quick    Fashion-MNIST offline, width-8 nets with a zero classifier, a budget of minutes
-           on 2 CPU cores.
+  quick    Fashion-MNIST offline, width-8 nets, 150 steps: a budget of minutes on 2 CPU
+           cores.
   full     Fashion-MNIST at full width, 20 epochs after a one-epoch warm-up: aimed at
            deeper residual nets winning; at 20 epochs ResNet-56 reaches a lower
            training error than ResNet-20 but ties on held-out images

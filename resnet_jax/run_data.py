@@ -94,7 +94,11 @@ class Data:
   def held_out(self, n: int):
     """The first `n` images (uint8, as stored) and labels of the validation split, or of
     the test split where none is held out: the layer analysis's probe images."""
-    split = 'validation' if self.sizes['validation'] else 'test'
+    return self.first('validation' if self.sizes['validation'] else 'test', n)
+
+  def first(self, split: str, n: int):
+    """The first `n` images (uint8, as stored, never augmented) and labels of `split`
+    (all of them where it has fewer)."""
     if self.spec.in_memory:
       return self.splits[split].images[:n], self.splits[split].labels[:n]
     images, labels = [], []

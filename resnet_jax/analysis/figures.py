@@ -39,7 +39,7 @@ def on(data: str) -> str:
   return f', {data}' if data else ''
 
 
-def _depth_colors(depths):
+def depth_colors(depths):
   import matplotlib.pyplot as plt
   cmap = plt.get_cmap('viridis')
   depths = sorted(depths)
@@ -49,7 +49,7 @@ def _depth_colors(depths):
 def plot_training_curves(cells, path, data=''):
   import matplotlib.pyplot as plt
   shortcuts = sorted({c['shortcut'] for c in cells}, key=lambda s: (s != 'none', s))
-  colors = _depth_colors({c['depth'] for c in cells})
+  colors = depth_colors({c['depth'] for c in cells})
   fig, axes = plt.subplots(1, len(shortcuts), figsize=(6 * len(shortcuts), 4.5), sharey=True,
                            squeeze=False)
   for ax, shortcut in zip(axes[0], shortcuts):
@@ -114,7 +114,7 @@ def analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=Fals
                      sort_right=False):
   import matplotlib.pyplot as plt
   from matplotlib.ticker import MaxNLocator
-  colors = _depth_colors({a['depth'] for a in analyses})
+  colors = depth_colors({a['depth'] for a in analyses})
   styles = shortcut_styles(a['shortcut'] for a in analyses)
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
   for panel, (ax, key, title) in enumerate(zip(axes, key_pair, titles)):

@@ -8,6 +8,29 @@ from resnet_jax import run_dir
 from resnet_jax.analysis import figures
 from resnet_jax.analysis import paper
 from resnet_jax.analysis import results
+from resnet_jax.analysis import why_figures
+from resnet_jax.analysis import why_results
+
+WHY_TEXT = """## Why skips work (python -m experiments.why_skips)
+
+- **Loss landscapes** (Li et al. 2018): the training loss (fixed training images,
+  BatchNorm in inference mode) at theta* + a d1 + b d2 for random directions normalised
+  filter by filter, in contours with the same levels for every net; the 1-D curves along
+  one such direction and on the straight line from the initial to the trained weights. A
+  wide, smooth basin around the centre is what makes a net easy to train; Li et al. found
+  plain nets' surfaces turning chaotic with depth where residual nets' stay nearly convex.
+- **Lesion study** (Veit et al. 2016): the test error with one shape-keeping block
+  replaced by the identity, for every such block, and with k random blocks deleted. A
+  residual net whose error barely moves behaves like an ensemble of shallower paths; a
+  plain net has one path, and deleting a block breaks it.
+- **Sharpness**: the top eigenvalue of the loss Hessian at the trained weights (power
+  iteration on Hessian-vector products, fixed training images, BatchNorm in inference
+  mode): the curvature of the sharpest direction; the `sharpness` column of the table
+  above.
+
+Means over the seeds analysed (landscapes: the first seed of each depth and net unless
+asked for all):
+"""
 
 
 def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict]:
@@ -57,6 +80,9 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
           f'Gradient norm of each block (plain dashed, residual solid){figures.on(data)}',
           log=True)
       written += ['layer_responses.png', 'gradient_norms.png']
+  done = [c for c in cells if results.finished(c)]
+  why_written = why_figures.write_figures(done, workdir, data)
+  written += why_written
   preset = ablation.get('preset') if ablation else None  # None: no ablation.json.
   about = ', '.join(filter(None, [f'{preset} preset' if preset else '', data]))
   title = '# Depth ablation: plain versus residual' + (f' ({about})' if about else '')
@@ -72,7 +98,10 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   steps = results.step_tables(cells)
   if steps:
     lines += [steps]
-  lines += [f'![{f}]({f})\n' for f in written]
+  lines += [f'![{f}]({f})\n' for f in written if f not in why_written]
+  if why_written:
+    lines += [WHY_TEXT, why_results.summary_markdown(done, results.group_label)]
+    lines += [f'![{f}]({f})\n' for f in why_written]
   run_dir.write_text(os.path.join(workdir, 'report.md'), '\n'.join(lines))
   running_now = ''.join(f'unfinished: {line}\n' for line in progress)
   print(f'\n{table}\n{running_now}Wrote the report into {workdir}: report.md, results.csv, '

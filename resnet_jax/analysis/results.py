@@ -10,6 +10,7 @@ import numpy as np
 from resnet_jax import metrics_io
 from resnet_jax import run_dir
 from resnet_jax.analysis import paper
+from resnet_jax.analysis import why_results
 from resnet_jax.sweep.cells import Cell
 
 
@@ -50,6 +51,7 @@ def read_cell(celldir: str) -> dict | None:
     with open(diverged_path) as f:
       diverged = json.load(f)['step']
   final_step = run[-1]['step'] if run else None
+  why = why_results.read(celldir)
   val_final = [r for r in val if r['step'] == final_step]
   return {
       'name': name, 'depth': cell.depth, 'shortcut': cell.shortcut, 'seed': cell.seed, 'done': bool(run), 'diverged_step': diverged,
@@ -60,6 +62,8 @@ def read_cell(celldir: str) -> dict | None:
       'val_error': 1 - val_final[-1]['accuracy'] if val_final else np.nan,
       'test_error': 1 - test[-1]['accuracy'] if run and test else np.nan,
       'seconds': run_seconds(run[-1], train) if run else np.nan,
+      'sharpness': why.get('sharpness', {}).get('eigenvalue', np.nan),
+      'why': why,  # The why-skips analyses it has (analysis.why_skips).
       'train_curve': [(r['step'], 1 - r['accuracy']) for r in train],
       'val_curve': [(r['step'], 1 - r['accuracy']) for r in val],
   }
@@ -185,7 +189,7 @@ def summarise(cells: list[dict]) -> list[dict]:
            'seeds_done': len(ok), 'diverged': sum(c['diverged_step'] is not None
                                                    for c in group),
            'steps': max((c['steps'] for c in ok), default=None)}
-    for metric in ('train_error', 'val_error', 'test_error', 'seconds'):
+    for metric in ('train_error', 'val_error', 'test_error', 'seconds', 'sharpness'):
       row[f'{metric}_mean'], row[f'{metric}_std'] = _mean_std([c[metric] for c in ok])
     rows.append(row)
   return rows
@@ -197,10 +201,19 @@ def _pct(mean, std):
   return f'{100 * mean:.2f} +- {100 * std:.2f}' if np.isfinite(std) else f'{100 * mean:.2f}'
 
 
+def _number(mean, std):
+  if not np.isfinite(mean):
+    return '-'
+  return f'{mean:.3g} +- {std:.2g}' if np.isfinite(std) else f'{mean:.3g}'
+
+
 def results_markdown(rows, paper_table='') -> str:
   paper_table = paper.table_name(paper_table)
   head = ['depth', 'net', 'params', 'train error %', 'val error %', 'test error %', 'steps',
           'time / run (s)', 'seeds', 'diverged']
+  sharp = any(np.isfinite(r.get('sharpness_mean', np.nan)) for r in rows)
+  if sharp:
+    head.append('sharpness')
   if paper_table:
     header, errors = paper.TABLES[paper_table]
     head.append(header)
@@ -214,6 +227,8 @@ def results_markdown(rows, paper_table='') -> str:
              str(r['steps'] or '-'),
              f'{r["seconds_mean"]:.0f}' if np.isfinite(r['seconds_mean']) else '-',
              str(r['seeds_done']), str(r['diverged'])]
+    if sharp:
+      cells.append(_number(r.get('sharpness_mean', np.nan), r.get('sharpness_std', np.nan)))
     if paper_table:
       cells.append(errors.get((r['shortcut'], r['depth']), '-'))
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -223,7 +238,8 @@ def results_markdown(rows, paper_table='') -> str:
 def write_csv(rows, path):
   fields = ['depth', 'shortcut', 'net', 'params', 'seeds_done', 'diverged', 'steps',
             'train_error_mean', 'train_error_std', 'val_error_mean', 'val_error_std',
-            'test_error_mean', 'test_error_std', 'seconds_mean', 'seconds_std']
+            'test_error_mean', 'test_error_std', 'seconds_mean', 'seconds_std',
+            'sharpness_mean', 'sharpness_std']
   with run_dir.replacing(path) as tmp, open(tmp, 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
     w.writeheader()

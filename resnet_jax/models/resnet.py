@@ -3,7 +3,9 @@
 One `ResNet` module serves both: the stem, the block class and the stage sizes
 differ. A stage's first block may change shape; its other blocks are identical
 and run under `nn.scan` (optionally `nn.remat`), so compile time does not grow
-with depth. `shortcut='none'` gives the plain twin of the same depth.
+with depth. `shortcut='none'` gives the plain twin of the same depth. `keep`, one 0/1 entry per
+block in network order, deletes blocks at run time (the lesion study): a block whose
+entry is 0 passes its input on unchanged, in scanned stages too.
 """
 
 import functools
@@ -21,13 +23,18 @@ ModuleDef = Any
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 
+def _kept(block_out, block_in, keep):
+  """The block's output, or its input where `keep` (a scalar, or None: kept) is 0."""
+  return block_out if keep is None else jnp.where(keep > 0, block_out, block_in)
+
+
 class _ScanCell(nn.Module):
-  """Adapts a block to `nn.scan`'s (carry, x) -> (carry, y) signature."""
+  """Adapts a block to `nn.scan`'s (carry, x) -> (carry, y) signature; x: its keep entry."""
   block: ModuleDef
 
   @nn.compact
-  def __call__(self, x, _):
-    return self.block(name='block')(x), None
+  def __call__(self, x, keep):
+    return _kept(self.block(name='block')(x), x, keep), None
 
 
 class ResNet(nn.Module):
@@ -49,7 +56,10 @@ class ResNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
+  def __call__(self, x, train: bool = True, keep=None):
+    """Logits of images `x`; `keep` (None: every block) has an entry per block in network
+    order, and its zeros delete the blocks that keep their input's shape (those that
+    `deletable_blocks` marks; the entries of the others are not read)."""
     if self.num_filters < 1:
       raise ValueError(f'num_filters (the first stage\'s width) must be >= 1, got '
                        f'{self.num_filters}.')
@@ -78,14 +88,23 @@ class ResNet(nn.Module):
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
+    if keep is not None:
+      keep = jnp.asarray(keep)
+      if keep.shape != (sum(self.stage_sizes),):
+        raise ValueError(f'keep needs one entry per block ({sum(self.stage_sizes)}), got '
+                         f'shape {keep.shape}.')
+    first = 0  # The index of the stage's first block in `keep`.
     for i, size in enumerate(self.stage_sizes):
+      stage_keep = [None] * size if keep is None else keep[first:first + size]
+      first += size
       block = functools.partial(
           self.block_cls, filters=self.num_filters * 2**i, conv=conv, norm=norm,
           shortcut=self.shortcut, preact=self.preact,
           zero_init_last_bn=self.zero_init_last_bn)
       if self.remat:
         block = nn.remat(block)
-      x = block(strides=1 if i == 0 else 2, name=f'stage{i + 1}_block1')(x)
+      y = block(strides=1 if i == 0 else 2, name=f'stage{i + 1}_block1')(x)
+      x = _kept(y, x, stage_keep[0]) if y.shape == x.shape else y
       if size == 1:
         continue
       if self.scan_blocks:
@@ -94,10 +113,12 @@ class ResNet(nn.Module):
             cell, variable_axes={'params': 0, 'batch_stats': 0, 'intermediates': 0},
             split_rngs={'params': True}, length=size - 1)
         x, _ = scanned(block=functools.partial(block, strides=1),
-                       name=f'stage{i + 1}_blocks')(x, None)
+                       name=f'stage{i + 1}_blocks')(
+                           x, None if keep is None else stage_keep[1:])
       else:
         for j in range(1, size):
-          x = block(strides=1, name=f'stage{i + 1}_block{j + 1}')(x)
+          x = _kept(block(strides=1, name=f'stage{i + 1}_block{j + 1}')(x), x,
+                    stage_keep[j])
 
     if self.preact:
       x = nn.relu(norm(name='final_bn')(x))
@@ -107,6 +128,17 @@ class ResNet(nn.Module):
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                  kernel_init=head_init, name='head')(x)
     return x.astype(jnp.float32)
+
+
+def deletable_blocks(model: ResNet) -> list[bool]:
+  """Per block in network order (stage by stage), whether it keeps its input's shape,
+  so that deleting it (`keep`) leaves a working net: not the first block of a stage that
+  downsamples or widens."""
+  out = []
+  for i, size in enumerate(model.stage_sizes):
+    widens = model.block_cls.expansion != 1  # The stem's width is num_filters.
+    out += [i == 0 and not widens] + [True] * (size - 1)
+  return out
 
 
 def cifar_stage_sizes(depth: int) -> list[int]:

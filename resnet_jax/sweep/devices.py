@@ -64,16 +64,19 @@ def check_parallel(parallel: int, devices: Devices):
 _VISIBLE = {'cuda': 'CUDA_VISIBLE_DEVICES', 'rocm': 'HIP_VISIBLE_DEVICES'}
 
 
+def compilation_cache(workdir: str) -> str:
+  """The sweep's persistent XLA compilation cache: cells of one architecture compile the
+  same programs, and JAX's cache compiles them once for the sweep and its analyses."""
+  return os.path.join(os.path.abspath(workdir), '.jax_cache')
+
+
 def worker_envs(workdir: str, n_workers: int, devices: Devices, sizes=(1,),
                 environ=None) -> list[dict]:
   """The environments of the sweep's worker processes. On GPUs each worker gets GPUs of
   its own while there are enough (as many as divide every batch size in `sizes`),
   else a share of one GPU's memory; a cell's run shards over the GPUs it sees."""
   env = dict(os.environ if environ is None else environ)
-  # Cells of one architecture compile the same programs: JAX's persistent cache
-  # compiles them once for the sweep.
-  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(workdir),
-                                                           '.jax_cache'))
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', compilation_cache(workdir))
   envs = [dict(env) for _ in range(n_workers)]
   var = _VISIBLE.get(devices.platform)
   if var is None or n_workers <= 1:  # (None when every cell is done.)

@@ -1,0 +1,67 @@
+"""The why-skips analyses a cell keeps (CELL/why/*.json): where they live, reading them,
+and the report's summary of them."""
+
+import json
+import os
+
+import numpy as np
+
+WHY = 'why'  # The folder of a cell that holds its analyses.
+NAMES = ('landscape_2d', 'landscape_1d', 'landscape_line', 'lesion', 'sharpness')
+
+
+def path(celldir: str, name: str) -> str:
+  return os.path.join(celldir, WHY, f'{name}.json')
+
+
+def load(file: str, settings: dict | None = None) -> dict | None:
+  """A saved analysis (None: missing, unreadable, or made with other `settings`)."""
+  try:
+    with open(file) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if settings is not None and saved.get('settings') != settings:
+    return None
+  return saved
+
+
+def read(celldir: str) -> dict:
+  """The analyses kept in a cell's why/ folder: {name: saved dict}, complete ones only."""
+  out = {}
+  for name in NAMES:
+    saved = load(path(celldir, name))
+    if saved and (not name.startswith('landscape') or None not in saved['loss']):
+      out[name] = saved
+  return out
+
+
+def summary_markdown(cells: list[dict], label) -> str:
+  """A table per (depth, net), means over the seeds analysed: the lesion study's test
+  error whole, and with one block deleted (mean and worst over the blocks), sharpness,
+  and the landscape's loss at its centre and its highest on the 2-D grid."""
+  groups = {}
+  for c in cells:
+    if c['why']:
+      groups.setdefault((c['depth'], c['shortcut']), []).append(c['why'])
+  if not groups:
+    return ''
+  lines = ['| net | test error % (lesion images) | one block deleted: mean % | worst % | '
+           'sharpness | 2-D landscape: centre loss | highest loss |', '|' + '---|' * 7]
+  mean = lambda xs: float(np.mean(xs)) if xs else np.nan
+  fmt = lambda x, f: '-' if not np.isfinite(x) else format(x, f)
+  for (depth, shortcut), whys in sorted(groups.items(),
+                                        key=lambda g: (g[0][0], g[0][1] != 'none')):
+    lesions = [w['lesion'] for w in whys if 'lesion' in w]
+    singles = [[s['error'] for s in l['single']] for l in lesions if l['single']]
+    grids = [np.array(w['landscape_2d']['loss'], float) for w in whys
+             if 'landscape_2d' in w]
+    row = [label(depth, shortcut),
+           fmt(100 * mean([l['error'] for l in lesions]), '.2f'),
+           fmt(100 * mean([np.mean(s) for s in singles]), '.2f'),
+           fmt(100 * mean([np.max(s) for s in singles]), '.2f'),
+           fmt(mean([w['sharpness']['eigenvalue'] for w in whys if 'sharpness' in w]), '.3g'),
+           fmt(mean([g[len(g) // 2] for g in grids]), '.3g'),
+           fmt(mean([np.max(g) for g in grids]), '.3g')]
+    lines.append('| ' + ' | '.join(row) + ' |')
+  return '\n'.join(lines) + '\n'
