@@ -19,13 +19,22 @@ COMPILE_RATIO_TARGET, PIPELINE_RATIO_TARGET, MEMORY_TARGET_GIB = 3.0, 5.0, 24.0
 MODULE = 'experiments.benchmark'  # The command line that measures a row alone.
 
 
+QUICK = 'quick-'  # The quick preset's nets: width 8 on 28x28x1 Fashion-MNIST images.
+
+
 def parse_model(name: str) -> tuple[dict, tuple, int]:
-  """'resnet56' -> (model kwargs, image shape, classes)."""
-  match = re.fullmatch(r'(resnet|plain)(\d+)', name)
+  """'resnet56' -> (model kwargs, image shape, classes); 'quick-plain56': the quick
+  ablation preset's plain-56 (width 8, 28x28x1)."""
+  match = re.fullmatch(r'(quick-)?(resnet|plain)(\d+)', name)
   if not match:
-    raise ValueError(f'Unknown benchmark model {name!r}: use resnetN or plainN.')
+    raise ValueError(f'Unknown benchmark model {name!r}: use resnetN or plainN (quick-resnetN '
+                     'or quick-plainN for the quick preset\'s nets).')
   from resnet_jax.models import resnet  # The families' own depth rules.
-  residual, depth = match.group(1) == 'resnet', int(match.group(2))
+  quick, residual, depth = bool(match.group(1)), match.group(2) == 'resnet', int(match.group(3))
+  if quick:
+    resnet.cifar_stage_sizes(depth)
+    return (dict(name='cifar_resnet', depth=depth, num_filters=8,
+                 shortcut='A' if residual else 'none'), (28, 28, 1), 10)
   if depth not in resnet.IMAGENET_DEPTHS:
     try:
       resnet.cifar_stage_sizes(depth)
@@ -94,7 +103,8 @@ def measure_row(row: dict) -> dict:
   config.model.conv_impl = row['conv_impl']
   config.cpu_convolutions = row['cpu_convolutions']
   config.batch_size = row['batch_size']
-  config.data.augment = 'crop_flip'
+  # As the nets train: the quick preset without augmentation, CIFAR with crop and flip.
+  config.data.augment = 'none' if row['model'].startswith(QUICK) else 'crop_flip'
   seeds = row.get('seeds', 1)
   timed = time_train_step(config, image_shape, num_classes, seeds, row['steps'],
                           row['warmup'])
@@ -237,11 +247,16 @@ def targets(rows: list[dict], pipeline: dict | None) -> list[str]:
       out.append(f'compile ResNet-1202 / ResNet-20 (batch {b}): {ratio:.2f}x '
                  f'(target <= {COMPILE_RATIO_TARGET:g}x: '
                  f'{"met" if ratio <= COMPILE_RATIO_TARGET else "NOT met"})')
-    if fastest and small.get('torch_images_per_second'):
-      ratio = fastest['images_per_second'] / small['torch_images_per_second']
-      out.append(f'ResNet-20 batch {b} images/s, JAX ({_blocks(fastest)}) / PyTorch: '
-                 f'{ratio:.2f} ({fastest["images_per_second"]:.0f} vs '
-                 f'{small["torch_images_per_second"]:.0f}; target >= 1: '
+    for model in dict.fromkeys(r['model'] for r in rows):  # Each net PyTorch timed too.
+      timed = ok.get((model, b, False, True))
+      if not timed or not timed.get('torch_images_per_second'):
+        continue
+      jax_row = max((r for r in (timed, ok.get((model, b, False, False))) if r),
+                    key=lambda r: r['images_per_second'])
+      ratio = jax_row['images_per_second'] / timed['torch_images_per_second']
+      out.append(f'{model} batch {b} images/s, JAX ({_blocks(jax_row)}) / PyTorch: '
+                 f'{ratio:.2f} ({jax_row["images_per_second"]:.0f} vs '
+                 f'{timed["torch_images_per_second"]:.0f}; target >= 1: '
                  f'{"met" if ratio >= 1 else "NOT met"})')
     if fastest and pipeline:
       ratio = pipeline['pipeline_images_per_second'] / fastest['images_per_second']
@@ -267,9 +282,10 @@ def _step_seconds(rows: list[dict], seeds: int):
   residual alike), or None with fewer than two depths."""
   import numpy as np
   timed = [(kwargs['depth'], r['step_ms'] / 1000)
-           for r, kwargs in ((r, parse_model(r['model'])[0]) for r in rows)
+           for r, (kwargs, shape, _) in ((r, parse_model(r['model'])) for r in rows)
            if 'error' not in r and r['batch_size'] == 128 and r['scan'] and not r['remat']
-           and r.get('seeds', 1) == seeds and kwargs['name'] == 'cifar_resnet']
+           and r.get('seeds', 1) == seeds and kwargs['name'] == 'cifar_resnet'
+           and shape == (32, 32, 3) and kwargs['num_filters'] == 16]
   if len({d for d, _ in timed}) < 2:
     return None
   slope, intercept = np.polyfit([d for d, _ in timed], [t for _, t in timed], 1)
@@ -361,9 +377,11 @@ def measure(row: dict, torch_max_depth: int) -> dict:
 def torch_row(row: dict) -> dict:
   """PyTorch's step time for `row` (experiments.benchmark --torch_row)."""
   from resnet_jax import torch_reference
+  kwargs, shape, classes = parse_model(row['model'])
   return torch_reference.train_step_ms(
-      parse_model(row['model'])[0]['depth'], row['model'].startswith('resnet'),
-      row['batch_size'], steps=row['steps'], warmup=row['warmup'])
+      kwargs['depth'], kwargs['shortcut'] != 'none', row['batch_size'], image_size=shape[0],
+      width=kwargs['num_filters'], in_channels=shape[-1], num_classes=classes,
+      steps=row['steps'], warmup=row['warmup'])
 
 
 def print_summary(rows: list[dict], pipeline, peak, seeds: int) -> dict:

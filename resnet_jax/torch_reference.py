@@ -53,14 +53,15 @@ class CifarResNet(nn.Module):
 
 
 def train_step_ms(depth: int, residual: bool, batch_size: int, image_size: int = 32,
+                  width: int = 16, in_channels: int = 3, num_classes: int = 10,
                   steps: int = 5, warmup: int = 2) -> dict:
   """Median ms of a full SGD step (forward, backward, update, BN statistics)."""
   torch.manual_seed(0)
-  model = CifarResNet(depth, residual)
+  model = CifarResNet(depth, residual, width, in_channels, num_classes)
   model.train()
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-  x = torch.randn(batch_size, 3, image_size, image_size)
-  y = torch.randint(0, 10, (batch_size,))
+  x = torch.randn(batch_size, in_channels, image_size, image_size)
+  y = torch.randint(0, num_classes, (batch_size,))
   times = []
   for i in range(warmup + steps):
     t = time.perf_counter()

@@ -24,10 +24,16 @@ def test_model_names():
     benchmark.parse_model('vgg16')
   with pytest.raises(ValueError, match='6n\\+2'):
     benchmark.parse_model('resnet21')
+  # The quick preset's nets: width 8 on Fashion-MNIST's 28x28x1 images.
+  assert benchmark.parse_model('quick-plain56') == (
+      dict(name='cifar_resnet', depth=56, num_filters=8, shortcut='none'), (28, 28, 1), 10)
+  with pytest.raises(ValueError, match='6n\\+2'):
+    benchmark.parse_model('quick-resnet21')
 
 
 @pytest.mark.parametrize('flag,message', [
-    ('--models=resnet20,foo', "error: Unknown benchmark model 'foo': use resnetN or plainN."),
+    ('--models=resnet20,foo', "error: Unknown benchmark model 'foo': use resnetN or plainN "
+                              "(quick-resnetN or quick-plainN"),
     ('--remat_models=plain21', "error: Unknown benchmark model 'plain21': the depth of a "),
     ('--batch_sizes=128,big', "error: --batch_sizes takes positive integers, not 'big'."),
     ('--models=', 'error: --models is empty: name the models to time'),
@@ -105,7 +111,12 @@ def test_one_row_is_measured_and_the_targets_read_it():
                                            row['images_per_second'] * 10})
   assert any('compile ResNet-1202 / ResNet-20 (batch 8): 2.00x' in l and '(target <= 3x: met)'
              in l for l in lines)
-  assert any('JAX (scan) / PyTorch: 0.50' in l and 'NOT met' in l for l in lines)
+  assert any(l.startswith('resnet20 batch 8 images/s, JAX (scan) / PyTorch: 0.50')
+             and 'NOT met' in l for l in lines)
+  # Each net that PyTorch timed gets its ratio, the quick preset's nets too.
+  quick = dict(row, model='quick-plain56', torch_images_per_second=row['images_per_second'] / 2)
+  assert any(l.startswith('quick-plain56 batch 8 images/s, JAX (scan) / PyTorch: 2.00')
+             and 'met)' in l for l in benchmark.targets([quick], None))
   assert any('pipeline / ResNet-20 train step images/s: 10.0x' in l and 'met)' in l
              for l in lines)
   assert any('ResNet-1202 batch 8 without remat: peak 30.0 GiB' in l and 'comparison' in l
