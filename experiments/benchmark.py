@@ -6,11 +6,15 @@ Each (model, batch size, remat) row runs in its own process, so its peak memory 
 its own. Prints a table, the issue's targets as ratios within this one run, the
 hours the paper and extreme ablation presets would train at these step times, and
 writes everything as JSON. Models: `resnetN` / `plainN` (CIFAR family, 32x32x3),
+`quick-resnetN` / `quick-plainN` (the quick preset's width-8 nets on 28x28x1),
 `resnet50` / `plain50` (ImageNet family at 64x64x3). A PyTorch column is added where
-torch is installed. The measuring lives in resnet_jax.benchmark.
+torch is installed; `--lesson` (default) trains the lesson's model one epoch beside its
+own Keras program. The measuring lives in resnet_jax.benchmark and
+resnet_jax.lesson_benchmark.
 """
 
 import json
+import os
 import sys
 
 from absl import app
@@ -19,6 +23,7 @@ from absl import logging
 
 from resnet_jax import benchmark
 from resnet_jax import cli
+from resnet_jax import lesson_benchmark
 
 _MODELS = flags.DEFINE_list(
     'models', 'quick-resnet20,quick-plain20,quick-resnet56,quick-plain56,resnet20,plain20,'
@@ -46,6 +51,9 @@ _VMAPPED = flags.DEFINE_enum(
     'the paper preset\'s seeds in one vmapped program, as the depth ablation trains them '
     'there: auto = where the default JAX backend is not the CPU (as its --vmap_seeds).')
 _PIPELINE = flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline on its own.')
+_LESSON = flags.DEFINE_bool('lesson', True, 'Also train the lesson\'s model one epoch '
+                            '(configs/seed_mnist.py) beside its own Keras program '
+                            '(experiments/keras_lesson.py; needs TensorFlow): a few minutes.')
 _PEAK = flags.DEFINE_float('peak_gflops', 0.0, 'The machine\'s peak GFLOP/s (0: estimated '
                            'for CPUs from cores x clock x FMA width).', lower_bound=0)
 _OUTPUT = flags.DEFINE_string('output', 'runs/benchmark/benchmark.json', 'The JSON file.')
@@ -95,9 +103,16 @@ def main(argv):
     print('input pipeline ...', end=' ', flush=True)
     pipeline = benchmark.pipeline_images_per_second(int(_BATCH_SIZES.value[0]))
     print(f'{pipeline["pipeline_images_per_second"]:.0f} img/s', flush=True)
+  lesson = None
+  if _LESSON.value:
+    print('the lesson\'s model and its Keras program, one epoch each ...', flush=True)
+    lesson = lesson_benchmark.compare(os.path.join(os.path.dirname(
+        os.path.abspath(_OUTPUT.value)), 'lesson'))
   peak = benchmark.machine_peak_gflops(_PEAK.value)
   hours = benchmark.print_summary(rows, pipeline, peak, seeds)
-  benchmark.save(_OUTPUT.value, rows, pipeline, peak, hours)
+  for line in lesson_benchmark.lines(lesson) if lesson else ():
+    print(line)
+  benchmark.save(_OUTPUT.value, rows, pipeline, peak, hours, lesson)
   print(f'Wrote {_OUTPUT.value}.')
 
 

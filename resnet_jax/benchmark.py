@@ -336,12 +336,14 @@ def check_output(path: str) -> None:
                      'another --output.')
 
 
-def save(path: str, rows, pipeline, peak, hours=None):
-  """Writes the JSON (after every row, so a long benchmark keeps what it measured)."""
+def save(path: str, rows, pipeline, peak, hours=None, lesson=None):
+  """Writes the JSON (after every row, so a long benchmark keeps what it measured);
+  `lesson`: the lesson's model against Keras (lesson_benchmark.compare)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   run_dir.write_text(path, json.dumps(
       {'rows': rows, 'pipeline': pipeline, 'peak_gflops': peak,
-       'targets': targets(rows, pipeline), 'preset_hours': hours}, indent=2))
+       'targets': targets(rows, pipeline), 'preset_hours': hours, 'lesson': lesson},
+      indent=2))
 
 
 def plan(models: list[str], batch_sizes: list[str], remat_models: list[str],

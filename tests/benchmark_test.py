@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from resnet_jax import benchmark
+from resnet_jax import lesson_benchmark
 from resnet_jax import models
 from tests.conftest import REPO
 
@@ -160,3 +161,35 @@ def test_a_row_runs_without_tensorflow(tmp_path):
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, []]
+
+
+def test_the_lesson_row_reads_both_programs_outputs_and_says_the_targets():
+  records = [{'split': 'train', 'step': 844, 'accuracy': 0.8},
+             {'split': 'test', 'step': 844, 'accuracy': 0.9012, 'loss': 0.28},
+             {'split': 'run', 'step': 844, 'compile_seconds': 5.0, 'train_seconds': 90.0,
+              'eval_seconds': 5.0}]
+  keras = {'fit_seconds': 60.0, 'evaluate_seconds': 2.0, 'test_accuracy': 0.8956,
+           'tensorflow': '2.21.0'}
+  s = lesson_benchmark.summary(records, keras, ours_wall=110.0, keras_wall=75.0)
+  assert s['lesson_seconds'] == 100.0 and s['keras_seconds'] == 62.0
+  assert s['lesson_speed_ratio'] == pytest.approx(0.62)
+  speed, accuracy = lesson_benchmark.lines(s)
+  assert speed.startswith('lesson model, one epoch, speed JAX / Keras 2.21.0: 0.62 ')
+  assert 'whole process 110 s vs 75 s' in speed and speed.endswith('NOT met)')
+  assert accuracy.endswith('(within a point: yes)')
+  behind = lesson_benchmark.summary(records, dict(keras, test_accuracy=0.88), 1.0, 1.0)
+  assert lesson_benchmark.lines(behind)[1].endswith('(within a point: NO)')
+  assert lesson_benchmark.lines({'error': 'TensorFlow is not installed'}) == [
+      'lesson model against Keras: not measured (TensorFlow is not installed)']
+
+
+def test_the_lessons_keras_program_writes_what_it_printed_as_json(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.keras_lesson',
+                        '--max_examples=640', f'--output={tmp_path}/keras.json'], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  saved = json.loads((tmp_path / 'keras.json').read_text())
+  assert saved['train_examples'] == 640 and saved['test_examples'] == 640
+  assert saved['params'] == 288_202  # The lesson's model, as the docs count it.
+  assert f'Test accuracy: {saved["test_accuracy"]:.4f}' in out.stdout
+  assert saved['fit_seconds'] > 0 and saved['evaluate_seconds'] > 0

@@ -1,0 +1,82 @@
+"""The lesson's model against the lesson's own Keras program, side by side in one run: one
+epoch of `configs/seed_mnist.py` and of `experiments/keras_lesson.py` on the same data,
+timed and scored from what each writes (metrics.jsonl, the Keras program's JSON)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from resnet_jax import metrics_io
+
+CONFIG = 'configs/seed_mnist.py'
+
+
+def summary(records: list[dict], keras: dict, ours_wall: float, keras_wall: float) -> dict:
+  """Our run's records and the Keras program's JSON -> seconds, accuracies and ratios.
+  Training and evaluation: ours compile + steps + evaluations (of the held-out 10% and
+  the test split), Keras' fit (its validation pass included) + evaluate."""
+  run = [r for r in records if r['split'] == 'run'][-1]
+  test = [r for r in records if r['split'] == 'test'][-1]
+  ours = run['compile_seconds'] + run['train_seconds'] + run['eval_seconds']
+  theirs = keras['fit_seconds'] + keras['evaluate_seconds']
+  return {'lesson_seconds': ours, 'keras_seconds': theirs,
+          'lesson_speed_ratio': theirs / ours,  # > 1: ours is faster.
+          'lesson_wall_seconds': ours_wall, 'keras_wall_seconds': keras_wall,
+          'lesson_test_accuracy': test['accuracy'],
+          'keras_test_accuracy': keras['test_accuracy'],
+          'tensorflow': keras.get('tensorflow')}
+
+
+def lines(s: dict) -> list[str]:
+  """The comparison as the benchmark prints it, with the issue's targets."""
+  if 'error' in s:
+    return [f'lesson model against Keras: not measured ({s["error"]})']
+  ratio, gap = s['lesson_speed_ratio'], abs(s['lesson_test_accuracy']
+                                             - s['keras_test_accuracy'])
+  return [f'lesson model, one epoch, speed JAX / Keras {s["tensorflow"]}: {ratio:.2f} '
+          f'(training and evaluation {s["lesson_seconds"]:.0f} s vs '
+          f'{s["keras_seconds"]:.0f} s; whole process {s["lesson_wall_seconds"]:.0f} s vs '
+          f'{s["keras_wall_seconds"]:.0f} s; target >= 1: '
+          f'{"met" if ratio >= 1 else "NOT met"})',
+          f'lesson model test accuracy: JAX {s["lesson_test_accuracy"]:.4f}, Keras '
+          f'{s["keras_test_accuracy"]:.4f} (within a point: {"yes" if gap <= 0.01 else "NO"})']
+
+
+def _run(cmd: list[str]) -> float:
+  """Runs `cmd` from the repository; its wall seconds. A failure raises RuntimeError with
+  its last line of output."""
+  t = time.perf_counter()
+  out = subprocess.run(cmd, capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if out.returncode:
+    tail = (out.stderr.strip() or out.stdout.strip() or '(no output)').splitlines()[-1]
+    raise RuntimeError(f'{" ".join(cmd[1:4])} failed: {tail}')
+  return time.perf_counter() - t
+
+
+def compare(workdir: str, data: str = 'fashion_mnist') -> dict:
+  """One epoch of each, ours first, into `workdir` (a fresh run each time); `summary`, or
+  {'error': why} where one of them cannot run here."""
+  import importlib.util
+  try:
+    found = importlib.util.find_spec('tensorflow') is not None
+  except ImportError:
+    found = False
+  if not found:
+    return {'error': 'TensorFlow is not installed'}
+  ours_dir, keras_json = os.path.join(workdir, 'seed_mnist'), os.path.join(workdir, 'keras.json')
+  shutil.rmtree(ours_dir, ignore_errors=True)  # Not a resumed run: a whole epoch.
+  arg = ':mnist' if data == 'mnist' else ''
+  try:
+    ours_wall = _run([sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG}{arg}',
+                      f'--workdir={ours_dir}'])
+    keras_wall = _run([sys.executable, '-m', 'experiments.keras_lesson', f'--data={data}',
+                       f'--output={keras_json}'])
+  except RuntimeError as e:
+    return {'error': str(e)}
+  with open(keras_json) as f:
+    keras = json.load(f)
+  return summary(metrics_io.read_records(ours_dir), keras, ours_wall, keras_wall)
