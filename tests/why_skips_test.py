@@ -251,6 +251,19 @@ def test_the_command_analyses_a_sweeps_cells_once_and_the_report_shows_them(swee
   assert bad.returncode == 1 and 'No finished cell matches --cells' in bad.stderr
 
 
+def test_single_runs_are_analysed_and_other_settings_computed_anew(sweep, capsys):
+  run = os.path.join(sweep, 'resnetA-14-seed0')
+  lesion_only = why_skips.Options(analyses=('lesion',), lesion_examples=32, lesion_draws=1,
+                                  lesion_max_deleted=1, seed=7)
+  why_skips.run_dirs([run], lesion_only)
+  saved = why_results.read(run)['lesion']
+  assert saved['settings'] == {'examples': 32, 'draws': 1, 'max_deleted': 1, 'seed': 7,
+                               'step': 4}
+  assert '[1/1] resnetA-14-seed0: lesion (32 test images)' in capsys.readouterr().out
+  why_skips.run_dirs([run], lesion_only)  # The same settings: nothing to compute.
+  assert capsys.readouterr().out == ''
+
+
 def test_bad_options_are_refused_naming_the_key():
   for options, key in ((why_skips.Options(analyses=('landscape', 'hessian')), 'hessian'),
                        (why_skips.Options(landscape_resolution=1), 'landscape_resolution'),
