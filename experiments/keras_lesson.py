@@ -7,7 +7,6 @@ as JSON (the benchmark's lesson row reads it: resnet_jax/lesson_benchmark.py).
 """
 
 import json
-
 import os
 import time
 

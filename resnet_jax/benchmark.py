@@ -19,22 +19,34 @@ COMPILE_RATIO_TARGET, PIPELINE_RATIO_TARGET, MEMORY_TARGET_GIB = 3.0, 5.0, 24.0
 MODULE = 'experiments.benchmark'  # The command line that measures a row alone.
 
 
-QUICK = 'quick-'  # The quick preset's nets: width 8 on 28x28x1 Fashion-MNIST images.
+QUICK = 'quick-'  # quick-resnetN, quick-plainN: the quick ablation preset's nets.
+
+
+def quick_config(name: str):
+  """The run config of the quick preset's cell that `name` (quick-plain56) times."""
+  from resnet_jax.sweep import ablation as ablation_lib
+  from resnet_jax.sweep.cells import Cell
+  kwargs = parse_model(name)[0]
+  preset = ablation_lib.load_config_file('ablation.py').get_config('quick')
+  return ablation_lib.cell_config(preset, Cell(kwargs['depth'], kwargs['shortcut'], 0))
 
 
 def parse_model(name: str) -> tuple[dict, tuple, int]:
   """'resnet56' -> (model kwargs, image shape, classes); 'quick-plain56': the quick
-  ablation preset's plain-56 (width 8, 28x28x1)."""
-  match = re.fullmatch(r'(quick-)?(resnet|plain)(\d+)', name)
+  ablation preset's plain-56, as its config builds it, on its data set's images."""
+  match = re.fullmatch(f'({QUICK})?(resnet|plain)(\\d+)', name)
   if not match:
     raise ValueError(f'Unknown benchmark model {name!r}: use resnetN or plainN (quick-resnetN '
                      'or quick-plainN for the quick preset\'s nets).')
   from resnet_jax.models import resnet  # The families' own depth rules.
   quick, residual, depth = bool(match.group(1)), match.group(2) == 'resnet', int(match.group(3))
   if quick:
+    from resnet_jax import datasets
     resnet.cifar_stage_sizes(depth)
-    return (dict(name='cifar_resnet', depth=depth, num_filters=8,
-                 shortcut='A' if residual else 'none'), (28, 28, 1), 10)
+    config = quick_config(name[len(QUICK):])
+    spec = datasets.get_spec(config.data.name)
+    return (dict(name=config.model.name, depth=depth, num_filters=config.model.num_filters,
+                 shortcut=config.model.shortcut), spec.image_shape, spec.num_classes)
   if depth not in resnet.IMAGENET_DEPTHS:
     try:
       resnet.cifar_stage_sizes(depth)
@@ -103,8 +115,10 @@ def measure_row(row: dict) -> dict:
   config.model.conv_impl = row['conv_impl']
   config.cpu_convolutions = row['cpu_convolutions']
   config.batch_size = row['batch_size']
-  # As the nets train: the quick preset without augmentation, CIFAR with crop and flip.
-  config.data.augment = 'none' if row['model'].startswith(QUICK) else 'crop_flip'
+  # As the nets train: the quick preset's cells as its config says, CIFAR's with crop and
+  # flip.
+  config.data.augment = (quick_config(row['model'][len(QUICK):]).data.augment
+                         if row['model'].startswith(QUICK) else 'crop_flip')
   seeds = row.get('seeds', 1)
   timed = time_train_step(config, image_shape, num_classes, seeds, row['steps'],
                           row['warmup'])

@@ -76,8 +76,8 @@ def settings(options: Options, step: int | None) -> dict:
 def pending(celldir: str, options: Options, landscapes: bool) -> dict:
   """{analysis file: settings} of what `options` asks of the cell that it lacks. A cell
   whose checkpoints were deleted (to free disk) keeps what it has."""
-  import orbax.checkpoint as ocp
-  step = max(ocp.utils.checkpoint_steps(os.path.join(celldir, 'checkpoints')), default=None)
+  from resnet_jax.analysis import layers
+  step = layers.newest_checkpoint(celldir)
   wanted = {k: v for k, v in settings(options, step).items()
             if k.split('_')[0] in options.analyses and (landscapes or k[:9] != 'landscape')}
   out = {}
@@ -102,7 +102,7 @@ def analyse_cell(celldir: str, options: Options, landscapes: bool, label: str = 
   cell = layers.restore_cell(celldir)
   model, state, jit_options = cell.model, cell.final_state, cell.trainer.compiler_options
   params, batch_stats = state.params, state.batch_stats
-  os.makedirs(os.path.dirname(why_results.path(celldir, 'lesion')), exist_ok=True)
+  os.makedirs(os.path.join(celldir, why_results.WHY), exist_ok=True)
   probes = {}
 
   def images(split, n):

@@ -3,9 +3,9 @@
 One `ResNet` module serves both: the stem, the block class and the stage sizes
 differ. A stage's first block may change shape; its other blocks are identical
 and run under `nn.scan` (optionally `nn.remat`), so compile time does not grow
-with depth. `shortcut='none'` gives the plain twin of the same depth. `keep`, one 0/1 entry per
-block in network order, deletes blocks at run time (the lesion study): a block whose
-entry is 0 passes its input on unchanged, in scanned stages too.
+with depth. `shortcut='none'` gives the plain twin of the same depth. `keep`, one 0/1
+entry per block in network order, deletes blocks at run time (the lesion study): a
+block whose entry is 0 passes its input on unchanged, in scanned stages too.
 """
 
 import functools
