@@ -7,6 +7,7 @@ complete, so a checkpoint cut short by a kill is never taken for a finished one.
 """
 
 import functools
+import logging
 import os
 import re
 import sys
@@ -67,24 +68,39 @@ def _read(read, where: str, fix: str = RESUME_FIX):
   """`read()`, with any failure turned into one sentence naming the checkpoint."""
   previous = sys.unraisablehook
   sys.unraisablehook = functools.partial(_drop_failed_read_reports, previous)
+  asyncio_log = logging.getLogger('asyncio')
+  asyncio_log.addFilter(_keep_log_record)
   try:
     result = read()
   except Exception as e:  # pylint: disable=broad-except
-    # The filter stays: the failed read's other reads still report after this error.
+    # The filters stay: the failed read's other reads still report after this error.
     raise CheckpointError(f'The checkpoint {where} cannot be read ({_cause(e)}): '
                           f'{fix}.') from e
   sys.unraisablehook = previous
+  asyncio_log.removeFilter(_keep_log_record)
   return result
 
 
+def _is_failed_read_report(error) -> bool:
+  """Whether `error` is what a failed read's other array reads, left in flight when Orbax
+  gave up, report (each a traceback beside the one-line error): 'Event loop is closed',
+  or their own read errors."""
+  message = str(error)
+  return message == 'Event loop is closed' or message.startswith(
+      'Encountered error while reading')
+
+
 def _drop_failed_read_reports(previous, report):
-  """Passes every unraisable report on to `previous` but those of a failed read's other
-  array reads, left in flight when Orbax gave up (each a traceback beside the one-line
-  error): 'Event loop is closed', and their own read errors."""
-  message = str(report.exc_value)
-  if message != 'Event loop is closed' and not message.startswith(
-      'Encountered error while reading'):
+  """Passes every unraisable report on to `previous` but a failed read's."""
+  if not _is_failed_read_report(report.exc_value):
     previous(report)
+
+
+def _keep_log_record(record: logging.LogRecord) -> bool:
+  """False for asyncio's 'Task exception was never retrieved' of a failed read's task,
+  logged when the task is collected, possibly after the one-line error."""
+  error = record.exc_info[1] if record.exc_info else None
+  return error is None or not _is_failed_read_report(error)
 
 
 def _cause(e: Exception) -> str:
