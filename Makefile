@@ -2,24 +2,30 @@
 # and `make test`. `make why` then runs the why-skips analyses on the sweep's cells;
 # `make train` trains the single default ResNet-20 run instead.
 # Both set up first: a virtual environment with the package (at the versions of
-# constraints.txt), and the Debian package dataset-fashion-mnist where apt-get is
-# available. A second call is fast.
+# constraints.txt), the oneDNN extension, and the Debian package dataset-fashion-mnist
+# where apt-get is available. A second call is fast.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
+NATIVE := resnet_jax/native/_onednn_conv.so
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORKDIR ?= runs/ablation
 
 .PHONY: setup data run why train test ablation benchmark
-setup: $(STAMP) data
+setup: $(STAMP) $(NATIVE) data
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,onednn]'
 	touch $(STAMP)
+
+# oneDNN's convolutions for the CPU (seconds to build; where it cannot, it says why and
+# runs take fast_conv).
+$(NATIVE): $(STAMP) resnet_jax/native/onednn_conv.cc resnet_jax/native/build.py
+	$(VENV)/bin/python -m resnet_jax.native.build
 
 data:
 	@if [ ! -f $(FMNIST) ]; then \

@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.zero_init_head = False
   c.model.scan_blocks = True
   c.model.remat = False
-  c.model.conv_impl = 'fast'
+  c.model.conv_impl = 'onednn'  # trainer.conv_impl: 'fast' where it cannot run.
   c.model.dtype = 'float32'
   c.model.param_dtype = 'float32'
 

@@ -11,6 +11,7 @@ import numpy as np
 from resnet_jax import compile_options
 from resnet_jax import models
 from resnet_jax import steps
+from resnet_jax.models import onednn_conv
 
 
 def make_mesh() -> Mesh:
@@ -18,13 +19,26 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ('data',))
 
 
+def conv_impl(wanted: str) -> str:
+  """The conv_impl a run takes for the config's `wanted` one on this process's devices.
+
+  'onednn' runs on one CPU device with the native extension built, and is 'fast'
+  elsewhere (a GPU or TPU, several devices, no extension). 'fast' is XLA's own where
+  the batch is split over several devices: split across them, fast_conv's batch chunks
+  ran 2.4x slower on 4 CPU devices and could deadlock XLA:CPU's collectives (and the
+  extension's calls, which XLA's partitioner cannot split, would gather the batch)."""
+  if wanted == 'onednn' and (jax.default_backend() != 'cpu' or not onednn_conv.available()):
+    wanted = 'fast'
+  if wanted in ('fast', 'onednn') and jax.device_count() > 1:
+    wanted = 'xla'
+  return wanted
+
+
 def build_model(config, num_classes: int):
-  """The config's model. `model.conv_impl='fast'` takes XLA's own gradients where the
-  batch is split over several devices: split across them, fast_conv's batch chunks ran
-  2.4x slower on 4 CPU devices and could deadlock XLA:CPU's collectives."""
+  """The config's model, with the conv_impl these devices can run (`conv_impl`)."""
   kwargs = config.model.to_dict()
-  if kwargs.get('conv_impl') == 'fast' and jax.device_count() > 1:
-    kwargs['conv_impl'] = 'xla'
+  if 'conv_impl' in kwargs:
+    kwargs['conv_impl'] = conv_impl(kwargs['conv_impl'])
   return models.create_model(num_classes=num_classes, **kwargs)
 
 

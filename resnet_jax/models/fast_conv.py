@@ -167,6 +167,24 @@ def _conv_bwd(strides, pads, res, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, precision, kwargs) -> bool:
+  """Whether a convolution is a plain 2D NHWC/HWIO one, without dilation or groups."""
+  return (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
+          and not kwargs and precision is None
+          and all(d == 1 for d in (lhs_dilation or (1, 1)))
+          and all(d == 1 for d in (rhs_dilation or (1, 1)))
+          and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+
+
+def strides_and_pads(lhs, rhs, window_strides, padding):
+  """The strides and the (low, high) padding of each spatial axis, as Python ints."""
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  return (tuple(int(s) for s in window_strides),
+          tuple(tuple(int(v) for v in p) for p in padding))
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, precision=None, **kwargs):
@@ -175,20 +193,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   Plain 2D NHWC/HWIO convolutions without dilation or groups (every convolution
   of the models here) take the fast path; anything else goes to XLA unchanged.
   """
-  simple = (
-      lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
-      and not kwargs and precision is None
-      and all(d == 1 for d in (lhs_dilation or (1, 1)))
-      and all(d == 1 for d in (rhs_dilation or (1, 1)))
-      and dimension_numbers == lax.conv_dimension_numbers(
-          lhs.shape, rhs.shape, _NHWC))
-  if not simple:
+  if not simple_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                     feature_group_count, precision, kwargs):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, precision=precision, **kwargs)
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2],
-                                  window_strides, padding)
-  pads = tuple(tuple(int(v) for v in p) for p in padding)
-  return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads)
+  strides, pads = strides_and_pads(lhs, rhs, window_strides, padding)
+  return _conv(lhs, rhs, strides, pads)

@@ -13,10 +13,9 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
 from resnet_jax.models import blocks
-from resnet_jax.models import fast_conv
+from resnet_jax.models import conv_impls
 
 ModuleDef = Any
 
@@ -50,7 +49,7 @@ class ResNet(nn.Module):
   zero_init_head: bool = False  # Logits start at 0 (loss ln C), for plain and residual nets.
   scan_blocks: bool = True
   remat: bool = False
-  conv_impl: str = 'fast'  # 'fast': fast_conv (CPU weight gradient); 'xla'.
+  conv_impl: str = 'fast'  # conv_impls.NAMES: 'fast', 'onednn' or 'xla'.
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -63,13 +62,10 @@ class ResNet(nn.Module):
     if self.num_filters < 1:
       raise ValueError(f'num_filters (the first stage\'s width) must be >= 1, got '
                        f'{self.num_filters}.')
-    if self.conv_impl not in ('fast', 'xla'):
-      raise ValueError(f'Unknown conv_impl {self.conv_impl!r}: use "fast" or "xla".')
     conv = functools.partial(
         nn.Conv, use_bias=False, padding='SAME', kernel_init=he_normal,
         dtype=self.dtype, param_dtype=self.param_dtype,
-        conv_general_dilated=(fast_conv.conv_general_dilated
-                              if self.conv_impl == 'fast' else lax.conv_general_dilated))
+        conv_general_dilated=conv_impls.function(self.conv_impl))
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
         epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)

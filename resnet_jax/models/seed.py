@@ -7,9 +7,8 @@ convs with bias and no BatchNorm, flatten, dense: 288,202 parameters for
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
-from resnet_jax.models import fast_conv
+from resnet_jax.models import conv_impls
 
 
 class SeedResNet(nn.Module):
@@ -17,13 +16,12 @@ class SeedResNet(nn.Module):
   filters: int = 32
   num_blocks: int = 2
   residual: bool = True  # False: the plain twin, the same layers without the addition.
-  conv_impl: str = 'fast'  # 'fast': fast_conv (CPU gradients); 'xla'.
+  conv_impl: str = 'fast'  # conv_impls.NAMES: 'fast', 'onednn' or 'xla'.
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train  # No BatchNorm or dropout: train and eval are the same function.
-    impl = fast_conv.conv_general_dilated if self.conv_impl == 'fast' else \
-        lax.conv_general_dilated
+    impl = conv_impls.function(self.conv_impl)
     keras_init = nn.initializers.glorot_uniform()  # Keras' default for Conv2D and Dense.
     conv = lambda name: nn.Conv(self.filters, (3, 3), padding='SAME', name=name,
                                 kernel_init=keras_init, conv_general_dilated=impl)

@@ -1,0 +1,80 @@
+"""Convolutions on oneDNN from the train step (CPU): forward pass and both gradients.
+
+The native extension (`resnet_jax/native/onednn_conv.cc`, built at set-up by
+`python -m resnet_jax.native.build`) hands XLA:CPU's buffers to oneDNN, the library
+PyTorch and TensorFlow run their CPU convolutions on, which computes these layers'
+gradients about twice as fast as XLA's kernels (docs/performance.md). `conv` is a
+`jax.custom_vjp` over three `jax.ffi` calls, for float32 NHWC/HWIO convolutions
+without dilation or groups; `available()` says whether the extension loaded, and the
+model falls back to `fast_conv` where it did not (`trainer.build_model`).
+
+It has no forward-mode derivative: forward-over-reverse products (the sharpness
+analysis's Hessian-vector products) take `fast_conv` instead.
+"""
+
+import ctypes
+import functools
+import os
+
+import jax
+import numpy as np
+
+LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       'native', '_onednn_conv.so')
+_TARGETS = {'forward': 'OnednnConvForward', 'input_grad': 'OnednnConvInputGrad',
+            'weight_grad': 'OnednnConvWeightGrad'}
+
+
+@functools.cache
+def load_error(library: str = LIBRARY) -> str | None:
+  """None once the extension is loaded and its calls registered, else why it is not."""
+  if not os.path.exists(library):
+    return (f'{library} is not built (`python -m resnet_jax.native.build` builds it; '
+            '`make setup` runs that)')
+  try:
+    loaded = ctypes.cdll.LoadLibrary(library)
+  except OSError as e:
+    return f'{library} does not load ({e})'
+  for kind, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(f'onednn_conv_{kind}',
+                                jax.ffi.pycapsule(getattr(loaded, symbol)),
+                                platform='cpu')
+  return None
+
+
+def available() -> bool:
+  return load_error() is None
+
+
+def _call(kind, out_shape, a, b, strides, pads):
+  attrs = dict(stride_h=strides[0], stride_w=strides[1], pad_low_h=pads[0][0],
+               pad_high_h=pads[0][1], pad_low_w=pads[1][0], pad_high_w=pads[1][1])
+  return jax.ffi.ffi_call(f'onednn_conv_{kind}', jax.ShapeDtypeStruct(out_shape, a.dtype),
+                          vmap_method='sequential')(
+                              a, b, **{k: np.int64(v) for k, v in attrs.items()})
+
+
+def _out_shape(x_shape, w_shape, strides, pads):
+  hw = [(x_shape[1 + d] + pads[d][0] + pads[d][1] - w_shape[d]) // strides[d] + 1
+        for d in range(2)]
+  return (x_shape[0], *hw, w_shape[3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x, w, strides, pads):
+  """An NHWC/HWIO float32 convolution: `strides` (2 ints), `pads` ((lo, hi) per side)."""
+  return _call('forward', _out_shape(x.shape, w.shape, strides, pads), x, w, strides, pads)
+
+
+def _conv_fwd(x, w, strides, pads):
+  return conv(x, w, strides, pads), (x, w)
+
+
+def _conv_bwd(strides, pads, residuals, g):
+  x, w = residuals
+  dx = _call('input_grad', x.shape, g, w, strides, pads)
+  dw = _call('weight_grad', w.shape, x, g, strides, pads)
+  return dx, dw
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)

@@ -1,0 +1,1 @@
+"""The native extension: oneDNN convolutions for XLA:CPU (onednn_conv.cc; build.py)."""

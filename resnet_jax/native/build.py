@@ -1,0 +1,72 @@
+"""Builds the oneDNN convolution extension: `python -m resnet_jax.native.build`.
+
+Compiles onednn_conv.cc with the system's C++ compiler against jaxlib's FFI headers and
+the oneDNN of the `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (the `onednn`
+extra, installed by `make setup` on Linux x86-64), into _onednn_conv.so beside it. Where
+anything is missing it says what and exits 0: runs then take `fast_conv` instead
+(resnet_jax/models/onednn_conv.py). `--check` exits 1 instead, for CI.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, 'onednn_conv.cc')
+TARGET = os.path.join(HERE, '_onednn_conv.so')
+
+
+def _onednn_dirs() -> tuple[str, str] | None:
+  """(include dir, lib dir) of the oneDNN wheels in this environment, or None."""
+  for prefix in (sys.prefix, sysconfig.get_config_var('userbase') or ''):
+    include, lib = os.path.join(prefix, 'include'), os.path.join(prefix, 'lib')
+    if (os.path.exists(os.path.join(include, 'oneapi', 'dnnl', 'dnnl.hpp'))
+        and glob.glob(os.path.join(lib, 'libdnnl.so*'))):
+      return include, lib
+  return None
+
+
+def command() -> tuple[list[str] | None, str]:
+  """The compiler command line, or None and why it cannot be built here."""
+  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+  if not compiler:
+    return None, 'no C++ compiler (g++ or c++; or set CXX)'
+  dirs = _onednn_dirs()
+  if dirs is None:
+    return None, (f'oneDNN\'s headers and library are not in {sys.prefix} (pip install '
+                  "'.[onednn]' installs them on Linux x86-64)")
+  import jax.ffi  # pylint: disable=import-outside-toplevel
+  include, lib = dirs
+  library = sorted(glob.glob(os.path.join(lib, 'libdnnl.so*')), key=len)[0]
+  return [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
+          '-I', jax.ffi.include_dir(), '-I', include, SOURCE, '-o', TARGET,
+          library, f'-Wl,-rpath,{lib}'], ''
+
+
+def build() -> str | None:
+  """Builds the extension; None, or why it was not built."""
+  cmd, why = command()
+  if cmd is None:
+    return why
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    if os.path.exists(TARGET):
+      os.remove(TARGET)
+    return f'the compiler failed:\n{out.stderr[-3000:]}'
+  return None
+
+
+def main() -> int:
+  why = build()
+  if why is None:
+    print(f'Built {TARGET}: runs with model.conv_impl=onednn take oneDNN\'s convolutions.')
+    return 0
+  print(f'The oneDNN extension was not built: {why}. Runs take fast_conv instead.')
+  return 1 if '--check' in sys.argv[1:] else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
