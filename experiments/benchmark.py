@@ -41,7 +41,8 @@ _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per row (the median is re
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.', lower_bound=0)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'float16'],
                            'model.dtype: the compute dtype (parameters stay float32).')
-_CONV = flags.DEFINE_enum('conv_impl', 'fast', ['fast', 'onednn', 'xla'], 'model.conv_impl.')
+_CONV = flags.DEFINE_enum('conv_impl', 'onednn', ['fast', 'onednn', 'xla'],
+                          'model.conv_impl (onednn: fast where the extension cannot run).')
 _CPU_CONV = flags.DEFINE_enum('cpu_convolutions', 'eigen', ['eigen', 'default'],
                               "config.cpu_convolutions: XLA:CPU's Eigen kernels or jaxlib's choice.")
 _TORCH = flags.DEFINE_integer('torch_max_depth', 110, 'Add the PyTorch column (where torch '

@@ -127,7 +127,8 @@ def measure_row(row: dict) -> dict:
   flops = seeds * _train_step_flops(model_kwargs, image_shape, num_classes,
                                     row['batch_size'])
   device = jax.devices()[0]
-  return dict(row, params=models.count_params(state.params) // seeds,
+  from resnet_jax.trainer import conv_impl
+  return dict(row, conv_impl_run=conv_impl(row['conv_impl']), params=models.count_params(state.params) // seeds,
               init_s=timed['init_s'], compile_s=timed['compile_s'], step_ms=step_s * 1e3,
               seeds=seeds,
               images_per_second=seeds * row['batch_size'] / step_s,
@@ -406,6 +407,8 @@ def print_summary(rows: list[dict], pipeline, peak, seeds: int) -> dict:
   print(table(rows, peak))
   print(f'\nPeak FP32 GFLOP/s assumed: {_fmt(peak, ".0f")} ({platform.processor() or "cpu"}, '
         f'{os.cpu_count()} cores).')
+  impls = sorted({r.get('conv_impl_run', r['conv_impl']) for r in rows})
+  print(f'Convolutions: conv_impl {", ".join(impls)}.')
   for line in targets(rows, pipeline):
     print(line)
   hours = preset_hours(rows)

@@ -17,6 +17,7 @@ import functools
 import os
 
 import jax
+from jax import lax
 import numpy as np
 
 LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -60,10 +61,20 @@ def _out_shape(x_shape, w_shape, strides, pads):
   return (x_shape[0], *hw, w_shape[3])
 
 
+def _xla(x, w, strides, pads):
+  return lax.conv_general_dilated(x, w, strides, pads,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x, w, strides, pads):
-  """An NHWC/HWIO float32 convolution: `strides` (2 ints), `pads` ((lo, hi) per side)."""
-  return _call('forward', _out_shape(x.shape, w.shape, strides, pads), x, w, strides, pads)
+  """An NHWC/HWIO float32 convolution: `strides` (2 ints), `pads` ((lo, hi) per side).
+  Only the CPU lowering calls oneDNN (`lax.platform_dependent`); GPU and TPU lower XLA's
+  own convolutions and gradients."""
+  def onednn(x, w):
+    return _call('forward', _out_shape(x.shape, w.shape, strides, pads), x, w, strides, pads)
+  return lax.platform_dependent(x, w, cpu=onednn,
+                                default=lambda x, w: _xla(x, w, strides, pads))
 
 
 def _conv_fwd(x, w, strides, pads):
@@ -72,9 +83,15 @@ def _conv_fwd(x, w, strides, pads):
 
 def _conv_bwd(strides, pads, residuals, g):
   x, w = residuals
-  dx = _call('input_grad', x.shape, g, w, strides, pads)
-  dw = _call('weight_grad', w.shape, x, g, strides, pads)
-  return dx, dw
+
+  def onednn(x, w, g):
+    return (_call('input_grad', x.shape, g, w, strides, pads),
+            _call('weight_grad', w.shape, x, g, strides, pads))
+
+  def xla(x, w, g):
+    return jax.vjp(lambda x, w: _xla(x, w, strides, pads), x, w)[1](g)
+
+  return lax.platform_dependent(x, w, g, cpu=onednn, default=xla)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
