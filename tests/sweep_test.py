@@ -42,7 +42,7 @@ def test_quick_grid_and_shards():
   assert len({c.name for c in cells}) == len(cells)
   config = ablation_lib.cell_config(ab, cells_lib.Cell(56, 'none', 1))
   assert (config.model.depth, config.model.shortcut, config.seed) == (56, 'none', 1)
-  assert config.model.num_filters == 8 and config.num_train_steps == 150
+  assert config.model.num_filters == 8 and config.num_train_steps == 200
   # One recipe for the plain net and its residual twin: the ordinary classifier.
   twin = ablation_lib.cell_config(ab, cells_lib.Cell(56, 'A', 1))
   assert not config.model.zero_init_head and not twin.model.zero_init_head
@@ -126,7 +126,11 @@ def test_workers_get_gpus_of_their_own_or_share_one_and_one_compilation_cache(tm
       str(tmp_path), n, devices_lib.Devices(*devices), sizes,
       {'PATH': '/bin'} if environ is None else environ)
   cache = {'PATH': '/bin', 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / '.jax_cache')}
-  assert envs(2, ('cpu', 1)) == [cache, cache]  # CPU workers share the cores.
+  # CPU workers share the cores: oneDNN's threads too, unless the user set them.
+  threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+  assert envs(2, ('cpu', 1)) == [dict(cache, OMP_NUM_THREADS=threads)] * 2
+  assert envs(1, ('cpu', 1)) == [cache]
+  assert envs(2, ('cpu', 1), {'OMP_NUM_THREADS': '2'})[1]['OMP_NUM_THREADS'] == '2'
   assert envs(1, ('cuda', 4)) == [cache]  # One worker: every GPU joins its cells' mesh.
   assert envs(0, ('cuda', 4)) == []  # Every cell was done.
   # One GPU: the workers share it, each with its part of the memory.
@@ -234,7 +238,7 @@ def test_imagenet_preset_cells_are_figure_4s_nets():
 def test_cell_steps_are_the_presets_run_lengths_without_reading_data():
   """What --estimate multiplies a step's time by: each preset's steps, from its config
   and its data set's known size (the README's counts)."""
-  for preset, steps in (('quick', 150), ('full', 8_580), ('paper', 64_000)):
+  for preset, steps in (('quick', 200), ('full', 8_580), ('paper', 64_000)):
     for cell, c in preset_cells(preset):
       assert ablation_lib.cell_steps(c) == steps, (preset, cell.name)
 

@@ -74,9 +74,14 @@ def worker_envs(workdir: str, n_workers: int, devices: Devices, sizes=(1,),
                 environ=None) -> list[dict]:
   """The environments of the sweep's worker processes. On GPUs each worker gets GPUs of
   its own while there are enough (as many as divide every batch size in `sizes`),
-  else a share of one GPU's memory; a cell's run shards over the GPUs it sees."""
+  else a share of one GPU's memory; a cell's run shards over the GPUs it sees. On CPUs
+  each worker's oneDNN gets its share of the cores as OpenMP threads: two workers on
+  2 cores, each with oneDNN's default of 2, took 1.25x as long a step (quick
+  ResNet-56, docs/performance.md)."""
   env = dict(os.environ if environ is None else environ)
   env.setdefault('JAX_COMPILATION_CACHE_DIR', compilation_cache(workdir))
+  if devices.platform == 'cpu' and n_workers > 1:
+    env.setdefault('OMP_NUM_THREADS', str(max(1, len(os.sched_getaffinity(0)) // n_workers)))
   envs = [dict(env) for _ in range(n_workers)]
   var = _VISIBLE.get(devices.platform)
   if var is None or n_workers <= 1:  # (None when every cell is done.)
