@@ -128,7 +128,8 @@ def measure_row(row: dict) -> dict:
                                     row['batch_size'])
   device = jax.devices()[0]
   from resnet_jax.trainer import conv_impl
-  return dict(row, conv_impl_run=conv_impl(row['conv_impl']), params=models.count_params(state.params) // seeds,
+  return dict(row, conv_impl_run=conv_impl(row['conv_impl']),
+              params=models.count_params(state.params) // seeds,
               init_s=timed['init_s'], compile_s=timed['compile_s'], step_ms=step_s * 1e3,
               seeds=seeds,
               images_per_second=seeds * row['batch_size'] / step_s,

@@ -3,6 +3,7 @@ over every device of every process, and the shardings of states and batches."""
 
 import functools
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -27,11 +28,20 @@ def conv_impl(wanted: str) -> str:
   the batch is split over several devices: split across them, fast_conv's batch chunks
   ran 2.4x slower on 4 CPU devices and could deadlock XLA:CPU's collectives (and the
   extension's calls, which XLA's partitioner cannot split, would gather the batch)."""
-  if wanted == 'onednn' and (jax.default_backend() != 'cpu' or not onednn_conv.available()):
+  if wanted == 'onednn' and jax.default_backend() != 'cpu':
+    wanted = 'fast'
+  if wanted == 'onednn' and not onednn_conv.available():
+    _say_onednn_is_missing()
     wanted = 'fast'
   if wanted in ('fast', 'onednn') and jax.device_count() > 1:
     wanted = 'xla'
   return wanted
+
+
+@functools.cache
+def _say_onednn_is_missing():
+  logging.warning('oneDNN\'s convolutions are not available: %s. This process takes '
+                  'fast_conv\'s instead (slower on CPUs).', onednn_conv.load_error())
 
 
 def build_model(config, num_classes: int):

@@ -113,11 +113,15 @@ def test_other_dtypes_and_convolutions_take_fast_conv():
     conv_impls.function('cudnn')
 
 
-def test_runs_fall_back_to_fast_conv_where_the_extension_does_not_load(monkeypatch):
+def test_runs_fall_back_to_fast_conv_where_the_extension_does_not_load(monkeypatch, caplog):
   assert trainer.conv_impl('onednn') == 'onednn'
   assert 'resnet_jax.native.build' in onednn_conv.load_error.__wrapped__('/nowhere/x.so')
   monkeypatch.setattr(onednn_conv, 'available', lambda: False)
+  trainer._say_onednn_is_missing.cache_clear()
   assert trainer.conv_impl('onednn') == 'fast'
+  assert trainer.conv_impl('onednn') == 'fast'
+  said = [r.getMessage() for r in caplog.records if 'oneDNN' in r.getMessage()]
+  assert len(said) == 1 and 'fast_conv' in said[0]  # Once a process.
   assert trainer.conv_impl('xla') == 'xla'
 
 

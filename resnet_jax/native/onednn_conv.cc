@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -129,6 +130,25 @@ ffi::Error Guarded(F body) {
   return ffi::Error::Success();
 }
 
+// Runs `primitive` on `args` with the HWIO weights `w`, reordered by `to_layout` into
+// `layout` unless the primitive takes HWIO (`plain`), and a scratchpad of its own.
+void RunWithWeights(const dnnl::primitive& primitive, const dnnl::reorder& to_layout,
+                    bool plain, const memory::desc& layout, const memory::desc& scratchpad,
+                    const Geometry& g, const float* w,
+                    std::unordered_map<int, memory> args) {
+  dnnl::stream stream(Engine());
+  memory weights = Wrap(g.HWIO(), w);
+  if (!plain) {
+    memory ordered = Owned(layout);
+    to_layout.execute(stream, weights, ordered);
+    weights = ordered;
+  }
+  args[DNNL_ARG_WEIGHTS] = weights;
+  args[DNNL_ARG_SCRATCHPAD] = Owned(scratchpad);
+  primitive.execute(stream, args);
+  stream.wait();
+}
+
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t plh,
                        int64_t phh, int64_t plw, int64_t phw) {
@@ -137,19 +157,11 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   if (auto e = Check(g, w.dimensions()); e.failure()) return e;
   return Guarded([&] {
     Conv& conv = Cached(g);
-    dnnl::stream stream(Engine());
-    memory weights = Wrap(g.HWIO(), w.typed_data());
-    if (!conv.fwd_plain) {
-      memory ordered = Owned(conv.fwd_pd.weights_desc());
-      conv.to_fwd_weights.execute(stream, weights, ordered);
-      weights = ordered;
-    }
-    memory scratch = Owned(conv.fwd_pd.scratchpad_desc());
-    conv.fwd.execute(stream, {{DNNL_ARG_SRC, Wrap(g.Src(), x.typed_data())},
-                              {DNNL_ARG_WEIGHTS, weights},
-                              {DNNL_ARG_DST, Wrap(g.Dst(), y->typed_data())},
-                              {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
+    RunWithWeights(conv.fwd, conv.to_fwd_weights, conv.fwd_plain,
+                   conv.fwd_pd.weights_desc(), conv.fwd_pd.scratchpad_desc(), g,
+                   w.typed_data(),
+                   {{DNNL_ARG_SRC, Wrap(g.Src(), x.typed_data())},
+                    {DNNL_ARG_DST, Wrap(g.Dst(), y->typed_data())}});
   });
 }
 
@@ -161,19 +173,11 @@ ffi::Error InputGradImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   if (auto e = Check(g, w.dimensions()); e.failure()) return e;
   return Guarded([&] {
     Conv& conv = Cached(g);
-    dnnl::stream stream(Engine());
-    memory weights = Wrap(g.HWIO(), w.typed_data());
-    if (!conv.data_plain) {
-      memory ordered = Owned(conv.data_pd.weights_desc());
-      conv.to_data_weights.execute(stream, weights, ordered);
-      weights = ordered;
-    }
-    memory scratch = Owned(conv.data_pd.scratchpad_desc());
-    conv.data.execute(stream, {{DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy.typed_data())},
-                               {DNNL_ARG_WEIGHTS, weights},
-                               {DNNL_ARG_DIFF_SRC, Wrap(g.Src(), dx->typed_data())},
-                               {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
+    RunWithWeights(conv.data, conv.to_data_weights, conv.data_plain,
+                   conv.data_pd.weights_desc(), conv.data_pd.scratchpad_desc(), g,
+                   w.typed_data(),
+                   {{DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy.typed_data())},
+                    {DNNL_ARG_DIFF_SRC, Wrap(g.Src(), dx->typed_data())}});
   });
 }
 
