@@ -55,6 +55,9 @@ _PIPELINE = flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline on i
 _LESSON = flags.DEFINE_bool('lesson', True, 'Also train the lesson\'s model one epoch '
                             '(configs/seed_mnist.py) beside its own Keras program '
                             '(experiments/keras_lesson.py; needs TensorFlow): a few minutes.')
+_LESSON_RUNS = flags.DEFINE_integer('lesson_runs', 1, 'Epochs of each side for --lesson, '
+                                    'alternating (the accuracy criterion needs 3 or more).',
+                                    lower_bound=1)
 _PEAK = flags.DEFINE_float('peak_gflops', 0.0, 'The machine\'s peak GFLOP/s (0: estimated '
                            'for CPUs from cores x clock x FMA width).', lower_bound=0)
 _OUTPUT = flags.DEFINE_string('output', 'runs/benchmark/benchmark.json', 'The JSON file.')
@@ -106,9 +109,10 @@ def main(argv):
     print(f'{pipeline["pipeline_images_per_second"]:.0f} img/s', flush=True)
   lesson = None
   if _LESSON.value:
-    print('the lesson\'s model and its Keras program, one epoch each ...', flush=True)
+    print(f'the lesson\'s model and its Keras program, {_LESSON_RUNS.value} epoch(s) each ...',
+          flush=True)
     lesson = lesson_benchmark.compare(os.path.join(os.path.dirname(
-        os.path.abspath(_OUTPUT.value)), 'lesson'))
+        os.path.abspath(_OUTPUT.value)), 'lesson'), runs=_LESSON_RUNS.value)
   peak = benchmark.machine_peak_gflops(_PEAK.value)
   hours = benchmark.print_summary(rows, pipeline, peak, seeds)
   for line in lesson_benchmark.lines(lesson) if lesson else ():

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from resnet_jax import metrics_io
 
 CONFIG = 'configs/seed_mnist.py'
@@ -30,19 +32,36 @@ def summary(records: list[dict], keras: dict, ours_wall: float, keras_wall: floa
           'tensorflow': keras.get('tensorflow')}
 
 
+def combine(pairs: list[dict]) -> dict:
+  """Several runs' `summary`s as one: mean seconds and accuracies, the accuracies'
+  standard deviations over the runs, their number."""
+  out = {k: float(np.mean([p[k] for p in pairs])) for k in pairs[0] if k != 'tensorflow'}
+  out['lesson_speed_ratio'] = out['keras_seconds'] / out['lesson_seconds']
+  for k in ('lesson_test_accuracy', 'keras_test_accuracy'):
+    out[f'{k}_std'] = float(np.std([p[k] for p in pairs]))
+  return dict(out, runs=len(pairs), tensorflow=pairs[0]['tensorflow'])
+
+
 def lines(s: dict) -> list[str]:
   """The comparison as the benchmark prints it, with the issue's targets."""
   if 'error' in s:
     return [f'lesson model against Keras: not measured ({s["error"]})']
   ratio, gap = s['lesson_speed_ratio'], abs(s['lesson_test_accuracy']
                                              - s['keras_test_accuracy'])
-  return [f'lesson model, one epoch, speed JAX / Keras {s["tensorflow"]}: {ratio:.2f} '
+  runs = s.get('runs', 1)
+  each = 'one epoch' if runs == 1 else f'one epoch, mean of {runs} runs each'
+  spread = lambda k: f' +- {s[k + "_std"]:.4f}' if runs > 1 else ''
+  note = ('' if runs > 1 else '; one run each: runs of either differ by about half a '
+          'point, --lesson_runs=3 or more to test it')
+  return [f'lesson model, {each}, speed JAX / Keras {s["tensorflow"]}: {ratio:.2f} '
           f'(training and evaluation {s["lesson_seconds"]:.0f} s vs '
           f'{s["keras_seconds"]:.0f} s; whole process {s["lesson_wall_seconds"]:.0f} s vs '
           f'{s["keras_wall_seconds"]:.0f} s; target >= 1: '
           f'{"met" if ratio >= 1 else "NOT met"})',
-          f'lesson model test accuracy: JAX {s["lesson_test_accuracy"]:.4f}, Keras '
-          f'{s["keras_test_accuracy"]:.4f} (within a point: {"yes" if gap <= 0.01 else "NO"})']
+          f'lesson model test accuracy: JAX {s["lesson_test_accuracy"]:.4f}'
+          f'{spread("lesson_test_accuracy")}, Keras {s["keras_test_accuracy"]:.4f}'
+          f'{spread("keras_test_accuracy")} (within a point: '
+          f'{"yes" if gap <= 0.01 else "NO"}{note})']
 
 
 def _run(cmd: list[str]) -> float:
@@ -57,9 +76,10 @@ def _run(cmd: list[str]) -> float:
   return time.perf_counter() - t
 
 
-def compare(workdir: str, data: str = 'fashion_mnist') -> dict:
-  """One epoch of each, ours first, into `workdir` (a fresh run each time); `summary`, or
-  {'error': why} where one of them cannot run here."""
+def compare(workdir: str, data: str = 'fashion_mnist', runs: int = 1) -> dict:
+  """`runs` epochs of each, alternating, ours first (seeds 0, 1, ...; Keras seeds itself),
+  into `workdir` (fresh runs each time); `combine`d summaries, or {'error': why} where
+  one of them cannot run here."""
   import importlib.util
   try:
     found = importlib.util.find_spec('tensorflow') is not None
@@ -67,16 +87,24 @@ def compare(workdir: str, data: str = 'fashion_mnist') -> dict:
     found = False
   if not found:
     return {'error': 'TensorFlow is not installed'}
-  ours_dir, keras_json = os.path.join(workdir, 'seed_mnist'), os.path.join(workdir, 'keras.json')
-  shutil.rmtree(ours_dir, ignore_errors=True)  # Not a resumed run: a whole epoch.
   arg = ':mnist' if data == 'mnist' else ''
-  try:
-    ours_wall = _run([sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG}{arg}',
-                      f'--workdir={ours_dir}'])
-    keras_wall = _run([sys.executable, '-m', 'experiments.keras_lesson', f'--data={data}',
-                       f'--output={keras_json}'])
-  except RuntimeError as e:
-    return {'error': str(e)}
-  with open(keras_json) as f:
-    keras = json.load(f)
-  return summary(metrics_io.read_records(ours_dir), keras, ours_wall, keras_wall)
+  pairs = []
+  for seed in range(runs):
+    ours_dir = os.path.join(workdir, f'seed_mnist_{seed}')
+    keras_json = os.path.join(workdir, f'keras_{seed}.json')
+    shutil.rmtree(ours_dir, ignore_errors=True)  # Not a resumed run: a whole epoch.
+    try:
+      ours_wall = _run([sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG}{arg}',
+                        f'--workdir={ours_dir}', f'--config.seed={seed}'])
+      keras_wall = _run([sys.executable, '-m', 'experiments.keras_lesson', f'--data={data}',
+                         f'--output={keras_json}'])
+    except RuntimeError as e:
+      return {'error': str(e)}
+    with open(keras_json) as f:
+      keras = json.load(f)
+    pairs.append(summary(metrics_io.read_records(ours_dir), keras, ours_wall, keras_wall))
+    if runs > 1:
+      print(f'  run {seed + 1}/{runs}: JAX {pairs[-1]["lesson_test_accuracy"]:.4f} in '
+            f'{pairs[-1]["lesson_seconds"]:.0f} s, Keras {pairs[-1]["keras_test_accuracy"]:.4f}'
+            f' in {pairs[-1]["keras_seconds"]:.0f} s', flush=True)
+  return combine(pairs)

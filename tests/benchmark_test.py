@@ -176,9 +176,19 @@ def test_the_lesson_row_reads_both_programs_outputs_and_says_the_targets():
   speed, accuracy = lesson_benchmark.lines(s)
   assert speed.startswith('lesson model, one epoch, speed JAX / Keras 2.21.0: 0.62 ')
   assert 'whole process 110 s vs 75 s' in speed and speed.endswith('NOT met)')
-  assert accuracy.endswith('(within a point: yes)')
+  assert '(within a point: yes; one run each' in accuracy
   behind = lesson_benchmark.summary(records, dict(keras, test_accuracy=0.88), 1.0, 1.0)
-  assert lesson_benchmark.lines(behind)[1].endswith('(within a point: NO)')
+  assert '(within a point: NO; one run each' in lesson_benchmark.lines(behind)[1]
+  # Several runs: means, the accuracies' spread, the criterion on the means.
+  two = lesson_benchmark.combine([s, behind])
+  assert two['runs'] == 2 and two['keras_seconds'] == 62.0
+  assert two['lesson_speed_ratio'] == pytest.approx(0.62)  # Of the mean seconds.
+  assert two['keras_test_accuracy'] == pytest.approx((0.8956 + 0.88) / 2)
+  assert two['keras_test_accuracy_std'] == pytest.approx(0.0078)
+  speed, accuracy = lesson_benchmark.lines(two)
+  assert speed.startswith('lesson model, one epoch, mean of 2 runs each, speed')
+  assert accuracy == ('lesson model test accuracy: JAX 0.9012 +- 0.0000, Keras 0.8878 +- '
+                      '0.0078 (within a point: NO)')
   assert lesson_benchmark.lines({'error': 'TensorFlow is not installed'}) == [
       'lesson model against Keras: not measured (TensorFlow is not installed)']
 
