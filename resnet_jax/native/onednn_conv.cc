@@ -9,13 +9,13 @@
 // plain HWIO weights oneDNN falls back to a path several times slower).
 
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
 #include <unordered_map>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -126,6 +126,8 @@ ffi::Error Guarded(F body) {
     body();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn_conv: ") + e.what());
   }
   return ffi::Error::Success();
 }
