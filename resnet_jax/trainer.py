@@ -28,13 +28,13 @@ def conv_impl(wanted: str) -> str:
   the batch is split over several devices: split across them, fast_conv's batch chunks
   ran 2.4x slower on 4 CPU devices and could deadlock XLA:CPU's collectives (and the
   extension's calls, which XLA's partitioner cannot split, would gather the batch)."""
+  if wanted in ('fast', 'onednn') and jax.device_count() > 1:
+    return 'xla'
   if wanted == 'onednn' and jax.default_backend() != 'cpu':
-    wanted = 'fast'
+    return 'fast'
   if wanted == 'onednn' and not onednn_conv.available():
     _say_onednn_is_missing()
-    wanted = 'fast'
-  if wanted in ('fast', 'onednn') and jax.device_count() > 1:
-    wanted = 'xla'
+    return 'fast'
   return wanted
 
 

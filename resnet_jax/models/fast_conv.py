@@ -27,7 +27,8 @@ _ROWS_PER_CHUNK = 8192
 _SWAPPED_MAX_IMAGES, _SWAPPED_FLOATS, _SWAPPED_UNROLL = 32, 2**18, 8
 
 
-def _xla_conv(x, w, strides, pads):
+def xla_conv(x, w, strides, pads):
+  """XLA's own NHWC/HWIO convolution."""
   return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
 
 
@@ -135,25 +136,25 @@ def input_grad(g, w, strides, pads, in_hw):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, w, strides, pads):
-  return _xla_conv(x, w, strides, pads)
+  return xla_conv(x, w, strides, pads)
 
 
 def _conv_fwd(x, w, strides, pads):
-  return _xla_conv(x, w, strides, pads), (x, w)
+  return xla_conv(x, w, strides, pads), (x, w)
 
 
 def _conv_bwd(strides, pads, res, g):
   x, w = res
 
   def xla_dgrad(g, w):
-    _, vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads), x)
+    _, vjp = jax.vjp(lambda x_: xla_conv(x_, w, strides, pads), x)
     return vjp(g)[0]
 
   def cpu_dgrad(g, w):
     return input_grad(g, w, strides, pads, x.shape[1:3])
 
   def xla_wgrad(x, g):
-    _, vjp = jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads), w)
+    _, vjp = jax.vjp(lambda w_: xla_conv(x, w_, strides, pads), w)
     return vjp(g)[0]
 
   def cpu_wgrad(x, g):

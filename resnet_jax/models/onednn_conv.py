@@ -6,7 +6,7 @@ PyTorch and TensorFlow run their CPU convolutions on, which computes these layer
 gradients about twice as fast as XLA's kernels (docs/performance.md). `conv` is a
 `jax.custom_vjp` over three `jax.ffi` calls, for float32 NHWC/HWIO convolutions
 without dilation or groups; `available()` says whether the extension loaded, and the
-model falls back to `fast_conv` where it did not (`trainer.build_model`).
+model falls back to `fast_conv` where it did not (`trainer.conv_impl`).
 
 It has no forward-mode derivative: forward-over-reverse products (the sharpness
 analysis's Hessian-vector products) take `fast_conv` instead.
@@ -19,6 +19,8 @@ import os
 import jax
 from jax import lax
 import numpy as np
+
+from resnet_jax.models import fast_conv
 
 LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        'native', '_onednn_conv.so')
@@ -61,11 +63,6 @@ def _out_shape(x_shape, w_shape, strides, pads):
   return (x_shape[0], *hw, w_shape[3])
 
 
-def _xla(x, w, strides, pads):
-  return lax.conv_general_dilated(x, w, strides, pads,
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x, w, strides, pads):
   """An NHWC/HWIO float32 convolution: `strides` (2 ints), `pads` ((lo, hi) per side).
@@ -74,7 +71,7 @@ def conv(x, w, strides, pads):
   def onednn(x, w):
     return _call('forward', _out_shape(x.shape, w.shape, strides, pads), x, w, strides, pads)
   return lax.platform_dependent(x, w, cpu=onednn,
-                                default=lambda x, w: _xla(x, w, strides, pads))
+                                default=lambda x, w: fast_conv.xla_conv(x, w, strides, pads))
 
 
 def _conv_fwd(x, w, strides, pads):
@@ -89,7 +86,7 @@ def _conv_bwd(strides, pads, residuals, g):
             _call('weight_grad', w.shape, x, g, strides, pads))
 
   def xla(x, w, g):
-    return jax.vjp(lambda x, w: _xla(x, w, strides, pads), x, w)[1](g)
+    return jax.vjp(lambda x, w: fast_conv.xla_conv(x, w, strides, pads), x, w)[1](g)
 
   return lax.platform_dependent(x, w, g, cpu=onednn, default=xla)
 
