@@ -3,11 +3,13 @@
 # `make train` trains the single default ResNet-20 run instead.
 # Both set up first: a virtual environment with the package (at the versions of
 # constraints.txt), the oneDNN extension, and the Debian package dataset-fashion-mnist
-# where apt-get is available. A second call is fast.
+# where apt-get is available. A second call is fast. `make test` and `make benchmark`
+# also install PyTorch (the benchmark's comparison column).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
+TORCH := $(VENV)/.torch
 NATIVE := resnet_jax/native/_onednn_conv.so
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -21,6 +23,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,onednn]'
 	touch $(STAMP)
+
+# PyTorch: the benchmark's comparison column and the test of its net (pyproject's extra).
+$(TORCH): $(STAMP)
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[compare]'
+	touch $(TORCH)
 
 # oneDNN's convolutions for the CPU (seconds to build; where it cannot, it says why and
 # runs take fast_conv).
@@ -45,8 +52,8 @@ why: setup
 train: setup
 	$(VENV)/bin/python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
 
-benchmark: setup
+benchmark: setup $(TORCH)
 	$(VENV)/bin/python -m experiments.benchmark
 
-test: setup
+test: setup $(TORCH)
 	$(VENV)/bin/python -m pytest -q -n auto --dist worksteal

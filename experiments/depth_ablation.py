@@ -92,8 +92,11 @@ def main(argv):
     cells_lib.check_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
     paper.table_name(ablation.get('paper_table', ''))  # Refused now, not at the end.
     configs = [ablation_lib.cell_config(ablation, cell) for cell in cells]
-    for config in configs:  # Check every cell's config before anything runs.
-      config_lib.validate(config)
+    # Every cell's config is checked before anything runs; the models' own rules (which
+    # need JAX) by this process only where it lists or times the cells: a sweep's workers
+    # check them before they train, so that this driver imports no JAX.
+    for config in configs:
+      config_lib.validate(config, model=_DRY_RUN.value or _ESTIMATE.value)
     ablation_lib.check_cell_configs(ablation, cells, workdir)
     # Which devices the cells will see, where it matters: vmapped seeds and workers.
     probe = not _REPORT_ONLY.value and (_VMAP_SEEDS.value == 'auto' or _PARALLEL.value > 1)

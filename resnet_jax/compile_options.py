@@ -5,13 +5,12 @@ XLA's own Eigen kernels run the same layers about twice as fast (the lesson's
 train step: 135 ms against 257 ms; on 2 AVX-512 cores ResNet-56's step is 1.1x
 faster), so `cpu_convolutions='eigen'` (the default) keeps them there through a
 per-jit compiler option; YNNPACK keeps its matmuls and reductions. GPU and TPU
-compilations get no options.
+compilations get no options. JAX is imported where it is used: `check` runs in the
+sweep's driver, which does not import it.
 """
 
 import functools
 import logging
-
-import jax
 
 CPU_CONVOLUTIONS = ('eigen', 'default')
 _YNN_FUSIONS = 'xla_cpu_experimental_ynn_fusion_type'
@@ -27,6 +26,7 @@ def check(cpu_convolutions: str) -> None:
 
 def for_jit(cpu_convolutions: str = 'eigen') -> dict | None:
   """The `compiler_options` for `jax.jit` on the default backend (None: XLA's defaults)."""
+  import jax
   check(cpu_convolutions)
   if cpu_convolutions == 'default' or jax.default_backend() != 'cpu':
     return None
@@ -49,6 +49,7 @@ def run_once(options: dict | None) -> dict:
 @functools.cache
 def _eigen_convolutions() -> dict | None:
   """The option that keeps convolutions on Eigen, if this jaxlib knows it."""
+  import jax
   options = {_YNN_FUSIONS: _YNN_WITHOUT_CONVOLUTIONS}
   try:
     jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()

@@ -146,11 +146,13 @@ def _fail(message: str):
   raise ConfigError(message)
 
 
-def validate(config, device_count: int = 1) -> None:
-  """Refuses a bad config with one sentence naming the key and the fix, before any work."""
-  # Imported here: models pulls in JAX, which a config file should not need.
+def validate(config, device_count: int = 1, model: bool = True) -> None:
+  """Refuses a bad config with one sentence naming the key and the fix, before any work.
+  The model's own rules (depth, shortcut, shapes) are checked by building it abstractly,
+  which imports JAX: `model=False` leaves that to the processes that train (the sweep's
+  driver, which imports no JAX, has its workers check them before they train)."""
+  # Imported here, and JAX-free: a config file should not need them.
   from resnet_jax import compile_options
-  from resnet_jax import input_pipeline
   from resnet_jax import optim
   from resnet_jax import streaming_input
 
@@ -178,7 +180,7 @@ def validate(config, device_count: int = 1) -> None:
   if d.on_device and not spec.in_memory:
     _fail(f'data.on_device applies to in-memory data sets, not the streamed {d.name}: '
           f'set it to False.')
-  allowed = input_pipeline.AUGMENTATIONS if spec.in_memory else \
+  allowed = datasets.AUGMENTATIONS if spec.in_memory else \
       streaming_input.STREAM_AUGMENTATIONS
   if d.augment not in allowed:
     _fail(f'data.augment {d.augment!r} does not apply to {d.name}: use one of '
@@ -217,6 +219,8 @@ def validate(config, device_count: int = 1) -> None:
     _fail(f'init_from {config.init_from} does not exist: give another run\'s workdir or '
           f'checkpoint directory.')
 
+  if not model:
+    return
   shape = spec.image_shape if spec.in_memory else (d.image_size, d.image_size, 3)
   items = tuple(sorted(m.to_dict().items()))
   try:

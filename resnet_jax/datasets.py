@@ -31,6 +31,10 @@ FASHION_MNIST_FILES = {
 }
 
 
+# The in-memory data sets' augmentations (input_pipeline applies them on the device).
+AUGMENTATIONS = ('none', 'crop_flip', 'crop', 'flip')
+
+
 class DataMissingError(RuntimeError):
   """The data set is neither prepared nor obtainable; the message says how to get it."""
 

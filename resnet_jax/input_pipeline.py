@@ -10,9 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.datasets import ArraySplit
-
-AUGMENTATIONS = ('none', 'crop_flip', 'crop', 'flip')
+from resnet_jax.datasets import AUGMENTATIONS, ArraySplit
 
 
 class TrainBatches:

@@ -1,7 +1,8 @@
-"""Optimizers and learning-rate schedules from the config's `optimizer` block."""
+"""Optimizers and learning-rate schedules from the config's `optimizer` block.
 
-import jax
-import optax
+JAX and Optax are imported where they are used: `check` runs in the sweep's driver,
+which imports neither.
+"""
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('piecewise', 'cosine', 'constant')
@@ -52,12 +53,14 @@ def check(cfg) -> None:
       fail(f'optimizer.eps must be positive, got {cfg.eps}.')
 
 
-def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(cfg, total_steps: int):
   """`piecewise`: x decay_factor at `boundaries` (steps); `cosine`: to zero at the end.
 
   `warmup_steps` > 0 prepends a warm-up: `linear` from 0 to the base rate, or
-  `constant` at `warmup_learning_rate` (the paper's 0.01 for ResNet-110).
+  `constant` at `warmup_learning_rate` (the paper's 0.01 for ResNet-110). Returns an
+  optax schedule.
   """
+  import optax
   lr, warmup = cfg.learning_rate, cfg.warmup_steps
   if cfg.schedule == 'piecewise':
     main = optax.piecewise_constant_schedule(
@@ -77,6 +80,7 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
 
 def decay_mask(params, on: str):
   """Which parameters weight decay applies to: `kernels` (conv/dense weights) or `all`."""
+  import jax
   if on == 'all':
     return jax.tree_util.tree_map(lambda _: True, params)
   return jax.tree_util.tree_map_with_path(
@@ -85,6 +89,7 @@ def decay_mask(params, on: str):
 
 def create_optimizer(cfg, total_steps: int):
   """Returns (optax transformation, schedule); a bad `cfg` raises `check`'s ValueError."""
+  import optax
   check(cfg)
   schedule = learning_rate_schedule(cfg, total_steps)
   if cfg.name == 'sgd':

@@ -12,18 +12,25 @@ import torch.nn.functional as F
 
 
 class _Block(nn.Module):
-  """conv-BN-ReLU-conv-BN, + the option-A shortcut unless plain, ReLU."""
+  """conv-BN-ReLU-conv-BN, + the option-A shortcut unless plain, ReLU.
 
-  def __init__(self, cin, cout, stride, residual):
+  PyTorch's usual stride-2 convolution pads one pixel on each side; ours ('SAME', as XLA
+  pads it) pads only the bottom and right. `xla_padding` pads as we do, for the test that
+  compares the two nets' logits; the cost is the same either way.
+  """
+
+  def __init__(self, cin, cout, stride, residual, xla_padding=False):
     super().__init__()
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.same = xla_padding and stride > 1
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 0 if self.same else 1, bias=False)
     self.bn1 = nn.BatchNorm2d(cout)
     self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
     self.bn2 = nn.BatchNorm2d(cout)
     self.stride, self.pad, self.residual = stride, cout - cin, residual
 
   def forward(self, x):
-    y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+    y = self.conv1(F.pad(x, (0, 1, 0, 1)) if self.same else x)
+    y = self.bn2(self.conv2(F.relu(self.bn1(y))))
     if self.residual:
       s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
       if self.pad:
@@ -34,7 +41,8 @@ class _Block(nn.Module):
 
 class CifarResNet(nn.Module):
 
-  def __init__(self, depth, residual=True, width=16, in_channels=3, num_classes=10):
+  def __init__(self, depth, residual=True, width=16, in_channels=3, num_classes=10,
+               xla_padding=False):
     super().__init__()
     n = (depth - 2) // 6
     self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
@@ -43,7 +51,7 @@ class CifarResNet(nn.Module):
     for i in range(3):
       cout = width * 2**i
       for j in range(n):
-        blocks.append(_Block(cin, cout, 2 if (i and not j) else 1, residual))
+        blocks.append(_Block(cin, cout, 2 if (i and not j) else 1, residual, xla_padding))
         cin = cout
     self.blocks = nn.Sequential(*blocks)
     self.head = nn.Linear(cin, num_classes)

@@ -42,7 +42,7 @@ def test_quick_grid_and_shards():
   assert len({c.name for c in cells}) == len(cells)
   config = ablation_lib.cell_config(ab, cells_lib.Cell(56, 'none', 1))
   assert (config.model.depth, config.model.shortcut, config.seed) == (56, 'none', 1)
-  assert config.model.num_filters == 8 and config.num_train_steps == 200
+  assert config.model.num_filters == 8 and config.num_train_steps == 300
   # One recipe for the plain net and its residual twin: the ordinary classifier.
   twin = ablation_lib.cell_config(ab, cells_lib.Cell(56, 'A', 1))
   assert not config.model.zero_init_head and not twin.model.zero_init_head
@@ -238,7 +238,7 @@ def test_imagenet_preset_cells_are_figure_4s_nets():
 def test_cell_steps_are_the_presets_run_lengths_without_reading_data():
   """What --estimate multiplies a step's time by: each preset's steps, from its config
   and its data set's known size (the README's counts)."""
-  for preset, steps in (('quick', 200), ('full', 8_580), ('paper', 64_000)):
+  for preset, steps in (('quick', 300), ('full', 8_580), ('paper', 64_000)):
     for cell, c in preset_cells(preset):
       assert ablation_lib.cell_steps(c) == steps, (preset, cell.name)
 
@@ -413,6 +413,23 @@ def test_an_imagenet_preset_cell_trains_streamed_and_is_analysed_on_mock_imagene
   assert np.isclose((pred['predicted'] == pred['labels']).mean(), out['test']['accuracy'])
 
 
+def test_a_grid_no_model_can_take_fails_in_one_line_before_any_cell_starts(
+    fashion_data_dir, tmp_path):
+  """The driver imports no JAX: its workers check the models' own rules (a depth, here)
+  before any trains, and the driver says what they found."""
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('none', 'A'), seeds=(0,),
+                      steps=2, eval_every=2)
+  workdir = tmp_path / 'sweep'
+  out = subprocess.run([sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
+                        f'--workdir={workdir}', '--config.depths=8,9', '--parallel=2'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: CIFAR ResNet depth must be 6n+2') and 'got 9' in last
+  assert 'started' not in out.stdout
+  assert not [d for d in os.listdir(workdir) if d.endswith(('-8-seed0', '-9-seed0'))]
+
+
 def tiny_ablation(tmp_path, data_dir, shortcuts, seeds, steps, eval_every):
   """Writes an ablation config of depth-8, width-4 cells on the small Fashion-MNIST."""
   cfg = tmp_path / 'tiny_ablation.py'
@@ -457,9 +474,14 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path, capsys):
     first_metrics = f.read()
   # ...the same command finishes the sweep without redoing the finished cell (its
   # flags given as `--flag value` here: the workers must not take them as arguments).
-  out = subprocess.run(cmd + ['--parallel', '2', '--progress_every', '0'], cwd=REPO, env=env,
+  # Python's import log (the driver's stderr; the workers' goes to their logs) shows that
+  # the driver, report included, imports no JAX: its workers do the work that needs it.
+  out = subprocess.run([sys.executable, '-X', 'importtime'] + cmd[1:]
+                       + ['--parallel', '2', '--progress_every', '0'], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  assert re.search(r'\| +resnet_jax\.sweep\.runner$', out.stderr, re.M)  # The log is read.
+  assert not re.findall(r'\| +(jax|flax|optax|orbax|tensorflow)$', out.stderr, re.M)
   assert '1 finished, 1 to run' in out.stdout
   # While the cell runs, the driver says which step it has reached, from the cell's log.
   assert re.search(r'^running: \w+-8-seed0 step [24]/4; 1/1 done', out.stdout, re.M) is None

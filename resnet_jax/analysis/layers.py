@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from resnet_jax import checkpoints
 from resnet_jax import config_lib
@@ -20,6 +19,7 @@ from resnet_jax import optim
 from resnet_jax import run_dir
 from resnet_jax import steps
 from resnet_jax import train
+from resnet_jax.analysis import results
 from resnet_jax.run_data import Data
 from resnet_jax.trainer import Trainer, build_model
 
@@ -150,27 +150,19 @@ UNAVAILABLE = (FileNotFoundError,) + train.USER_ERRORS
 def newest_checkpoint(celldir: str) -> int | None:
   """The step of a cell's newest checkpoint (None: none, or deleted to free disk), read
   from its directory without restoring anything."""
-  return max(ocp.utils.checkpoint_steps(os.path.join(celldir, 'checkpoints')), default=None)
+  return max(run_dir.saved_steps(celldir), default=None)
 
 
 def cell_analysis(celldir: str, num_examples: int = 256) -> dict:
   """`analyse_cell`, kept in CELL/analysis.json: computed once per checkpoint (the
   sweep does it in each cell's own process, in parallel with other cells)."""
-  path = os.path.join(celldir, 'analysis.json')
-  step = newest_checkpoint(celldir)
-  if os.path.exists(path):
-    with open(path) as f:
-      try:
-        saved = json.load(f)
-      except ValueError:
-        saved = {}
-    # With its checkpoints deleted (to free disk), a cell keeps the analysis it had.
-    if saved.get('examples') == num_examples and step in (saved.get('step'), None):
-      return saved
+  saved = results.saved_layer_analysis(celldir, num_examples)
+  if saved is not None:
+    return saved
   t = time.perf_counter()
   out = dict(analyse_cell(celldir, num_examples), examples=num_examples)
   out['seconds'] = time.perf_counter() - t  # The sweep's time split counts it.
-  run_dir.write_text(path, json.dumps(out))
+  run_dir.write_text(os.path.join(celldir, results.LAYER_ANALYSIS), json.dumps(out))
   print(f'Analysed {os.path.basename(celldir)} (layer responses, gradient norms).',
         flush=True)
   return out

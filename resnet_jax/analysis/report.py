@@ -53,17 +53,21 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   figures.plot_depth_vs_error(rows, os.path.join(workdir, 'depth_vs_error.png'), data)
   written = ['training_curves.png', 'depth_vs_error.png']
   if analyse:
-    from resnet_jax.analysis import layers
     n = ablation.get('analysis_examples', 256) if ablation else 256
     seed = min(c['seed'] for c in cells)
     analyses = []
     for c in cells:
       if c['seed'] == seed and results.finished(c):
-        try:
-          a = layers.cell_analysis(os.path.join(workdir, c['name']), n)
-        except layers.UNAVAILABLE as e:
-          print(f'No layer analysis of {c["name"]}: {e}', flush=True)
-          continue
+        celldir = os.path.join(workdir, c['name'])
+        # A sweep's workers analyse their cells: JAX is imported only for one they did not.
+        a = results.saved_layer_analysis(celldir, n)
+        if a is None:
+          from resnet_jax.analysis import layers
+          try:
+            a = layers.cell_analysis(celldir, n)
+          except layers.UNAVAILABLE as e:
+            print(f'No layer analysis of {c["name"]}: {e}', flush=True)
+            continue
         analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
     if analyses:
       run_dir.write_text(os.path.join(workdir, 'analysis.json'), json.dumps(analyses))

@@ -14,6 +14,9 @@ from resnet_jax.analysis import why_results
 from resnet_jax.sweep.cells import Cell
 
 
+LAYER_ANALYSIS = 'analysis.json'  # A cell's layer analysis (analysis/layers.py).
+
+
 class ReportError(ValueError):
   """The directory cannot be reported: no cells with metrics, or an unreadable ablation.json."""
 
@@ -67,6 +70,21 @@ def read_cell(celldir: str) -> dict | None:
       'train_curve': [(r['step'], 1 - r['accuracy']) for r in train],
       'val_curve': [(r['step'], 1 - r['accuracy']) for r in val],
   }
+
+
+def saved_layer_analysis(celldir: str, num_examples: int) -> dict | None:
+  """A cell's layer analysis as its CELL/analysis.json keeps it, if it is of
+  `num_examples` images and of the cell's newest checkpoint (a cell whose checkpoints were
+  deleted, to free disk, keeps the analysis it had); else None."""
+  try:
+    with open(os.path.join(celldir, LAYER_ANALYSIS)) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return None
+  step = max(run_dir.saved_steps(celldir), default=None)
+  if saved.get('examples') == num_examples and step in (saved.get('step'), None):
+    return saved
+  return None
 
 
 def read_cells(workdir: str) -> list[dict]:

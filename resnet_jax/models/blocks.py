@@ -16,13 +16,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_jax.shortcuts import SHORTCUTS, check_shortcut  # pylint: disable=unused-import
+
 ModuleDef = Any
-SHORTCUTS = ('identity', 'A', 'B', 'C', 'none')
-
-
-def check_shortcut(kind: str) -> None:
-  if kind not in SHORTCUTS:
-    raise ValueError(f'Unknown shortcut {kind!r}: use one of {", ".join(SHORTCUTS)}.')
 
 
 def apply_shortcut(x, out_channels: int, strides: int, kind: str,

@@ -7,7 +7,7 @@ import re
 import ml_collections
 
 from resnet_jax import config_lib
-
+from resnet_jax.shortcuts import SHORTCUTS
 
 _NAME = re.compile(r'^(plain|resnet(?P<shortcut>\w+?))-(?P<depth>\d+)-seed(?P<seed>\d+)$')
 
@@ -77,13 +77,12 @@ def grid(ablation) -> list[Cell]:
       raise config_lib.ConfigError(
           f'config.overrides.{key} would give every cell one {key.split(".")[-1]}: the grid '
           f'sets each cell\'s; give --config.{flag} instead.')
-  from resnet_jax import models
   for name in values['exclude']:
     shortcut, _, depth = name.rpartition('-')
-    if shortcut not in models.SHORTCUTS or not depth.isdigit():
+    if shortcut not in SHORTCUTS or not depth.isdigit():
       raise config_lib.ConfigError(
           f'config.exclude holds {name!r}: name each (shortcut, depth) to leave out as '
-          f'SHORTCUT-DEPTH, with a shortcut of {", ".join(models.SHORTCUTS)} (the plain '
+          f'SHORTCUT-DEPTH, with a shortcut of {", ".join(SHORTCUTS)} (the plain '
           f'net\'s is none), as in --config.exclude=none-1202,A-110.')
   cells = [Cell(d, s, seed) for d in values['depths'] for seed in values['seeds']
            for s in values['shortcuts'] if f'{s}-{d}' not in values['exclude']]

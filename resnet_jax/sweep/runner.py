@@ -7,9 +7,11 @@ import select
 import subprocess
 import time
 
+from resnet_jax import config_lib
 from resnet_jax import metrics_io
 from resnet_jax.sweep import ablation as ablation_lib
 from resnet_jax.sweep import status as status_lib
+from resnet_jax.sweep import worker as worker_lib
 from resnet_jax.sweep.cells import Cell, unit_cost, unit_name, units
 from resnet_jax.sweep.devices import Devices, _VISIBLE, worker_envs
 
@@ -37,27 +39,49 @@ class Worker:
     self.proc = subprocess.Popen(
         command,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env)
-    self.unit, self.started, self._line, self._read = None, None, b'', b''
+    self.unit, self.started, self._unit_line, self._read = None, None, b'', b''
+    self.created = time.perf_counter()
 
   def give(self, unit: list[Cell]):
     self.unit, self.started = unit, time.perf_counter()
-    self._line = (','.join(c.name for c in unit) + '\n').encode()
+    self._unit_line = (','.join(c.name for c in unit) + '\n').encode()
     try:
-      self.proc.stdin.write(self._line)
+      self.proc.stdin.write(self._unit_line)
       self.proc.stdin.flush()
     except BrokenPipeError:
       pass  # It has died: the driver finds out when it reads its output.
 
-  def unit_done(self) -> bool:
-    """Reads what the worker has written: True once it has answered its unit's line.
-    Raises EOFError if it died instead."""
+  def _read_some(self):
+    """Reads what the worker has written (blocks until it writes). Raises EOFError if it
+    died."""
     data = os.read(self.proc.stdout.fileno(), 4096)
     if not data:
       raise EOFError
     self._read += data
-    while b'\n' in self._read:
-      line, self._read = self._read.split(b'\n', 1)
-      if line + b'\n' == self._line:
+
+  def _next_line(self) -> bytes | None:
+    """The next whole reply line read so far, or None."""
+    if b'\n' not in self._read:
+      return None
+    line, self._read = self._read.split(b'\n', 1)
+    return line + b'\n'
+
+  def wait_ready(self) -> float:
+    """Blocks until the worker has started and checked every cell's config; returns the
+    seconds since it was started. Raises config_lib.ConfigError with its reason if a config cannot
+    run, and EOFError if it died first."""
+    while (line := self._next_line()) is None:
+      self._read_some()
+    if line.startswith(worker_lib.ERROR.encode()):
+      raise config_lib.ConfigError(line.decode().strip()[len(worker_lib.ERROR):])
+    return time.perf_counter() - self.created
+
+  def unit_done(self) -> bool:
+    """Reads what the worker has written (call it when its pipe is readable): True once it
+    has answered its unit's line. Raises EOFError if it died instead."""
+    self._read_some()
+    while (line := self._next_line()) is not None:
+      if line == self._unit_line:
         return True
     return False
 
@@ -130,13 +154,14 @@ class Clock:
 
 
 def time_split(workdir: str, ran: list[tuple[list[Cell], float]], wall: float,
-               workers: int) -> str:
+               workers: int, starting: float = 0.0) -> str:
   """How the workers' time went (`workers` x `wall` seconds), from the run records of
   the units `ran` ((cells, seconds from given to done)): train steps, compiling and
-  evaluation (each run's record), the layer analysis (its analysis.json), the rest of
-  each unit's time (process start, data, initialisation, checkpoints) and idle workers."""
+  evaluation (each run's record), the layer analysis (its analysis.json), the rest
+  (the workers' `starting` seconds: process start and the config checks; each unit's
+  data, initialisation and checkpoints) and idle workers."""
   parts = dict.fromkeys(('train steps', 'compiling', 'evaluation', 'analysis'), 0.0)
-  busy = 0.0
+  busy = starting
   for unit, seconds in ran:
     busy += seconds
     for i, cell in enumerate(unit):
@@ -184,6 +209,7 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, command: list[str],
           + '; '.join(f'{i}: {e[var]}' for i, e in enumerate(envs)), flush=True)
   workers = [Worker(workdir, i, env, command) for i, env in enumerate(envs)]
   clock, done, ran, t_start = Clock(len(workers)), 0, [], time.perf_counter()
+  starting = 0.0  # The workers' seconds from their start to READY (imports, the checks).
   resumed = {unit_name(u) for u in queue if any(status[c] == 'partial' for c in u)}
 
   log_of = lambda unit: os.path.join(workdir, f'{unit_name(unit)}.log')
@@ -221,6 +247,13 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, command: list[str],
           + (f', ETA {format_minutes(eta)}' if eta is not None else ''), flush=True)
 
   try:
+    for i, worker in enumerate(workers):  # Each checks the configs (JAX) before any trains.
+      try:
+        starting += worker.wait_ready()
+      except EOFError:
+        worker.close()
+        raise CellFailed(f'Worker {i} failed as it started (exit {worker.proc.returncode}): '
+                         f'{_last_line(worker.log_path)} (log: {worker.log_path})') from None
     for worker in workers:
       give_next(worker)
     while any(w.unit for w in workers):
@@ -263,4 +296,5 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, command: list[str],
         worker.proc.terminate()
       worker.close()
   if ran:
-    print(time_split(workdir, ran, time.perf_counter() - t_start, len(workers)), flush=True)
+    print(time_split(workdir, ran, time.perf_counter() - t_start, len(workers), starting),
+          flush=True)

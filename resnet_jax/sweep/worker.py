@@ -8,9 +8,13 @@ import signal
 import sys
 import traceback
 
+from resnet_jax import config_lib
 from resnet_jax import run_dir
 from resnet_jax.sweep import ablation as ablation_lib
 from resnet_jax.sweep.cells import Cell, unit_name
+
+# The worker's first reply: READY, or ERROR and the reason a cell's config cannot run.
+READY, ERROR = 'ready\n', 'error: '
 
 
 def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
@@ -55,9 +59,11 @@ def output_to(path: str):
 
 
 def serve(ablation, cells: list[Cell], workdir: str):
-  """A worker: runs the units the driver writes on stdin (cell names, one unit a line),
-  each with its output in WORKDIR/UNIT.log, and answers each line once it is done.
-  One process runs many units, so each skips a process's start (imports, data)."""
+  """A worker: checks every cell's config and replies READY (or ERROR and the reason one
+  cannot run, and exits), then runs the units the driver writes on stdin (cell names,
+  one unit a line), each with its output in WORKDIR/UNIT.log, and answers each line once
+  it is done. One process runs many units, so each skips a process's start (imports,
+  data)."""
   from resnet_jax import train
   by_name = {c.name: c for c in cells}
   reply = os.fdopen(os.dup(1), 'w', buffering=1)
@@ -65,6 +71,13 @@ def serve(ablation, cells: list[Cell], workdir: str):
   # Ctrl-C reaches the driver too, which stops this worker with SIGTERM: the cell
   # then saves a checkpoint before it stops.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:  # The models' own rules, which the driver (no JAX) left to its workers.
+    for cell in cells:
+      config_lib.validate(ablation_lib.cell_config(ablation, cell))
+  except config_lib.ConfigError as e:
+    reply.write(f'{ERROR}{e}\n')
+    sys.exit(1)
+  reply.write(READY)
   for line in sys.stdin:
     unit = [by_name[n] for n in line.strip().split(',')]
     with output_to(os.path.join(workdir, f'{unit_name(unit)}.log')):
