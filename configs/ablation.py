@@ -2,7 +2,7 @@
 
 python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdir=runs/ablation
 Presets (the argument):
-  quick    Fashion-MNIST offline, width-8 nets, 200 steps: a budget of minutes on 2 CPU
+  quick    Fashion-MNIST offline, width-8 nets, 250 steps: a budget of minutes on 2 CPU
            cores.
   full     Fashion-MNIST at full width, 20 epochs after a one-epoch warm-up: aimed at
            deeper residual nets winning; at 20 epochs ResNet-56 reaches a lower
@@ -38,21 +38,22 @@ def get_config(arg: str = 'quick'):
     c.run_config = 'fashion_mnist.py'
     c.depths = (20, 32, 44, 56)
     c.seeds = (0, 1)
-    # 200 steps of batch 128 (0.44 of an epoch), so that the 16 runs fit in 20 minutes
-    # on 2 CPU cores with the set-up (on oneDNN's convolutions): enough for plain nets to
+    # 250 steps of batch 128 (0.54 of an epoch), so that the 16 runs fit in 20 minutes
+    # on 2 CPU cores with the set-up (300 would take about 19): enough for plain nets to
     # degrade with depth while plain-20 and ResNet-20 train about level (see the README;
     # the search: docs/ablation_quick/README.md).
     c.overrides = sweep_ablation.sweep_overrides({
-        # Unrolled: at these depths XLA:CPU runs the unrolled stages' step 5-20% faster
-        # than the scanned ones, for a second or so more compiling (docs/performance.md).
+        # Unrolled: at these depths XLA:CPU runs the unrolled stages' step 4-17% faster
+        # than the scanned ones, for about a second more compiling (docs/performance.md).
         'model': {'num_filters': 8, 'scan_blocks': False},
         'data': {'augment': 'none', 'validation_size': 1000},
         # A 30-step linear warm-up: with the ordinary classifier the deep residual nets
         # start at a loss of 3 to 4, and a shorter warm-up let some stall after an early
-        # loss spike (docs/ablation_quick/README.md).
+        # loss spike; learning rates 0.05 and 0.2 and warm-ups of 15 and 60 steps trained
+        # no better (docs/ablation_quick/README.md).
         'optimizer': {'learning_rate': 0.1, 'nesterov': False, 'weight_decay': 1e-4,
                       'warmup_steps': 30},
-        'batch_size': 128, 'num_train_steps': 300, 'log_every_steps': 10,
+        'batch_size': 128, 'num_train_steps': 250, 'log_every_steps': 10,
         'eval_every_steps': 50, 'checkpoint_every_steps': 50, 'eval_batch_size': 1000,
     })
   elif preset == 'full':
