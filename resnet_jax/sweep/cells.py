@@ -42,8 +42,9 @@ GRID_KEYS = {'model.depth': 'depths', 'model.shortcut': 'shortcuts', 'seed': 'se
 
 
 def grid(ablation) -> list[Cell]:
-  """Every cell of the sweep, shallow first so that early results come early; a config
-  that is not an ablation's, or holds values of the wrong type, is refused in one line."""
+  """Every cell of the sweep, shallow first (the order of its tables and of --dry_run; the
+  sweep starts the deepest first); a config that is not an ablation's, or holds values of
+  the wrong type, is refused in one line."""
   if 'model' in ablation and 'depths' not in ablation:
     raise config_lib.ConfigError(
         'This is the config of a single run: the sweep takes configs/ablation.py:PRESET '

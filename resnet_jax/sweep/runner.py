@@ -196,7 +196,9 @@ def run_sweep(ablation, workdir: str, cells, parallel: int, command: list[str],
   todo = [c for c in cells if status[c] not in ('done', 'diverged')]
   print(f'{len(cells)} cells in this shard: {len(cells) - len(todo)} finished, '
         f'{len(todo)} to run.', flush=True)
-  queue = units(todo, together)
+  # Deepest first (longest-processing-time order): the shallow units fill in at the end,
+  # so that no worker idles through the last deep one alone.
+  queue = sorted(units(todo, together), key=unit_cost, reverse=True)
   n_units = len(queue)
   n_workers = min(max(parallel, 1), n_units)
   configs = {c: ablation_lib.cell_config(ablation, c) for c in todo}
