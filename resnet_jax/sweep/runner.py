@@ -68,8 +68,8 @@ class Worker:
 
   def wait_ready(self) -> float:
     """Blocks until the worker has started and checked every cell's config; returns the
-    seconds since it was started. Raises config_lib.ConfigError with its reason if a config cannot
-    run, and EOFError if it died first."""
+    seconds since it was started. Raises config_lib.ConfigError with its reason if a
+    config cannot run, and EOFError if it died first."""
     while (line := self._next_line()) is None:
       self._read_some()
     if line.startswith(worker_lib.ERROR.encode()):
