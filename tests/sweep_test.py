@@ -42,7 +42,7 @@ def test_quick_grid_and_shards():
   assert len({c.name for c in cells}) == len(cells)
   config = ablation_lib.cell_config(ab, cells_lib.Cell(56, 'none', 1))
   assert (config.model.depth, config.model.shortcut, config.seed) == (56, 'none', 1)
-  assert config.model.num_filters == 8 and config.num_train_steps == 250
+  assert config.model.num_filters == 8 and config.num_train_steps == 300
   # One recipe for the plain net and its residual twin: the ordinary classifier.
   twin = ablation_lib.cell_config(ab, cells_lib.Cell(56, 'A', 1))
   assert not config.model.zero_init_head and not twin.model.zero_init_head
@@ -238,7 +238,7 @@ def test_imagenet_preset_cells_are_figure_4s_nets():
 def test_cell_steps_are_the_presets_run_lengths_without_reading_data():
   """What --estimate multiplies a step's time by: each preset's steps, from its config
   and its data set's known size (the README's counts)."""
-  for preset, steps in (('quick', 250), ('full', 8_580), ('paper', 64_000)):
+  for preset, steps in (('quick', 300), ('full', 8_580), ('paper', 64_000)):
     for cell, c in preset_cells(preset):
       assert ablation_lib.cell_steps(c) == steps, (preset, cell.name)
 
