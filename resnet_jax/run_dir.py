@@ -48,6 +48,12 @@ def saved_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(saved) if name.isdigit())
 
 
+def newest_step(workdir: str) -> int | None:
+  """The step of a run's newest complete checkpoint (None: none, or deleted to free disk),
+  without restoring anything."""
+  return max(saved_steps(workdir), default=None)
+
+
 def holds_results(workdir: str) -> bool:
   """Whether `workdir` keeps something of a run: a complete checkpoint, a logged record or
   a divergence. One that does not (its attempt failed or was stopped before any) has

@@ -1,6 +1,7 @@
-"""The CIFAR ResNet (option A) in PyTorch, for the benchmark's optional comparison column.
+"""The CIFAR ResNet (option A) in PyTorch, for the benchmark's comparison column.
 
-Only imported where torch is installed (`pip install torch`); never a dependency.
+Only imported where torch is installed (the `compare` extra, which `make test` and
+`make benchmark` install); the package itself never needs it.
 """
 
 import time
@@ -15,7 +16,7 @@ class _Block(nn.Module):
   """conv-BN-ReLU-conv-BN, + the option-A shortcut unless plain, ReLU.
 
   PyTorch's usual stride-2 convolution pads one pixel on each side; ours ('SAME', as XLA
-  pads it) pads only the bottom and right. `xla_padding` pads as we do, for the test that
+  pads it) pads only the bottom and right on even sizes (every size these nets stride). `xla_padding` pads as we do, for the test that
   compares the two nets' logits; the cost is the same either way.
   """
 

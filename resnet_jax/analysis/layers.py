@@ -147,12 +147,6 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
 UNAVAILABLE = (FileNotFoundError,) + train.USER_ERRORS
 
 
-def newest_checkpoint(celldir: str) -> int | None:
-  """The step of a cell's newest checkpoint (None: none, or deleted to free disk), read
-  from its directory without restoring anything."""
-  return max(run_dir.saved_steps(celldir), default=None)
-
-
 def cell_analysis(celldir: str, num_examples: int = 256) -> dict:
   """`analyse_cell`, kept in CELL/analysis.json: computed once per checkpoint (the
   sweep does it in each cell's own process, in parallel with other cells)."""

@@ -81,7 +81,7 @@ def saved_layer_analysis(celldir: str, num_examples: int) -> dict | None:
       saved = json.load(f)
   except (OSError, ValueError):
     return None
-  step = max(run_dir.saved_steps(celldir), default=None)
+  step = run_dir.newest_step(celldir)
   if saved.get('examples') == num_examples and step in (saved.get('step'), None):
     return saved
   return None

@@ -76,8 +76,7 @@ def settings(options: Options, step: int | None) -> dict:
 def pending(celldir: str, options: Options, landscapes: bool) -> dict:
   """{analysis file: settings} of what `options` asks of the cell that it lacks. A cell
   whose checkpoints were deleted (to free disk) keeps what it has."""
-  from resnet_jax.analysis import layers
-  step = layers.newest_checkpoint(celldir)
+  step = run_dir.newest_step(celldir)
   wanted = {k: v for k, v in settings(options, step).items()
             if k.split('_')[0] in options.analyses and (landscapes or k[:9] != 'landscape')}
   out = {}
