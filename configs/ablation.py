@@ -39,12 +39,12 @@ def get_config(arg: str = 'quick'):
     c.depths = (20, 32, 44, 56)
     c.seeds = (0, 1)
     # 300 steps of batch 128 (0.65 of an epoch), so that the 16 runs fit in 20 minutes
-    # on 2 CPU cores with the set-up (about 18.5 here): enough for plain nets to degrade
+    # on 2 CPU cores with the set-up (docs/ablation_quick/): enough for plain nets to degrade
     # with depth while plain-20 and ResNet-20 train about level (see the README; the
     # search: docs/ablation_quick/README.md).
     c.overrides = sweep_ablation.sweep_overrides({
-        # Unrolled: at these depths XLA:CPU runs the unrolled stages' step 4-17% faster
-        # than the scanned ones, for about a second more compiling (docs/performance.md).
+        # Unrolled: at these depths XLA:CPU runs the unrolled stages' step faster than
+        # the scanned ones, for a little more compiling (docs/performance.md).
         'model': {'num_filters': 8, 'scan_blocks': False},
         'data': {'augment': 'none', 'validation_size': 1000},
         # A 30-step linear warm-up: with the ordinary classifier the deep residual nets

@@ -18,14 +18,15 @@ def get_config(arg: str = ''):
   c.data.augment = 'none'
   c.model.depth = args.get('depth', 20)
   c.model.shortcut = 'none' if args.get('plain') else args.get('shortcut', 'A')
-  # On XLA:CPU an unrolled ResNet-20 steps ~1.4x faster than a scanned one; deep
-  # nets should scan (model.scan_blocks=True) so that compile time stays flat.
+  # On XLA:CPU an unrolled ResNet-20 steps faster than a scanned one
+  # (docs/performance.md); deep nets should scan (model.scan_blocks=True) so that
+  # compile time stays flat.
   c.model.scan_blocks = False
   c.optimizer.learning_rate = 0.05
   c.optimizer.nesterov = True
   c.optimizer.schedule = 'cosine'
   c.optimizer.weight_decay = 5e-4
   c.batch_size = 64
-  c.num_epochs = 6.0  # 13 minutes on 2 AVX-512 CPU cores, 19 on AVX2.
+  c.num_epochs = 6.0  # Its time on 2 CPU cores: docs/runs.md.
   c.eval_every_steps = 1000
   return c

@@ -8,8 +8,11 @@ hours the paper and extreme ablation presets would train at these step times, an
 writes everything as JSON. Models: `resnetN` / `plainN` (CIFAR family, 32x32x3),
 `quick-resnetN` / `quick-plainN` (the quick preset's width-8 nets on 28x28x1),
 `resnet50` / `plain50` (ImageNet family at 64x64x3). A PyTorch column is added where
-torch is installed; `--lesson` (default) trains the lesson's model one epoch beside its
-own Keras program. The measuring lives in resnet_jax.benchmark and
+torch is installed: the same net in eager PyTorch (peers/torch_resnet.py), each row's
+process alternating with its twin's for --rounds rounds; `--lesson` (default) trains
+the lesson's model one epoch beside its own Keras program (peers/keras_lesson.py). Each
+peer runs as its users run it (resnet_jax/peer_process.py) and its environment is printed
+beside its figures. The measuring lives in resnet_jax.benchmark and
 resnet_jax.lesson_benchmark.
 """
 
@@ -38,6 +41,9 @@ _UNROLLED = flags.DEFINE_list(
     'unrolled_models', 'quick-resnet20,quick-plain20,quick-resnet56,quick-plain56,resnet20,'
     'plain20,resnet56,plain56', 'Models also measured with model.scan_blocks=False (as the '
     'quick preset trains its nets; the ratio to PyTorch takes the faster row).')
+_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds of each row, alternating with its '
+                               'PyTorch twin; the fastest round of each is reported.',
+                               lower_bound=1)
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per row (the median is reported).',
                               lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.', lower_bound=0)
@@ -56,7 +62,7 @@ _VMAPPED = flags.DEFINE_enum(
 _PIPELINE = flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline on its own.')
 _LESSON = flags.DEFINE_bool('lesson', True, 'Also train the lesson\'s model one epoch '
                             '(configs/seed_mnist.py) beside its own Keras program '
-                            '(experiments/keras_lesson.py; needs TensorFlow): a few minutes.')
+                            '(peers/keras_lesson.py; needs TensorFlow): a few minutes.')
 _LESSON_RUNS = flags.DEFINE_integer('lesson_runs', 1, 'Epochs of each side for --lesson, '
                                     'alternating (the accuracy criterion needs 3 or more).',
                                     lower_bound=1)
@@ -64,7 +70,6 @@ _PEAK = flags.DEFINE_float('peak_gflops', 0.0, 'The machine\'s peak GFLOP/s (0: 
                            'for CPUs from cores x clock x FMA width).', lower_bound=0)
 _OUTPUT = flags.DEFINE_string('output', 'runs/benchmark/benchmark.json', 'The JSON file.')
 _ROW = flags.DEFINE_string('row', None, 'Internal: measure one row (JSON) and print it.')
-_TORCH_ROW = flags.DEFINE_string('torch_row', None, 'Internal: time one PyTorch row.')
 
 
 def main(argv):
@@ -72,9 +77,6 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if _ROW.value:
     print(json.dumps(benchmark.measure_row(json.loads(_ROW.value))))
-    return
-  if _TORCH_ROW.value:
-    print(json.dumps(benchmark.torch_row(json.loads(_TORCH_ROW.value))))
     return
   try:  # Bad names, batch sizes and output paths fail in one line, before anything runs.
     if not _MODELS.value:
@@ -98,7 +100,7 @@ def main(argv):
     print(f'[{i}/{len(plan)}] {row["model"]} batch {row["batch_size"]}'
           f'{" remat" if row["remat"] else ""}{"" if row["scan"] else " unrolled"}'
           f'{vmapped} ...', end=' ', flush=True)
-    result = benchmark.measure(row, _TORCH.value)
+    result = benchmark.measure(row, _TORCH.value, _ROUNDS.value)
     rows.append(result)
     print(result.get('error') or f'compile {result["compile_s"]:.1f} s, step '
           f'{result["step_ms"]:.0f} ms, {result["images_per_second"]:.0f} img/s, '

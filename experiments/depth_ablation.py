@@ -70,7 +70,6 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed.
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
-  own = {name: not flags.FLAGS[name].boolean for name in _OWN}  # Takes a value?
   try:
     modes = [f'--{name}' for name in ('dry_run', 'estimate', 'report_only')
              if flags.FLAGS[name].value]
@@ -84,62 +83,69 @@ def main(argv):
     if chosen and not (_DRY_RUN.value or _ESTIMATE.value):  # Those only list or time them.
       from resnet_jax.sweep import worker
       worker.run_cells(ablation, chosen, workdir)
-      return
-    if _WORKER.value:
+    elif _WORKER.value:
       from resnet_jax.sweep import worker
       worker.serve(ablation, cells, workdir)
-      return
-    cells_lib.check_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
-    paper.table_name(ablation.get('paper_table', ''))  # Refused now, not at the end.
-    configs = [ablation_lib.cell_config(ablation, cell) for cell in cells]
-    # Every cell's config is checked before anything runs; the models' own rules (which
-    # need JAX) by this process only where it lists or times the cells: a sweep's workers
-    # check them before they train, so that this driver imports no JAX.
-    for config in configs:
-      config_lib.validate(config, model=_DRY_RUN.value or _ESTIMATE.value)
-    ablation_lib.check_cell_configs(ablation, cells, workdir)
-    # Which devices the cells will see, where it matters: vmapped seeds and workers.
-    probe = not _REPORT_ONLY.value and (_VMAP_SEEDS.value == 'auto' or _PARALLEL.value > 1)
-    devices = devices_lib.probe_devices() if probe else devices_lib.Devices('cpu', 1)
-    data_name = configs[0].data.name  # One run config: every cell reads the same data.
-    together = devices_lib.seeds_together(
-        _VMAP_SEEDS.value, devices,
-        '' if datasets.get_spec(data_name).in_memory else data_name)
-    mine = chosen or cells_lib.shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
-    if _ESTIMATE.value:
-      from resnet_jax.sweep import estimate
-      estimate.print_estimate(ablation, mine, together, workdir, _NUM_SHARDS.value > 1)
-      return
-    if _DRY_RUN.value:
-      commands.print_dry_run(cells_lib.units(mine, together), workdir, own)
-      return
-    if not _REPORT_ONLY.value:
-      devices_lib.check_parallel(_PARALLEL.value, devices)
-    elif not os.path.isdir(workdir):  # A mistyped path: nothing to report, nothing made.
-      raise config_lib.ConfigError(f'There is no sweep directory {workdir}: give '
-                                   '--report_only the --workdir the sweep ran in.')
-    run_dir.check_writable(workdir)
-    # One driver per shard (shards may share the directory): a second is refused before
-    # it writes anything. A report alone may be written while the sweep runs.
-    held = [] if _REPORT_ONLY.value else [workdir]
-    with run_dir.exclusive(held, f'.lock-shard{_SHARD_INDEX.value}of{_NUM_SHARDS.value}'):
-      saved = ablation_lib.saved_ablation(ablation, data_name)
-      run_dir.write_text(os.path.join(workdir, ablation_lib.RECORD),
-                         saved.to_json_best_effort(indent=2))
-      if not _REPORT_ONLY.value:
-        # Workers checkpoint their cells and stop (SIGINT too: a shell's background job
-        # inherits it ignored).
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        runner.run_sweep(ablation, workdir, mine, _PARALLEL.value,
-                         commands.driver_command(sys.executable, own) + ['--worker'],
-                         together, devices, _PROGRESS_EVERY.value)
-    report.write_report(workdir, saved)
+    else:
+      drive(ablation, workdir, cells, chosen)
   except (config_lib.ConfigError, runner.CellFailed, results.ReportError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     sys.exit('Interrupted: finished cells are kept and the others resume from their last '
              'checkpoint when the same command runs again.')
+
+
+def drive(ablation, workdir: str, cells, chosen):
+  """The driver: every cell checked, then its shard listed (--dry_run), timed
+  (--estimate), or run by its workers, and the report written (--report_only: the
+  report alone)."""
+  cells_lib.check_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
+  paper.table_name(ablation.get('paper_table', ''))  # Refused now, not at the end.
+  configs = [ablation_lib.cell_config(ablation, cell) for cell in cells]
+  # Every cell's config is checked before anything runs; the models' own rules (which
+  # need JAX) by this process only where it lists or times the cells: a sweep's workers
+  # check them before they train, so that this driver imports no JAX.
+  for config in configs:
+    config_lib.validate(config, model=_DRY_RUN.value or _ESTIMATE.value)
+  ablation_lib.check_cell_configs(ablation, cells, workdir)
+  # Which devices the cells will see, where it matters: vmapped seeds and workers.
+  probe = not _REPORT_ONLY.value and (_VMAP_SEEDS.value == 'auto' or _PARALLEL.value > 1)
+  devices = devices_lib.probe_devices() if probe else devices_lib.Devices('cpu', 1)
+  data_name = configs[0].data.name  # One run config: every cell reads the same data.
+  together = devices_lib.seeds_together(
+      _VMAP_SEEDS.value, devices,
+      '' if datasets.get_spec(data_name).in_memory else data_name)
+  mine = chosen or cells_lib.shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
+  own = {name: not flags.FLAGS[name].boolean for name in _OWN}  # Takes a value?
+  if _ESTIMATE.value:
+    from resnet_jax.sweep import estimate
+    estimate.print_estimate(ablation, mine, together, workdir, _NUM_SHARDS.value > 1)
+    return
+  if _DRY_RUN.value:
+    commands.print_dry_run(cells_lib.units(mine, together), workdir, own)
+    return
+  if not _REPORT_ONLY.value:
+    devices_lib.check_parallel(_PARALLEL.value, devices)
+  elif not os.path.isdir(workdir):  # A mistyped path: nothing to report, nothing made.
+    raise config_lib.ConfigError(f'There is no sweep directory {workdir}: give '
+                                 '--report_only the --workdir the sweep ran in.')
+  run_dir.check_writable(workdir)
+  # One driver per shard (shards may share the directory): a second is refused before
+  # it writes anything. A report alone may be written while the sweep runs.
+  held = [] if _REPORT_ONLY.value else [workdir]
+  with run_dir.exclusive(held, f'.lock-shard{_SHARD_INDEX.value}of{_NUM_SHARDS.value}'):
+    saved = ablation_lib.saved_ablation(ablation, data_name)
+    run_dir.write_text(os.path.join(workdir, run_dir.SWEEP_RECORD),
+                       saved.to_json_best_effort(indent=2))
+    if not _REPORT_ONLY.value:
+      # Workers checkpoint their cells and stop (SIGINT too: a shell's background job
+      # inherits it ignored).
+      signal.signal(signal.SIGTERM, _stop)
+      signal.signal(signal.SIGINT, _stop)
+      runner.run_sweep(ablation, workdir, mine, _PARALLEL.value,
+                       commands.driver_command(sys.executable, own) + ['--worker'],
+                       together, devices, _PROGRESS_EVERY.value)
+  report.write_report(workdir, saved)
 
 
 def _stop(signum, frame):

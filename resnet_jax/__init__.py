@@ -2,7 +2,11 @@
 
 import os
 
-# TensorFlow only feeds tf.data here: keep its C++ start-up notices (the oneDNN one, twice
-# per process) off the run's output. Set before any TensorFlow import; a user's own win.
+# The environment as this process found it, before the package's own settings below: what
+# a peer program of the benchmark inherits (resnet_jax/peer_process.py), so that nothing of
+# this project reaches it.
+USER_ENVIRONMENT = dict(os.environ)
+
+# TensorFlow only feeds tf.data here: keep its C++ start-up notices off the run's output.
+# Set before any TensorFlow import; a user's own setting wins.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')

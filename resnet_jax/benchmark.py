@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 
+from resnet_jax import peer_process
 from resnet_jax import run_dir
 from resnet_jax.timing import time_train_step
 
 COMPILE_RATIO_TARGET, PIPELINE_RATIO_TARGET, MEMORY_TARGET_GIB = 3.0, 5.0, 24.0
 MODULE = 'experiments.benchmark'  # The command line that measures a row alone.
+TORCH_WARMUP = 5  # Untimed PyTorch steps at least (its allocator and oneDNN primitives).
 
 
 QUICK = 'quick-'  # quick-resnetN, quick-plainN: the quick ablation preset's nets.
@@ -204,13 +206,13 @@ def vmapped_seeds(choice: str) -> int:
   return len(ablation.load_config_file('ablation.py').get_config('paper').seeds)
 
 
-def run_row_isolated(row: dict, flag: str = 'row') -> dict:
+def run_row_isolated(row: dict) -> dict:
   """Measures `row` in a fresh process: its peak memory is its own, a row that runs out
   of memory cannot take the whole benchmark down, and its compile time is XLA's, not a
   read of a persistent compilation cache the caller may have set."""
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   out = subprocess.run([sys.executable, '-m', MODULE,
-                        f'--{flag}={json.dumps(row)}'], capture_output=True, text=True,
+                        f'--row={json.dumps(row)}'], capture_output=True, text=True,
                        env=env)
   if out.returncode == -9:
     return dict(row, error='killed (SIGKILL): out of memory?')
@@ -375,31 +377,50 @@ def plan(models: list[str], batch_sizes: list[str], remat_models: list[str],
           for b in batch_sizes for m in models for remat, scan, k in variants(m)]
 
 
-def measure(row: dict, torch_max_depth: int) -> dict:
-  """`row` measured in a process of its own, with PyTorch's time beside it for the CIFAR
-  models up to `torch_max_depth` where torch is installed."""
-  result = run_row_isolated(row)
-  kwargs = parse_model(row['model'])[0]
-  if (torch_max_depth > 0 and not row['remat'] and row['scan'] and row['seeds'] == 1
-      and 'error' not in result and kwargs['name'] == 'cifar_resnet'
-      and kwargs['depth'] <= torch_max_depth):
-    try:
-      import torch  # pylint: disable=unused-import,import-outside-toplevel
-    except ImportError:
-      return result
-    torch_result = run_row_isolated(row, 'torch_row')
-    result.update({k: v for k, v in torch_result.items() if k.startswith('torch')})
-  return result
-
-
-def torch_row(row: dict) -> dict:
-  """PyTorch's step time for `row` (experiments.benchmark --torch_row)."""
-  from resnet_jax import torch_reference
+def torch_args(row: dict) -> list[str]:
+  """peers/torch_resnet.py's flags for the same net, batch and timed steps as `row`."""
   kwargs, shape, classes = parse_model(row['model'])
-  return torch_reference.train_step_ms(
-      kwargs['depth'], kwargs['shortcut'] != 'none', row['batch_size'], image_size=shape[0],
-      width=kwargs['num_filters'], in_channels=shape[-1], num_classes=classes,
-      steps=row['steps'], warmup=row['warmup'])
+  return [f'--depth={kwargs["depth"]}', *(['--plain'] * (kwargs['shortcut'] == 'none')),
+          f'--batch_size={row["batch_size"]}', f'--image_size={shape[0]}',
+          f'--width={kwargs["num_filters"]}', f'--in_channels={shape[-1]}',
+          f'--num_classes={classes}', f'--steps={row["steps"]}',
+          f'--warmup={max(row["warmup"], TORCH_WARMUP)}']
+
+
+def has_torch_twin(row: dict, torch_max_depth: int) -> bool:
+  """PyTorch times the CIFAR family's scanned single-seed rows up to `torch_max_depth`
+  where torch is installed (the unrolled row of a net shares its scanned row's twin)."""
+  import importlib.util
+  kwargs = parse_model(row['model'])[0]
+  return (torch_max_depth > 0 and not row['remat'] and row['scan'] and row['seeds'] == 1
+          and kwargs['name'] == 'cifar_resnet' and kwargs['depth'] <= torch_max_depth
+          and importlib.util.find_spec('torch') is not None)
+
+
+def measure(row: dict, torch_max_depth: int, rounds: int = 1) -> dict:
+  """`row` measured in a process of its own `rounds` times, alternating with PyTorch's
+  twin (peers/torch_resnet.py, as its users run it) where it has one; the fastest round
+  of each, with every round's step time."""
+  twin = has_torch_twin(row, torch_max_depth)
+  ours, theirs = [], []
+  for _ in range(rounds):
+    ours.append(run_row_isolated(row))
+    if 'error' in ours[-1]:
+      return ours[-1]
+    if twin:
+      try:
+        theirs.append(peer_process.run('torch_resnet.py', torch_args(row))[0])
+      except RuntimeError as e:
+        theirs.append({'torch_error': str(e)})
+  result = dict(min(ours, key=lambda r: r['step_ms']),
+                step_ms_rounds=[r['step_ms'] for r in ours])
+  timed = [t for t in theirs if 'torch_step_ms' in t]
+  if timed:
+    result.update(min(timed, key=lambda t: t['torch_step_ms']),
+                  torch_step_ms_rounds=[t['torch_step_ms'] for t in timed])
+  elif theirs:
+    result['torch_error'] = theirs[-1]['torch_error']
+  return result
 
 
 def print_summary(rows: list[dict], pipeline, peak, seeds: int) -> dict:
@@ -412,6 +433,9 @@ def print_summary(rows: list[dict], pipeline, peak, seeds: int) -> dict:
   print(f'Convolutions: conv_impl {", ".join(impls)}.')
   for line in targets(rows, pipeline):
     print(line)
+  torch_env = next((r['torch_environment'] for r in rows if 'torch_environment' in r), None)
+  if torch_env:
+    print(f'PyTorch ran as: {peer_process.describe(torch_env)}')
   hours = preset_hours(rows)
   from resnet_jax.sweep import ablation
   for preset, h in hours.items():

@@ -1,40 +1,43 @@
-"""The command lines' flag parsing: a bad config file or override ends in one line."""
+"""The command lines' flag parsing: a bad config file or override ends in one line.
 
+The --config file and every --config.KEY=VALUE override are checked here, before absl
+and ml_collections parse them (the same file, loaded the same way): a missing or
+unreadable file, one without get_config, a bad config argument, a key the config lacks
+or a value of the wrong type each end in one sentence naming the flag, never in the
+text of another library's exception.
+"""
+
+import difflib
+import importlib.util
 import os
-import re
 import sys
 
 from absl import flags
 
 from resnet_jax import config_lib
 
+# What a --config.KEY=VALUE must give, by the type of the key's value in the config, and
+# absl's parser of that type (the one ml_collections' overrides use).
+_TYPE_WORDS = {int: 'a whole number', float: 'a number', bool: 'true or false'}
+_PARSERS = {int: flags.IntegerParser(), float: flags.FloatParser(),
+            bool: flags.BooleanParser()}
+
+
+class FlagError(ValueError):
+  """A --config flag that cannot work: its one-line message."""
+
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing (`app.run(main, flags_parser=...)`), where a missing config file,
-  a bad config argument or an override of a key the config lacks ends in one line."""
+  """absl's flag parsing (`app.run(main, flags_parser=...)`) after `check_config_flags`."""
   try:
-    remaining = flags.FLAGS(argv)
-  except flags.Error as error:  # absl's own errors, and a config file's ValueError.
-    sys.exit(_flag_error_message(str(error)))
-  except OSError as error:  # An override applied to a config file that could not be loaded.
-    _exit_if_config_file_unreadable(_config_path(argv), error)
-    raise
-  except AttributeError as error:
-    if "has no attribute 'get_config'" in str(error):
-      sys.exit(f'error: --config: {_config_path(argv)!r} has no get_config(arg) function; a '
-               'config file returns its ConfigDict from one (see configs/).')
-    _exit_if_unknown_override(error, argv)
-    raise  # Not an override's key (a config file's own bug, say): its traceback helps.
-  except KeyError as error:  # What ml_collections raises for an unknown path.
-    _exit_if_unknown_override(error, argv)
-    raise
-  if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
-    # ml_collections defers a config file's load error to the config's first use: it
-    # stands in a placeholder holding the error.
-    placeholder = vars(flags.FLAGS['config'].value) \
-        if hasattr(flags.FLAGS['config'].value, '__dict__') else {}
-    _exit_if_config_file_unreadable(_config_path(argv), placeholder.get('_error'))
-  return remaining
+    check_config_flags(argv)
+  except FlagError as e:
+    sys.exit(f'error: {e}')
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:  # absl's own errors: its text, as absl prints it.
+    sys.exit(f'FATAL Flags parsing error: {error}\n'
+             'Pass --helpshort or --helpfull to see help on flags.')
 
 
 def refuse_arguments(argv: list[str]) -> None:
@@ -44,90 +47,84 @@ def refuse_arguments(argv: list[str]) -> None:
              '(--flag=VALUE), and lists are comma-separated (--models=a,b).')
 
 
-# What a --config.KEY=VALUE must give, by the type of the key's value in the config.
-_TYPE_WORDS = {int: 'a whole number', float: 'a number', bool: 'true or false',
-               str: 'a string', tuple: 'comma-separated values'}
+def _flag_values(argv: list[str], prefix: str) -> list[tuple[str, str | None]]:
+  """(flag, value) of each flag in `argv` starting with `prefix`, in either form
+  (--flag=VALUE, --flag VALUE); None for a bare flag followed by another flag or nothing."""
+  out = []
+  for i, a in enumerate(argv[1:], 1):
+    if not a.startswith(prefix):
+      continue
+    name, eq, value = a.partition('=')
+    if not eq:
+      value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith('-') else None
+    out.append((name, value))
+  return out
 
 
-def _override_type_error(message: str) -> str | None:
-  """One line for a --config.KEY=VALUE whose value is not of the key's type (absl's own
-  message names only the conversion that failed), or None if `message` is not one."""
-  match = re.match(r'flag --config\.([\w.]+)=(.*?): ', message)
-  if not match:
-    return None
-  path, value = match.groups()
-  try:
-    node = flags.FLAGS['config'].value
-    *parents, leaf = path.split('.')
-    for part in parents:
-      node = node[part]
-    kind, now = node.get_ref(leaf).get_type(), node[leaf]
-  except (AttributeError, KeyError, TypeError):  # No config to look in: absl's text.
-    return None
-  if kind not in _TYPE_WORDS:
-    return None
-  if isinstance(now, tuple):
-    now = ','.join(map(str, now))
-  example = f' (the config has {now})' if now is not None else ''
-  return f'error: --config.{path}={value}: {path} takes {_TYPE_WORDS[kind]}{example}.'
+def check_config_flags(argv: list[str]):
+  """Loads the --config file as ml_collections will and checks it and every override;
+  raises FlagError naming the flag and the fix."""
+  given = [(f, v) for f, v in _flag_values(argv, '--config') if f == '--config']
+  if not given or given[-1][1] is None:
+    return  # No config named: the command line says so itself.
+  value = given[-1][1]
+  path, _, arg = value.partition(':')
+  config = _load_config(path, arg, value)
+  for flag, override in _flag_values(argv, '--config.'):
+    _check_override(config, flag, override)
 
 
-def _flag_error_message(message: str) -> str:
-  """One line for a config file's ValueError (its argument, say) or an override of the
-  wrong type; absl's text otherwise."""
-  typed = _override_type_error(message)
-  if typed:
-    return typed
-  flag = re.match(r'flag (--\S+): Error whilst parsing config file:', message)
-  last = message.strip().splitlines()[-1].strip()
-  error = re.match(r'(?:\w+\.)*(?:ValueError|ConfigError): (.*)', last)
-  if flag and error:
-    return f'error: {flag.group(1)}: {error.group(1)}'
-  if '\n' in message:
-    message = '\n' + '\n'.join('  ' + line for line in message.splitlines())
-  return (f'FATAL Flags parsing error: {message}\n'
-          'Pass --helpshort or --helpfull to see help on flags.')
-
-
-def _config_path(argv) -> str:
-  """The file named by --config in `argv` (without its ':ARGS')."""
-  for i, a in enumerate(argv):
-    if a.startswith('--config='):
-      return a.split('=', 1)[1].split(':', 1)[0]
-    if a == '--config' and i + 1 < len(argv):
-      return argv[i + 1].split(':', 1)[0]
-  return ''
-
-
-def _exit_if_config_file_unreadable(path: str, error) -> None:
-  """One line for a config file that could not be loaded: missing or unreadable."""
-  if not isinstance(error, OSError) or not path:
-    return
+def _load_config(path: str, arg: str, value: str):
   if not os.path.isfile(path):
     shipped = config_lib.CONFIG_DIR
     names = sorted(n for n in os.listdir(shipped) if n.endswith('.py')) \
         if os.path.isdir(shipped) else []
-    sys.exit(f'error: --config: there is no config file {path!r} (relative paths start at '
-             f'{os.getcwd()}); name one such as '
-             f'{", ".join(os.path.join(shipped, n) for n in names) or "configs/NAME.py"}.')
-  reason = str(error).strip().splitlines()[-1].strip()
-  sys.exit(f'error: --config: the config file {path!r} cannot be read ({reason}); check its '
-           'permissions.')
+    raise FlagError(
+        f'--config: there is no config file {path!r} (relative paths start at '
+        f'{os.getcwd()}); name one such as '
+        f'{", ".join(os.path.join(shipped, n) for n in names) or "configs/NAME.py"}.')
+  if not os.access(path, os.R_OK):
+    raise FlagError(f'--config: the config file {path!r} cannot be read (permission '
+                    'denied); check its permissions.')
+  spec = importlib.util.spec_from_file_location('resnet_jax_checked_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)  # A config file's own bug: its traceback helps.
+  if not callable(getattr(module, 'get_config', None)):
+    raise FlagError(f'--config: {path!r} has no get_config(arg) function; a config file '
+                    'returns its ConfigDict from one (see configs/).')
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except (ValueError, config_lib.ConfigError) as e:
+    raise FlagError(f'--config={value}: {e}') from e
 
 
-def _exit_if_unknown_override(error, argv) -> None:
-  """A `--config.KEY` override of a key the config lacks: one line naming the flag."""
-  e = error
-  while e.args and isinstance(e.args[0], BaseException):
-    e = e.args[0]  # An AttributeError wraps the KeyError that names the key.
-  message = str(e.args[0]) if e.args else ''
-  found = re.search(r'lookup: (\S+)', message) or re.search(r"'([^'\s]+)'", message)
-  key = found.group(1).split('.')[-1] if found else None
-  named = [a.split('=')[0] for a in argv[1:]
-           if re.match(r'--\w+\.', a) and key in a.split('=')[0].split('.')[1:]]
-  if named:
-    hint = re.search(r'Did you mean "[^"]+"', message)
-    sys.exit(f'error: {" or ".join(named)} sets a key the config '
-             f'does not have{" (" + hint.group(0) + "?)" if hint else ""}; check its spelling '
-             'against the config file (the command line can change the keys a config has, '
-             'not add new ones).')
+def _check_override(config, flag: str, value: str | None):
+  """A --config.KEY override: KEY must be a key of `config`, VALUE of its type."""
+  path = flag[len('--config.'):]
+  *parents, leaf = path.split('.')
+  node = config
+  for i, part in enumerate(parents + [leaf]):
+    keys = list(node.keys()) if hasattr(node, 'keys') else []
+    if part not in keys:
+      close = difflib.get_close_matches(part, keys, n=1)
+      hint = f' (Did you mean "{close[0]}"?)' if close else ''
+      raise FlagError(f'{flag} sets a key the config does not have{hint}; check its '
+                      'spelling against the config file (the command line can change the '
+                      'keys a config has, not add new ones).')
+    if i < len(parents):
+      node = node[part]
+  now = node[leaf]
+  try:
+    kind = node.get_ref(leaf).get_type()
+  except (AttributeError, TypeError, ValueError):  # A whole sub-config: absl's to refuse.
+    return
+  parser = _PARSERS.get(kind)
+  if parser is None or value is None:
+    return  # Strings, tuples and bare booleans: absl takes them as they are.
+  try:
+    parser.parse(value)
+  except ValueError:
+    if isinstance(now, tuple):
+      now = ','.join(map(str, now))
+    has = f' (the config has {now})' if now is not None else ''
+    raise FlagError(f'{flag}={value}: {path} takes {_TYPE_WORDS[kind]}{has}.') from None

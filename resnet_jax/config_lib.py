@@ -154,7 +154,6 @@ def validate(config, device_count: int = 1, model: bool = True) -> None:
   # Imported here, and JAX-free: a config file should not need them.
   from resnet_jax import compile_options
   from resnet_jax import optim
-  from resnet_jax import streaming_input
 
   missing = [key for key in base_config() if key not in config]
   if missing:
@@ -163,10 +162,8 @@ def validate(config, device_count: int = 1, model: bool = True) -> None:
   if config.data.name not in datasets.DATASETS:
     _fail(f'Unknown dataset {config.data.name!r} (data.name): use one of '
           f'{", ".join(datasets.DATASETS)}.')
-  spec = datasets.get_spec(config.data.name)
   if not (isinstance(config.seed, int) and config.seed >= 0):
     _fail(f'seed must be a non-negative integer, got {config.seed}.')
-  m = config.model
   # Rules that live beside the code using the value raise a ValueError there; the model's
   # own (name, depth, shortcut, width, dtypes, conv_impl) are raised by building it
   # abstractly, at the end.
@@ -175,8 +172,17 @@ def validate(config, device_count: int = 1, model: bool = True) -> None:
     optim.check(config.optimizer)
   except ValueError as e:
     _fail(str(e))
+  _validate_data(config)
+  _validate_run(config, device_count)
+  if model:
+    _validate_model(config)
 
-  d = config.data
+
+def _validate_data(config) -> None:
+  """The data keys: where the data live, their augmentation and normalisation, and
+  images large enough for the model's downsampling."""
+  from resnet_jax import streaming_input
+  d, spec = config.data, datasets.get_spec(config.data.name)
   if d.on_device and not spec.in_memory:
     _fail(f'data.on_device applies to in-memory data sets, not the streamed {d.name}: '
           f'set it to False.')
@@ -193,12 +199,16 @@ def validate(config, device_count: int = 1, model: bool = True) -> None:
     _fail(f'data.validation_size must be a count of training examples to hold out (0 for '
           f'none) or -1 for the data set\'s default ({spec.validation_size}), got '
           f'{d.validation_size}.')
+  m = config.model
   size = min(spec.image_shape[:2]) if spec.in_memory else d.image_size
   stride = {'cifar_resnet': 4, 'imagenet_resnet': 32}.get(m.name, 1)
   if size < stride:
     _fail(f'{size}x{size} inputs are too small for {m.name}, which downsamples by '
           f'{stride}: use images of at least {stride}x{stride}.')
 
+
+def _validate_run(config, device_count: int) -> None:
+  """Batch sizes on these devices, the run's length, logging, checkpoints, a warm start."""
   for key in ('batch_size', 'eval_batch_size'):
     if config[key] <= 0:
       _fail(f'{key} must be positive, got {config[key]}.')
@@ -219,10 +229,12 @@ def validate(config, device_count: int = 1, model: bool = True) -> None:
     _fail(f'init_from {config.init_from} does not exist: give another run\'s workdir or '
           f'checkpoint directory.')
 
-  if not model:
-    return
+
+def _validate_model(config) -> None:
+  """The model's own rules, by building it abstractly on the data's shapes."""
+  d, spec = config.data, datasets.get_spec(config.data.name)
   shape = spec.image_shape if spec.in_memory else (d.image_size, d.image_size, 3)
-  items = tuple(sorted(m.to_dict().items()))
+  items = tuple(sorted(config.model.to_dict().items()))
   try:
     hash(items)
   except TypeError:  # A model key holding a list, say: checked without the cache.

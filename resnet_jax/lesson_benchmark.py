@@ -1,6 +1,7 @@
 """The lesson's model against the lesson's own Keras program, side by side in one run: one
-epoch of `configs/seed_mnist.py` and of `experiments/keras_lesson.py` on the same data,
-timed and scored from what each writes (metrics.jsonl, the Keras program's JSON)."""
+epoch of `configs/seed_mnist.py` and of `peers/keras_lesson.py` on the same data, timed
+and scored from what each writes (metrics.jsonl, the Keras program's JSON). The Keras
+program runs as its users run it, with TensorFlow's defaults (resnet_jax/peer_process.py)."""
 
 import json
 import os
@@ -12,6 +13,8 @@ import time
 import numpy as np
 
 from resnet_jax import metrics_io
+from resnet_jax import peer_process
+from resnet_jax import run_dir
 
 CONFIG = 'configs/seed_mnist.py'
 
@@ -29,17 +32,20 @@ def summary(records: list[dict], keras: dict, ours_wall: float, keras_wall: floa
           'lesson_wall_seconds': ours_wall, 'keras_wall_seconds': keras_wall,
           'lesson_test_accuracy': test['accuracy'],
           'keras_test_accuracy': keras['test_accuracy'],
-          'tensorflow': keras.get('tensorflow')}
+          'tensorflow': keras['environment']['tensorflow'],
+          'keras_environment': keras['environment']}
 
 
 def combine(pairs: list[dict]) -> dict:
   """Several runs' `summary`s as one: mean seconds and accuracies, the accuracies'
   standard deviations over the runs, their number."""
-  out = {k: float(np.mean([p[k] for p in pairs])) for k in pairs[0] if k != 'tensorflow'}
+  out = {k: float(np.mean([p[k] for p in pairs])) for k in pairs[0]
+         if k not in ('tensorflow', 'keras_environment')}
   out['lesson_speed_ratio'] = out['keras_seconds'] / out['lesson_seconds']
   for k in ('lesson_test_accuracy', 'keras_test_accuracy'):
     out[f'{k}_std'] = float(np.std([p[k] for p in pairs]))
-  return dict(out, runs=len(pairs), tensorflow=pairs[0]['tensorflow'])
+  return dict(out, runs=len(pairs), tensorflow=pairs[0]['tensorflow'],
+              keras_environment=pairs[0]['keras_environment'])
 
 
 def lines(s: dict) -> list[str]:
@@ -61,7 +67,8 @@ def lines(s: dict) -> list[str]:
           f'lesson model test accuracy: JAX {s["lesson_test_accuracy"]:.4f}'
           f'{spread("lesson_test_accuracy")}, Keras {s["keras_test_accuracy"]:.4f}'
           f'{spread("keras_test_accuracy")} (within a point: '
-          f'{"yes" if gap <= 0.01 else "NO"}{note})']
+          f'{"yes" if gap <= 0.01 else "NO"}{note})',
+          f'Keras ran as: {peer_process.describe(s["keras_environment"])}']
 
 
 def _run(cmd: list[str]) -> float:
@@ -91,17 +98,14 @@ def compare(workdir: str, data: str = 'fashion_mnist', runs: int = 1) -> dict:
   pairs = []
   for seed in range(runs):
     ours_dir = os.path.join(workdir, f'seed_mnist_{seed}')
-    keras_json = os.path.join(workdir, f'keras_{seed}.json')
     shutil.rmtree(ours_dir, ignore_errors=True)  # Not a resumed run: a whole epoch.
     try:
       ours_wall = _run([sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG}{arg}',
                         f'--workdir={ours_dir}', f'--config.seed={seed}'])
-      keras_wall = _run([sys.executable, '-m', 'experiments.keras_lesson', f'--data={data}',
-                         f'--output={keras_json}'])
+      keras, keras_wall = peer_process.run('keras_lesson.py', [f'--data={data}'])
     except RuntimeError as e:
       return {'error': str(e)}
-    with open(keras_json) as f:
-      keras = json.load(f)
+    run_dir.write_text(os.path.join(workdir, f'keras_{seed}.json'), json.dumps(keras))
     pairs.append(summary(metrics_io.read_records(ours_dir), keras, ours_wall, keras_wall))
     if runs > 1:
       print(f'  run {seed + 1}/{runs}: JAX {pairs[-1]["lesson_test_accuracy"]:.4f} in '

@@ -66,7 +66,7 @@ class MetricsLog:
     last), also its final evaluation's, from an attempt killed while it ran."""
     import jax  # Here: the readers below serve processes without JAX (a sweep's driver).
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, run_dir.METRICS_FILE)
     self.events = None
     if self.active:
       _truncate_after(self.path, resume_step, final_step)
@@ -113,7 +113,7 @@ def _truncate_after(path: str, step: int, final_step: int | None = None):
 def read_records(workdir: str) -> list[dict]:
   """The whole records of a run's metrics.jsonl ([] if it has none): a line a kill cut
   short is left out."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = os.path.join(workdir, run_dir.METRICS_FILE)
   if not os.path.exists(path):
     return []
   records = []

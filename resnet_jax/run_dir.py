@@ -2,12 +2,21 @@
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 
 from resnet_jax import config_lib
 
 LOCK = '.lock'
+# The files of a run's directory and of a sweep's, by name: every writer and reader of
+# one imports its name from here.
+CONFIG_FILE = 'config.json'  # The run's config (train.py).
+METRICS_FILE = 'metrics.jsonl'  # Its records (metrics_io.py).
+DIVERGED_FILE = 'diverged.json'  # A sweep cell that diverged (sweep/worker.py).
+LAYER_ANALYSIS_FILE = 'analysis.json'  # A trained cell's layer analysis (analysis/layers.py).
+SWEEP_RECORD = 'ablation.json'  # A sweep's ablation config: what marks its directory.
+SWEEP_LAYER_ANALYSES = 'layer_analyses.json'  # The report's list of its cells' analyses.
 
 
 def check_local(path: str, flag: str = '--workdir') -> None:
@@ -60,10 +69,25 @@ def holds_results(workdir: str) -> bool:
   nothing that another config could mix with."""
   if saved_steps(workdir):
     return True
-  if os.path.exists(os.path.join(workdir, 'diverged.json')):
+  if os.path.exists(os.path.join(workdir, DIVERGED_FILE)):
     return True
-  metrics = os.path.join(workdir, 'metrics.jsonl')
+  metrics = os.path.join(workdir, METRICS_FILE)
   return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
+def config_changes(workdir: str, config) -> list[str] | None:
+  """How `config` differs from the run saved in `workdir` (config_lib.config_changes'
+  lines; ['config.json: unreadable'] for a file that is not JSON), or None where none is
+  saved. The one check of a saved config: a run's own (train.remember_config) and a
+  sweep's of its cells before any starts (sweep/ablation.check_cell_configs)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return config_lib.config_changes(json.load(f), json.loads(config.to_json_best_effort()))
+  except ValueError:
+    return ['config.json: unreadable']
 
 
 @contextlib.contextmanager

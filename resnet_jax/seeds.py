@@ -29,8 +29,8 @@ def _pick(tree, i: int):
 
 
 class SeedGroup:
-  """The runs of several seeds, trained by `train.train` as one: the same calls as a
-  train.Run, over states with a leading seed axis."""
+  """The runs of several seeds, trained by `train.train` as one: the calls of
+  `train.LoopRun`, over states with a leading seed axis."""
 
   def __init__(self, runs: list[train.Run], trainer: Trainer):
     self.runs, self.trainer = runs, trainer
@@ -40,6 +40,10 @@ class SeedGroup:
   @property
   def active(self) -> bool:
     return any(r.active for r in self.runs)
+
+  @property
+  def eval_seconds(self) -> float:
+    return sum(r.eval_seconds for r in self.runs)
 
   def init_state(self, trainer: Trainer):
     """Each seed's state at initialisation (a list: `restore` stacks them), and the newest

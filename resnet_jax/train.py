@@ -8,9 +8,10 @@ the same loop, `train`, over a group of these runs.
 """
 
 import contextlib
-import json
 import os
 import time
+import typing
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import numpy as np
 from resnet_jax import checkpoints
 from resnet_jax import config_lib
 from resnet_jax import datasets
+from resnet_jax import durations
 from resnet_jax import metrics_io
 from resnet_jax import models
 from resnet_jax import optim
@@ -53,11 +55,6 @@ def seconds_left(done: int, total: int, first: int, elapsed: float) -> float:
   return (total - done) * elapsed / max(done - first, 1)
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
-
-
 def checkpoint_manager(workdir: str, config):
   return checkpoints.manager(workdir, config.checkpoints_to_keep)
 
@@ -69,15 +66,9 @@ def remember_config(workdir: str, config, allow_change: bool) -> None:
   failed before its first log line or checkpoint), the old config is kept beside it as
   `config.<time>.json`.
   """
-  path = os.path.join(workdir, 'config.json')
-  new = config.to_json_best_effort(indent=2)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-    try:
-      changes = config_lib.config_changes(json.loads(old), json.loads(new))
-    except ValueError:
-      changes = ['config.json: unreadable']
+  path = os.path.join(workdir, run_dir.CONFIG_FILE)
+  changes = run_dir.config_changes(workdir, config)
+  if changes is not None:
     kept = run_dir.holds_results(workdir)
     if changes and kept and not allow_change:
       raise config_lib.ConfigError(
@@ -91,7 +82,7 @@ def remember_config(workdir: str, config, allow_change: bool) -> None:
         say(f'The workdir {workdir} kept no checkpoint or metrics of its earlier attempt: '
             f'starting this config there (the old one is {kept_as}).')
   if jax.process_index() == 0:
-    run_dir.write_text(path, new)
+    run_dir.write_text(path, config.to_json_best_effort(indent=2))
 
 
 def _accuracies(final: dict) -> str:
@@ -150,9 +141,60 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
   return result
 
 
+class LoopRun(typing.Protocol):
+  """What the training loop (`train`) calls on the run it trains: a `Run` (one seed), or
+  a `seeds.SeedGroup` (several seeds' Runs as one, their states, batches, rngs and
+  metrics with a leading seed axis; their results as {seed: result})."""
+
+  num_seeds: int  # Seeds trained together: 1 for a Run.
+  workdirs: list[str]  # Their directories.
+  n_params: int  # Parameters per seed, known once `init_state` ran.
+  eval_seconds: float  # This session's evaluations so far (the loop's time excludes them).
+
+  @property
+  def active(self) -> bool:
+    """Whether any seed still trains (none diverged, or not all)."""
+
+  def init_state(self, trainer: Trainer) -> tuple[Any, int]:
+    """The state at initialisation (a list of them for a group), and the newest step saved."""
+
+  def step_rng(self) -> Any:
+    """The rng the train step folds each step into."""
+
+  def is_finished(self, step: int) -> bool:
+    """Whether training and the final evaluation reached `step` (its run record stands)."""
+
+  def already_trained(self, step: int, state) -> dict:
+    """A finished run's logged results and final state, computing nothing."""
+
+  def restore(self, start: int, total: int, state) -> tuple[Any, list]:
+    """The state to train on from `start`, and the metrics it saved un-logged."""
+
+  def batch(self, data: Data, trainer: Trainer, step: int) -> Any:
+    """The train batch of `step`, on the devices."""
+
+  def log_train(self, done: int, metrics: list, steps_per_s: float) -> list[dict]:
+    """Logs the mean of `metrics`; the summaries to print (none for a diverged seed)."""
+
+  def validate(self, trainer: Trainer, state, data: Data, done: int) -> None:
+    """Evaluates the held-out split at `done` and logs it."""
+
+  def save(self, done: int, state, metrics: list, force: bool = False) -> None:
+    """A checkpoint of `state` at `done`, with the un-logged `metrics`."""
+
+  def stopped(self, done: int, state) -> dict:
+    """The result of a run a signal stopped after `done` (its checkpoint saved)."""
+
+  def finish(self, trainer: Trainer, state, data: Data, total: int, record: dict) -> dict:
+    """The final evaluation, checkpoint and run record; the final metrics and state."""
+
+  def close(self) -> None:
+    """Waits for the checkpoints being written and closes the logs."""
+
+
 class Run:
-  """One run's directory: its config.json, checkpoints, metrics log and result. `train`
-  drives it; seeds.SeedGroup drives several through the same calls."""
+  """One run's directory: its config.json, checkpoints, metrics log and result; `train`
+  drives it through the calls of `LoopRun`."""
 
   num_seeds = 1
 
@@ -278,15 +320,8 @@ class Run:
       self.log.close()
 
 
-def train(config, data: Data, trainer: Trainer, run: Run, total: int,
-          stop: StopSignal | None = None) -> dict:
-  """The training loop: trains `run` (a Run, or a seeds.SeedGroup) from its newest
-  checkpoint to step `total`, then evaluates it; returns its `finish`'s result, or
-  its `stopped`'s where a signal stopped it."""
-  state, start = run.init_state(trainer)
-  if start == total and run.is_finished(start):
-    return run.already_trained(start, state)
-  state, pending = run.restore(start, total, state)
+def _announce(config, data: Data, run: LoopRun, start: int, total: int):
+  """Where the run starts from, and what it trains on what."""
   if start:
     say(f'Resumed from the checkpoint of step {start} in {", ".join(run.workdirs)}.')
   elif config.init_from:
@@ -299,6 +334,18 @@ def train(config, data: Data, trainer: Trainer, run: Run, total: int,
       f'{total} steps of batch {config.batch_size}{together} on {jax.device_count()} '
       f'{jax.devices()[0].platform} device(s).')
 
+
+def train(config, data: Data, trainer: Trainer, run: LoopRun, total: int,
+          stop: StopSignal | None = None) -> dict:
+  """The training loop: trains `run` (a Run, or a seeds.SeedGroup) from its newest
+  checkpoint to step `total`, then evaluates it; returns its `finish`'s result, or
+  its `stopped`'s where a signal stopped it."""
+  state, start = run.init_state(trainer)
+  if start == total and run.is_finished(start):
+    return run.already_trained(start, state)
+  state, pending = run.restore(start, total, state)
+  _announce(config, data, run, start, total)
+
   step_rng = run.step_rng()
   t0 = time.perf_counter()
   compiled = trainer.train_step.lower(state, run.batch(data, trainer, start), step_rng,
@@ -307,7 +354,7 @@ def train(config, data: Data, trainer: Trainer, run: Run, total: int,
   say(f'Compiled the train step in {compile_s:.1f} s.')
 
   t_train = last_time = time.perf_counter()
-  last_step, eval_s = start, 0.0
+  last_step, eval_before = start, run.eval_seconds
   with contextlib.nullcontext(stop) if stop else StopSignal() as stop:
     for step in range(start, total):
       state, metrics = compiled(state, run.batch(data, trainer, step), step_rng,
@@ -331,14 +378,12 @@ def train(config, data: Data, trainer: Trainer, run: Run, total: int,
           say(f'step {done}/{total} | loss {losses} | acc {accuracies} | '
               f'{steps_per_s:.2f} steps/s | '
               f'{steps_per_s * config.batch_size * run.num_seeds:.0f} img/s | '
-              f'ETA {_format_eta(seconds_left(done, total, start, now - t_train))}')
+              f'ETA {durations.format_clock(seconds_left(done, total, start, now - t_train))}')
         if not run.active:
           break
       if config.eval_every_steps > 0 and done % config.eval_every_steps == 0 \
           and done != total and data.sizes['validation']:
-        t_eval = time.perf_counter()
         run.validate(trainer, state, data, done)
-        eval_s += time.perf_counter() - t_eval
       if config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0:
         run.save(done, state, to_host(pending))
       if stop.should_stop(done - start) and done < total:
@@ -348,7 +393,7 @@ def train(config, data: Data, trainer: Trainer, run: Run, total: int,
             f'same command to continue.')
         return run.stopped(done, state)
 
-  train_s = time.perf_counter() - t_train - eval_s
+  train_s = time.perf_counter() - t_train - (run.eval_seconds - eval_before)
   # first_step: a resumed run's train_seconds time only its steps from there on (the
   # evaluations between them are each run's eval_seconds).
   record = {'compile_seconds': compile_s, 'train_seconds': train_s, 'first_step': start,

@@ -26,8 +26,9 @@ def conv_impl(wanted: str) -> str:
   'onednn' runs on one CPU device with the native extension built, and is 'fast'
   elsewhere (a GPU or TPU, several devices, no extension). 'fast' is XLA's own where
   the batch is split over several devices: split across them, fast_conv's batch chunks
-  ran 2.4x slower on 4 CPU devices and could deadlock XLA:CPU's collectives (and the
-  extension's calls, which XLA's partitioner cannot split, would gather the batch)."""
+  ran slower on 4 CPU devices (docs/gpu_tpu.md) and could deadlock XLA:CPU's
+  collectives (and the extension's calls, which XLA's partitioner cannot split, would
+  gather the batch)."""
   if wanted in ('fast', 'onednn') and jax.device_count() > 1:
     return 'xla'
   if wanted == 'onednn' and jax.default_backend() != 'cpu':

@@ -188,7 +188,6 @@ STRAY_WORDS = [
     ('experiments.report', ['--workdir=WORKDIR', 'extra']),
     ('experiments.compare_cells', ['--cells=WORKDIR/a,WORKDIR/b', 'extra']),
     ('experiments.benchmark', ['--output=WORKDIR/b.json', '--models', 'resnet8', 'extra']),
-    ('experiments.keras_lesson', ['extra']),
 ]
 
 

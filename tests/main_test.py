@@ -138,10 +138,9 @@ def test_resuming_drops_the_records_of_the_attempt_that_died(tmp_path, final_ste
 
 
 def run_cli(args, env_extra=None):
-  # Without the TensorFlow settings this process got from importing resnet_jax: the
-  # command line must keep TensorFlow quiet by itself.
-  env = {k: v for k, v in os.environ.items()
-         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')}
+  # Without the TensorFlow quieting this process got from importing JAX and resnet_jax:
+  # the command line must keep TensorFlow quiet by itself.
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
   env.update(JAX_DISABLE_MOST_OPTIMIZATIONS='1', **(env_extra or {}))
   return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)

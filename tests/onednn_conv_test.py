@@ -1,6 +1,10 @@
 """The oneDNN convolutions (resnet_jax/models/onednn_conv.py) against XLA's."""
 
+import ctypes
+import os
 import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +13,18 @@ import numpy as np
 import pytest
 
 from resnet_jax import models
+from resnet_jax import optim
 from resnet_jax import trainer
 from resnet_jax.analysis import sharpness
 from resnet_jax.models import conv_impls
 from resnet_jax.models import onednn_conv
 from resnet_jax.native import build
+from resnet_jax.sweep import ablation as ablation_lib
+
+from tests.conftest import REPO
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+ONEDNN_CACHE_SHAPES = 64  # kCacheShapes in resnet_jax/native/onednn_conv.cc.
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -63,6 +72,19 @@ def test_value_and_both_gradients_equal_xlas(x_shape, w_shape, strides, pads):
   for g, e in zip(got[1], want[1]):
     assert g.shape == e.shape
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(jnp.abs(e).max()))
+
+
+def test_strided_projections_stay_right_call_after_call():
+  """oneDNN 3.2's strided 1x1 weight gradient went wrong from one call to the next (and
+  corrupted the heap): projections now run at stride 1 on the strided pixels."""
+  for x_shape in ((3, 8, 8, 4), (3, 9, 9, 4)):
+    x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 4, 6))
+    want = losses(xla, x, w, (2, 2), ((0, 0), (0, 0)))
+    for _ in range(5):
+      got = losses(onednn_conv.conv, x, w, (2, 2), ((0, 0), (0, 0)))
+      for g, e in zip(got[1], want[1]):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
 
 
 def test_repeated_calls_are_identical_and_vmap_runs_each_item():
@@ -135,3 +157,115 @@ def test_the_sharpness_products_take_fast_conv_and_agree():
     hvp, flat = sharpness.hvp_fn(m, v['params'])
     products.append(hvp(flat, jnp.ones_like(flat), v['batch_stats'], chunks))
   np.testing.assert_allclose(products[0], products[1], rtol=1e-5)
+
+
+def _library():
+  """The loaded extension (dlopen of the same path returns the loaded library, and with
+  it the cache's state)."""
+  lib = ctypes.cdll.LoadLibrary(onednn_conv.LIBRARY)
+  lib.OnednnConvCachedShapes.restype = ctypes.c_int64
+  return lib
+
+
+@pytest.mark.parametrize('library,broken,message', [
+    # A stale build: a library without the handlers (here one of Python's own).
+    ('python', None, 'lacks a handler'),
+    # XLA refusing a handler (an FFI API version it does not support).
+    (onednn_conv.LIBRARY, 'register', 'XLA does not take its handlers (ValueError: '),
+])
+def test_every_load_failure_is_a_reason_not_a_crash(library, broken, message, monkeypatch):
+  if library == 'python':
+    import _ctypes  # pylint: disable=import-outside-toplevel
+    library = _ctypes.__file__
+  if broken:
+    def refuse(*args, **kwargs):
+      raise ValueError('Unsupported FFI API version')
+    monkeypatch.setattr(jax.ffi, 'register_ffi_target', refuse)
+  why = onednn_conv.load_error.__wrapped__(library)
+  assert message in why and 'resnet_jax.native.build' in why
+
+
+def test_the_build_splits_cxx_and_names_a_missing_compiler(monkeypatch, tmp_path):
+  monkeypatch.setenv('CXX', 'env  g++')  # As `CXX="ccache g++"`: a launcher, then g++.
+  cmd, why = build.command()
+  assert cmd[:2] == ['env', 'g++'] and not why
+  monkeypatch.setenv('CXX', '/no/such/c++ -O1')
+  assert build.command() == (None, "the C++ compiler '/no/such/c++' of CXX='/no/such/c++ "
+                                   "-O1' is not found")
+  before = os.path.getmtime(onednn_conv.LIBRARY)
+  out = subprocess.run([sys.executable, '-m', 'resnet_jax.native.build'], cwd=REPO,
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, CXX='/no/such/c++'))
+  assert out.returncode == 0 and not out.stderr, out.stderr
+  assert out.stdout.strip().splitlines() == [
+      "The oneDNN extension was not built: the C++ compiler '/no/such/c++' of "
+      "CXX='/no/such/c++' is not found. Runs take fast_conv instead."]
+  assert os.path.getmtime(onednn_conv.LIBRARY) == before  # The built one is kept.
+
+
+def test_float32_math_stays_strict_whatever_the_environment_says():
+  """oneDNN's default math mode comes from ONEDNN_DEFAULT_FPMATH_MODE (BF16 lets float32
+  primitives compute in bfloat16 where the CPU has it); every primitive here is strict."""
+  code = ('import ctypes, sys; lib = ctypes.cdll.LoadLibrary(sys.argv[1]); '
+          'a, b = ctypes.c_int(-1), ctypes.c_int(-1); '
+          'assert lib.OnednnConvFpmathModes(ctypes.byref(a), ctypes.byref(b)) == 0; '
+          'print(a.value, b.value)')
+  for mode, default in (('BF16', '1'), ('ANY', '3'), ('STRICT', '0')):
+    out = subprocess.run([sys.executable, '-c', code, onednn_conv.LIBRARY],
+                         env=dict(os.environ, ONEDNN_DEFAULT_FPMATH_MODE=mode),
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [default, '0'], (mode, out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize('shapes,message', [
+    (((2, 6, 6, 3), (3, 3, 3, 4), (2, 6, 6, 5)), "the output's shape is not the convolution's"),
+    (((2, 6, 6, 3), (3, 3, 3, 4), (2, 5, 6, 4)), "the output's shape is not the convolution's"),
+    (((2, 6, 6, 3), (3, 3, 2, 4), (2, 6, 6, 4)), "the kernel's input channels differ"),
+    (((2, 6, 6), (3, 3, 3, 4), (2, 6, 6, 4)), 'must be 4-D'),
+    (((2, 1, 1, 3), (5, 5, 3, 4), (2, 1, 1, 4)), 'larger than the padded input'),
+])
+def test_buffers_that_disagree_are_an_error_not_a_write_out_of_bounds(shapes, message):
+  x_shape, w_shape, y_shape = shapes
+  call = jax.ffi.ffi_call('onednn_conv_forward', jax.ShapeDtypeStruct(y_shape, jnp.float32))
+  attrs = dict(stride_h=1, stride_w=1, pad_low_h=1, pad_high_h=1, pad_low_w=1, pad_high_w=1)
+  with pytest.raises(Exception, match=message):
+    jax.block_until_ready(call(jnp.ones(x_shape), jnp.ones(w_shape),
+                               **{k: np.int64(v) for k, v in attrs.items()}))
+
+
+def test_the_primitive_cache_is_bounded_and_an_evicted_shape_is_rebuilt():
+  lib = _library()
+  w = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 1))
+  fwd = jax.jit(lambda x: onednn_conv.conv(x, w, (1, 1), ((0, 0), (0, 0))))
+  first = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 1, 1))
+  want = np.asarray(fwd(first))
+  for n in range(2, ONEDNN_CACHE_SHAPES + 10):  # Many shapes: batch sizes 2, 3, ...
+    fwd(jnp.ones((n, 1, 1, 1)))
+    assert lib.OnednnConvCachedShapes() <= ONEDNN_CACHE_SHAPES
+  assert lib.OnednnConvCachedShapes() == ONEDNN_CACHE_SHAPES
+  np.testing.assert_array_equal(fwd(first), want)  # Its primitives were evicted: rebuilt.
+
+
+def test_the_default_train_steps_program_calls_onednn():
+  """A silent fallback to fast_conv would pass every other test."""
+  config = ablation_lib.load_config_file('fashion_mnist.py').get_config('depth=8')
+  assert config.model.conv_impl == 'onednn'
+  model = trainer.build_model(config, 10)
+  tx, schedule = optim.create_optimizer(config.optimizer, 10)
+  t = trainer.Trainer(config, model, tx, schedule, (28, 28, 1), np.zeros(1, np.float32),
+                      np.ones(1, np.float32), 10)
+  state = t.init_state(jax.random.PRNGKey(0))
+  batch = {'image': jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.uint8),
+           'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
+  text = t.train_step.lower(state, batch, jax.random.PRNGKey(1)).compile().as_text()
+  for kind in ('forward', 'input_grad', 'weight_grad'):
+    assert f'custom_call_target="onednn_conv_{kind}"' in text, kind
+
+
+def test_forward_mode_says_to_take_fast_conv():
+  m = models.create_model('cifar_resnet', depth=8, num_classes=10, conv_impl='onednn')
+  x = jnp.ones((2, 8, 8, 3))
+  v = m.init(jax.random.PRNGKey(1), x, train=False)
+  f = lambda p: m.apply({**v, 'params': p}, x, train=False)
+  with pytest.raises(onednn_conv.NoForwardModeError, match="model.conv_impl='fast'"):
+    jax.jvp(f, (v['params'],), (v['params'],))

@@ -17,6 +17,7 @@ import pytest
 
 from resnet_jax import config_lib
 from resnet_jax import datasets
+from resnet_jax import durations
 from resnet_jax import metrics_io
 from resnet_jax import run_dir
 from resnet_jax.analysis import layers
@@ -496,7 +497,7 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path, capsys):
   with open(os.path.join(workdir, 'report.md')) as f:
     assert f.readline() == ('# Depth ablation: plain versus residual (tiny preset, '
                             'fashion_mnist)\n')
-  analyses = json.load(open(os.path.join(workdir, 'analysis.json')))
+  analyses = json.load(open(os.path.join(workdir, run_dir.SWEEP_LAYER_ANALYSES)))
   assert len(analyses[0]['response_std_final']) == 7  # Stem + 2 per block, depth 8.
   assert len(analyses[0]['grad_norm_init']) == 3
   assert 'response_std_init' not in analyses[0]  # Placeholder BN statistics at init.
@@ -521,11 +522,11 @@ def test_tiny_sweep_end_to_end_resumes(fashion_data_dir, tmp_path, capsys):
     shutil.rmtree(os.path.join(workdir, name, 'checkpoints'))
   ablation = results.read_ablation(workdir)
   report.write_report(workdir, ablation)
-  assert json.load(open(os.path.join(workdir, 'analysis.json'))) == analyses
-  os.remove(os.path.join(workdir, 'plain-8-seed0', 'analysis.json'))
+  assert json.load(open(os.path.join(workdir, run_dir.SWEEP_LAYER_ANALYSES))) == analyses
+  os.remove(os.path.join(workdir, 'plain-8-seed0', run_dir.LAYER_ANALYSIS_FILE))
   report.write_report(workdir, ablation)
   assert 'No layer analysis of plain-8-seed0: ' in capsys.readouterr().out
-  kept = json.load(open(os.path.join(workdir, 'analysis.json')))
+  kept = json.load(open(os.path.join(workdir, run_dir.SWEEP_LAYER_ANALYSES)))
   assert [a['shortcut'] for a in kept] == ['A']
 
 
@@ -578,9 +579,9 @@ def test_eta_from_the_running_cells_progress_before_any_has_finished():
   assert clock.eta([(56, 100.0, (100, 1000, 900.0))], [20]) == 900.0 + 400.0
   # A log's 0:00:00 (a tiny run) gives a speed of zero: the ETA is what the logs say.
   assert runner.Clock(1).eta([(8, 1.0, (2, 4, 0.0))], [8]) < 1e-6
-  assert runner.format_minutes(90.0) == '1.5 min'
-  assert runner.format_minutes(9000.0) == '2.5 h'
-  assert runner.format_minutes(3.8e6) == '1,055.6 h'
+  assert durations.format_minutes(90.0) == '1.5 min'
+  assert durations.format_minutes(9000.0) == '2.5 h'
+  assert durations.format_minutes(3.8e6) == '1,055.6 h'
 
 
 def test_units_group_seeds_only_when_asked():
@@ -845,7 +846,7 @@ def test_a_cell_that_kept_nothing_takes_the_sweeps_config(tmp_path):
     ablation_lib.check_cell_configs(ablation, cells, str(tmp_path / 'sweep'))
 
 
-def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
+def test_a_cell_failing_on_bad_input_is_not_tried_again_and_named_with_its_log(tmp_path):
   local = datasets.local_fashion_mnist_dir(str(tmp_path / 'tfds'))
   os.makedirs(local)
   with open(os.path.join(local, 'dataset_info.json'), 'w') as f:
@@ -858,10 +859,104 @@ def test_a_failing_cell_stops_the_sweep_naming_its_log(tmp_path):
                        timeout=300)
   log = os.path.join(workdir, 'resnetA-8-seed0.log')
   assert out.returncode == 1
+  assert 'trying it again' not in out.stdout  # Another try would fail the same way.
   assert out.stderr.strip().splitlines()[-1] == (
-      f'error: resnetA-8-seed0 failed (exit 1): The imported Fashion-MNIST in '
+      f'error: resnetA-8-seed0 failed: The imported Fashion-MNIST in '
       f'{local} is unreadable (ParseError): delete that directory and run again to import '
       f'it afresh. (log: {log})')
+
+
+def test_a_dead_workers_reason_is_its_signal_or_its_logs_error_never_progress(tmp_path):
+  log = tmp_path / 'unit.log'
+  progress = 'step 10/120 | loss 2.33 | 41.0 img/s | ETA 0:00:19\n'
+  log.write_text(progress)
+  assert runner.death_reason(-9, str(log)) == ('killed by SIGKILL (out of memory?)', False)
+  assert runner.death_reason(-15, str(log)) == ('killed by SIGTERM', False)
+  assert runner.death_reason(1, str(log)) == ('exit 1, no error in its log', False)
+  log.write_text(progress + 'Traceback (most recent call last):\n  File "x.py", line 1\n'
+                 '    f()\nRuntimeError: XLA ran out of memory\n')
+  assert runner.death_reason(1, str(log)) == ('RuntimeError: XLA ran out of memory', False)
+  log.write_text(progress + 'error: The config.json in d differs.\n')
+  assert runner.death_reason(1, str(log)) == ('The config.json in d differs.', True)
+
+
+def _children(pid: int) -> list[int]:
+  """The processes whose parent is `pid` (a sweep driver's workers), from /proc."""
+  found = []
+  for entry in os.listdir('/proc'):
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+          found.append(int(entry))
+    except (OSError, ValueError, IndexError):
+      pass
+  return found
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      return 'zombie' not in f.read()
+  except OSError:
+    return False
+
+
+def _start_training(tmp_path, data_dir, steps):
+  """A one-cell sweep, started and waited for until its cell trains: (process, log)."""
+  cfg = tiny_ablation(tmp_path, data_dir, shortcuts=('A',), seeds=(0,), steps=steps,
+                      eval_every=0)
+  workdir = str(tmp_path / 'sweep')
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  proc = subprocess.Popen([sys.executable, '-m', 'experiments.depth_ablation',
+                           f'--config={cfg}', f'--workdir={workdir}'], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  log = os.path.join(workdir, 'resnetA-8-seed0.log')
+  for _ in range(1200):  # Until the cell trains (10 minutes at most).
+    if (os.path.exists(log) and 'step 6/' in open(log).read()) or proc.poll() is not None:
+      break
+    time.sleep(0.5)
+  return proc, log
+
+
+def test_a_worker_killed_mid_cell_costs_a_retry_from_its_checkpoint(fashion_data_dir,
+                                                                   tmp_path):
+  proc, log = _start_training(tmp_path, fashion_data_dir, steps=40)
+  try:
+    (worker,) = _children(proc.pid)
+    os.kill(worker, signal.SIGKILL)  # As the kernel's OOM killer does.
+    out, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == 0, err[-3000:]
+  assert ('resnetA-8-seed0: its worker died (killed by SIGKILL (out of memory?)); trying '
+          'it again from its checkpoint') in out
+  assert 'started resnetA-8-seed0 (log: resnetA-8-seed0.log, try 2)' in out
+  celldir = os.path.join(str(tmp_path / 'sweep'), 'resnetA-8-seed0')
+  assert status_lib.cell_status(celldir) == 'done'
+  assert 'Resumed from the checkpoint of step' in open(log).read()
+
+
+def test_workers_checkpoint_and_stop_soon_after_their_driver_is_killed(fashion_data_dir,
+                                                                       tmp_path):
+  proc, log = _start_training(tmp_path, fashion_data_dir, steps=5000)
+  workers = _children(proc.pid)
+  try:
+    assert len(workers) == 1
+    proc.kill()  # SIGKILL: the driver cannot stop its workers itself.
+    proc.communicate(timeout=60)
+    for _ in range(120):  # A minute at most.
+      if not any(_alive(w) for w in workers):
+        break
+      time.sleep(0.5)
+    else:
+      pytest.fail('the workers still run a minute after their driver was killed')
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)
+  assert 'Stopped by SIGTERM' in open(log).read()
+  celldir = os.path.join(str(tmp_path / 'sweep'), 'resnetA-8-seed0')
+  assert status_lib.cell_status(celldir) == 'partial'
 
 
 @pytest.mark.parametrize('how', ['sigterm_to_driver', 'ctrl_c'])

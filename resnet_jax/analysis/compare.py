@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from resnet_jax import input_pipeline
+from resnet_jax import run_dir
 from resnet_jax.analysis import layers
 
 
@@ -117,7 +118,7 @@ def compare_cells(celldirs: list, split: str = 'test', top_pairs: int = 8) -> st
     raise CompareError(f'--cells takes two cell directories, comma-separated, not '
                        f'{len(celldirs)}.')
   for c in celldirs:
-    if not os.path.isfile(os.path.join(c, 'config.json')):
+    if not os.path.isfile(os.path.join(c, run_dir.CONFIG_FILE)):
       raise CompareError(f'{c} is not a cell directory (it has no config.json): pass the '
                          'directories of two runs.')
   preds = []

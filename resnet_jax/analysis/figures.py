@@ -3,8 +3,9 @@ Figure 6), and the per-layer and per-block analyses (Figure 7, gradient norms)."
 
 import numpy as np
 
+from resnet_jax import nets
 from resnet_jax import run_dir
-from resnet_jax.analysis.results import finished, group_label, kind, unfinished
+from resnet_jax.analysis.results import finished, unfinished
 
 
 def save_figure(fig, path):
@@ -48,7 +49,7 @@ def depth_colors(depths):
 
 def plot_training_curves(cells, path, data=''):
   import matplotlib.pyplot as plt
-  shortcuts = sorted({c['shortcut'] for c in cells}, key=lambda s: (s != 'none', s))
+  shortcuts = sorted({c['shortcut'] for c in cells}, key=nets.order)
   colors = depth_colors({c['depth'] for c in cells})
   fig, axes = plt.subplots(1, len(shortcuts), figsize=(6 * len(shortcuts), 4.5), sharey=True,
                            squeeze=False)
@@ -68,7 +69,7 @@ def plot_training_curves(cells, path, data=''):
       steps, err = _mean_curve([c['val_curve'] for c in group if c['val_curve']])
       label = f'{"plain" if shortcut == "none" else "ResNet"}-{depth}{note}'
       ax.plot(steps, np.array(err) * 100, '-o', color=colors[depth], lw=2, ms=3, label=label)
-    ax.set_title(f'{kind(shortcut)} nets')
+    ax.set_title(f'{nets.label(shortcut)} nets')
     ax.set_xlabel('iterations')
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -84,7 +85,7 @@ def plot_depth_vs_error(rows, path, data=''):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   styles = shortcut_styles(r['shortcut'] for r in rows)
-  for shortcut in sorted({r['shortcut'] for r in rows}, key=lambda s: (s != 'none', s)):
+  for shortcut in sorted({r['shortcut'] for r in rows}, key=nets.order):
     rs = sorted([r for r in rows if r['shortcut'] == shortcut and r['seeds_done']],
                 key=lambda r: r['depth'])
     if not rs:
@@ -95,7 +96,7 @@ def plot_depth_vs_error(rows, path, data=''):
       ax.errorbar(d, [100 * r[f'{metric}_mean'] for r in rs],  # One seed: no error bar.
                   yerr=[100 * np.nan_to_num(r[f'{metric}_std']) for r in rs],
                   fmt=style + 'o', color=color,
-                  capsize=3, label=f'{kind(shortcut)}, {what}',
+                  capsize=3, label=f'{nets.label(shortcut)}, {what}',
                   alpha=1.0 if metric == 'test_error' else 0.6)
   depths = sorted({r['depth'] for r in rows if r['seeds_done']})
   if depths:
@@ -124,7 +125,7 @@ def analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=Fals
         values = np.sort(values)[::-1]
       ax.plot(np.arange(1, len(values) + 1), values, linestyle=styles[a['shortcut']][1],
               color=colors[a['depth']],
-              label=group_label(a['depth'], a['shortcut']))
+              label=nets.short_label(a['depth'], a['shortcut']))
     ax.set_title(title)
     ax.set_xlabel('layer index' if 'response' in key else 'block index')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # No layer 2.5.

@@ -95,7 +95,7 @@ def compute(path: str, kind: str, settings: dict, evaluate, params, d1, d2, batc
   """The landscape `kind` at `path` (JSON: settings, coords, loss, accuracy), computing
   the points it lacks `points_per_call` at a time and saving after each call; a saved
   landscape of other settings is computed anew. Prints progress with an ETA."""
-  from resnet_jax.sweep.runner import format_duration
+  from resnet_jax.durations import format_duration
   coords = coordinates(kind, settings['resolution'], settings.get('span', 1.0))
   out = why_results.load(path, settings)
   if out is None:

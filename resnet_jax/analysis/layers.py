@@ -97,7 +97,7 @@ class RestoredCell(NamedTuple):
 def restore_cell(celldir: str) -> RestoredCell:
   """A cell's config, data, model and compiled steps, its state at initialisation and
   at its newest checkpoint."""
-  with open(os.path.join(celldir, 'config.json')) as f:
+  with open(os.path.join(celldir, run_dir.CONFIG_FILE)) as f:
     config = ml_collections.ConfigDict(json.load(f))
   data = Data(config)  # Its arrays read once a process (run_data).
   total = config_lib.steps_for(config, data.steps_per_epoch)
@@ -127,7 +127,7 @@ def analyse_cell(celldir: str, num_examples: int = 256) -> dict:
   images = input_pipeline.preprocess(held_out, None, mean=data.mean, std=data.std)
   labels = jnp.asarray(labels)
   # The gradient norms compile once for both states (with fewer optimisations they
-  # compile faster but run slower: no gain; measured at depth 56).
+  # compile faster but run slower, for no gain).
   response_stds = response_stds_fn(model, trainer.compiler_options)
   gradient_norms = gradient_norms_fn(model, trainer.compiler_options)
   out = {'step': int(step)}
@@ -156,7 +156,7 @@ def cell_analysis(celldir: str, num_examples: int = 256) -> dict:
   t = time.perf_counter()
   out = dict(analyse_cell(celldir, num_examples), examples=num_examples)
   out['seconds'] = time.perf_counter() - t  # The sweep's time split counts it.
-  run_dir.write_text(os.path.join(celldir, results.LAYER_ANALYSIS), json.dumps(out))
+  run_dir.write_text(os.path.join(celldir, run_dir.LAYER_ANALYSIS_FILE), json.dumps(out))
   print(f'Analysed {os.path.basename(celldir)} (layer responses, gradient norms).',
         flush=True)
   return out

@@ -4,6 +4,7 @@ directory from its cells' run records."""
 import json
 import os
 
+from resnet_jax import nets
 from resnet_jax import run_dir
 from resnet_jax.analysis import figures
 from resnet_jax.analysis import paper
@@ -33,6 +34,43 @@ asked for all):
 """
 
 
+def _layer_figures(workdir: str, cells: list[dict], ablation, data: str) -> list[str]:
+  """The layer responses and gradient norms of each finished net's first seed (the
+  workers' saved analyses, computed here for a cell without one); the figures written."""
+  n = ablation.get('analysis_examples', 256) if ablation else 256
+  seed = min(c['seed'] for c in cells)
+  analyses = []
+  for c in cells:
+    if c['seed'] == seed and results.finished(c):
+      celldir = os.path.join(workdir, c['name'])
+      # A sweep's workers analyse their cells: JAX is imported only for one they did not.
+      a = results.saved_layer_analysis(celldir, n)
+      if a is None:
+        from resnet_jax.analysis import layers
+        try:
+          a = layers.cell_analysis(celldir, n)
+        except layers.UNAVAILABLE as e:
+          print(f'No layer analysis of {c["name"]}: {e}', flush=True)
+          continue
+      analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
+  if not analyses:
+    return []
+  run_dir.write_text(os.path.join(workdir, run_dir.SWEEP_LAYER_ANALYSES), json.dumps(analyses))
+  figures.analysis_figure(
+      analyses, ('response_std_final', 'response_std_final'),
+      ('in layer order', 'sorted by magnitude'), 'std of response',
+      os.path.join(workdir, 'layer_responses.png'),
+      'Std of each conv layer\'s response (after BN, before addition/ReLU), trained '
+      f'nets, held-out images{figures.on(data)}', sort_right=True)
+  figures.analysis_figure(
+      analyses, ('grad_norm_init', 'grad_norm_final'),
+      ('at initialisation', f'after training (step {analyses[0]["step"]})'),
+      'gradient l2 norm', os.path.join(workdir, 'gradient_norms.png'),
+      f'Gradient norm of each block (plain dashed, residual solid){figures.on(data)}',
+      log=True)
+  return ['layer_responses.png', 'gradient_norms.png']
+
+
 def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict]:
   """Writes results.csv/.md, the figures and report.md into `workdir`; returns the rows."""
   import matplotlib
@@ -53,37 +91,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   figures.plot_depth_vs_error(rows, os.path.join(workdir, 'depth_vs_error.png'), data)
   written = ['training_curves.png', 'depth_vs_error.png']
   if analyse:
-    n = ablation.get('analysis_examples', 256) if ablation else 256
-    seed = min(c['seed'] for c in cells)
-    analyses = []
-    for c in cells:
-      if c['seed'] == seed and results.finished(c):
-        celldir = os.path.join(workdir, c['name'])
-        # A sweep's workers analyse their cells: JAX is imported only for one they did not.
-        a = results.saved_layer_analysis(celldir, n)
-        if a is None:
-          from resnet_jax.analysis import layers
-          try:
-            a = layers.cell_analysis(celldir, n)
-          except layers.UNAVAILABLE as e:
-            print(f'No layer analysis of {c["name"]}: {e}', flush=True)
-            continue
-        analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
-    if analyses:
-      run_dir.write_text(os.path.join(workdir, 'analysis.json'), json.dumps(analyses))
-      figures.analysis_figure(
-          analyses, ('response_std_final', 'response_std_final'),
-          ('in layer order', 'sorted by magnitude'), 'std of response',
-          os.path.join(workdir, 'layer_responses.png'),
-          'Std of each conv layer\'s response (after BN, before addition/ReLU), trained '
-          f'nets, held-out images{figures.on(data)}', sort_right=True)
-      figures.analysis_figure(
-          analyses, ('grad_norm_init', 'grad_norm_final'),
-          ('at initialisation', f'after training (step {analyses[0]["step"]})'),
-          'gradient l2 norm', os.path.join(workdir, 'gradient_norms.png'),
-          f'Gradient norm of each block (plain dashed, residual solid){figures.on(data)}',
-          log=True)
-      written += ['layer_responses.png', 'gradient_norms.png']
+    written += _layer_figures(workdir, cells, ablation, data)
   done = [c for c in cells if results.finished(c)]
   why_written = why_figures.write_figures(done, workdir, data)
   written += why_written
@@ -104,7 +112,7 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
     lines += [steps]
   lines += [f'![{f}]({f})\n' for f in written if f not in why_written]
   if why_written:
-    lines += [WHY_TEXT, why_results.summary_markdown(done, results.group_label)]
+    lines += [WHY_TEXT, why_results.summary_markdown(done, nets.short_label)]
     lines += [f'![{f}]({f})\n' for f in why_written]
   run_dir.write_text(os.path.join(workdir, 'report.md'), '\n'.join(lines))
   running_now = ''.join(f'unfinished: {line}\n' for line in progress)

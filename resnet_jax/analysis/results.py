@@ -11,10 +11,10 @@ from resnet_jax import metrics_io
 from resnet_jax import run_dir
 from resnet_jax.analysis import paper
 from resnet_jax.analysis import why_results
-from resnet_jax.sweep.cells import Cell
+from resnet_jax import nets
+from resnet_jax.nets import Cell
 
 
-LAYER_ANALYSIS = 'analysis.json'  # A cell's layer analysis (analysis/layers.py).
 
 
 class ReportError(ValueError):
@@ -41,8 +41,8 @@ def read_cell(celldir: str) -> dict | None:
   """Final numbers and curves of one cell, or None if it has no metrics yet."""
   name = os.path.basename(celldir.rstrip('/'))
   cell = Cell.parse(name)
-  path = os.path.join(celldir, 'metrics.jsonl')
-  diverged_path = os.path.join(celldir, 'diverged.json')
+  path = os.path.join(celldir, run_dir.METRICS_FILE)
+  diverged_path = os.path.join(celldir, run_dir.DIVERGED_FILE)
   # A cell that diverged before its first summary has no metrics, but counts.
   if not cell or not (os.path.exists(path) or os.path.exists(diverged_path)):
     return None
@@ -77,7 +77,7 @@ def saved_layer_analysis(celldir: str, num_examples: int) -> dict | None:
   `num_examples` images and of the cell's newest checkpoint (a cell whose checkpoints were
   deleted, to free disk, keeps the analysis it had); else None."""
   try:
-    with open(os.path.join(celldir, LAYER_ANALYSIS)) as f:
+    with open(os.path.join(celldir, run_dir.LAYER_ANALYSIS_FILE)) as f:
       saved = json.load(f)
   except (OSError, ValueError):
     return None
@@ -99,10 +99,6 @@ def read_cells(workdir: str) -> list[dict]:
   return cells
 
 
-def kind(shortcut: str) -> str:
-  return 'plain' if shortcut == 'none' else f'residual ({shortcut})'
-
-
 def _mean_std(values):
   """Mean and (population) std over seeds; one seed has no spread to show: std NaN."""
   values = [v for v in values if v is not None and np.isfinite(v)]
@@ -122,11 +118,7 @@ def unfinished(cell: dict) -> bool:
 
 
 def _group_order(key):
-  return key[0], key[1] != 'none', key[1]
-
-
-def group_label(depth: int, shortcut: str) -> str:
-  return f'{"plain" if shortcut == "none" else f"ResNet({shortcut})"}-{depth}'
+  return key[0], nets.order(key[1])
 
 
 def _interval_means(curve, steps) -> dict:
@@ -159,7 +151,7 @@ def step_tables(cells: list[dict], max_rows: int = 12) -> str:
   if len(steps) > max_rows:  # Evenly spaced, the last kept.
     steps = [steps[i] for i in sorted(set(np.linspace(0, len(steps) - 1, max_rows)
                                           .round().astype(int)))]
-  head = '| step | ' + ' | '.join(group_label(*g) for g in groups) + ' |'
+  head = '| step | ' + ' | '.join(nets.short_label(*g) for g in groups) + ' |'
   out = []
   at_steps = {'val_curve': lambda curve: dict(curve),  # Evaluated at the step itself.
               'train_curve': lambda curve: _interval_means(curve, steps)}
@@ -202,7 +194,7 @@ def summarise(cells: list[dict]) -> list[dict]:
   for depth, shortcut in keys:
     group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)]
     ok = [c for c in group if finished(c)]
-    row = {'depth': depth, 'shortcut': shortcut, 'net': kind(shortcut),
+    row = {'depth': depth, 'shortcut': shortcut, 'net': nets.label(shortcut),
            'params': next((c['params'] for c in ok), None),
            'seeds_done': len(ok), 'diverged': sum(c['diverged_step'] is not None
                                                    for c in group),
@@ -268,7 +260,7 @@ def cells_data(workdir: str, cells: list[dict]) -> str:
   """The data set the cells trained on, from a cell's config.json ('' if none says)."""
   for cell in cells:
     try:
-      with open(os.path.join(workdir, cell['name'], 'config.json')) as f:
+      with open(os.path.join(workdir, cell['name'], run_dir.CONFIG_FILE)) as f:
         return json.load(f)['data']['name']
     except (OSError, ValueError, KeyError, TypeError):
       continue
@@ -278,7 +270,7 @@ def cells_data(workdir: str, cells: list[dict]) -> str:
 def read_ablation(workdir: str):
   """The sweep's ablation config as its driver wrote it, or None if there is none."""
   import ml_collections
-  path = os.path.join(workdir, 'ablation.json')
+  path = os.path.join(workdir, run_dir.SWEEP_RECORD)
   if not os.path.exists(path):
     return None
   with open(path) as f:

@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 
+from resnet_jax import nets
 from resnet_jax.analysis.figures import depth_colors, on, save_figure, shortcut_styles
-from resnet_jax.analysis.results import group_label
 
 
 def _by_group(cells, key):
@@ -52,7 +52,7 @@ def plot_landscape_2d(cells, path, data=''):
                       cmap='viridis')
       ax.clabel(cs, fontsize=6, fmt='%.2g')
       ax.plot([0], [0], 'k+')
-      ax.set_title(f'{group_label(depth, shortcut)} (centre loss '
+      ax.set_title(f'{nets.short_label(depth, shortcut)} (centre loss '
                    f'{z[z.shape[0] // 2, z.shape[1] // 2]:.3g})', fontsize=9)
       ax.set_aspect('equal')
   fig.suptitle('Training loss around the trained weights along two random filter-'
@@ -75,7 +75,7 @@ def plot_landscape_1d(cells, path, data=''):
     for (depth, shortcut), (first, *_) in sorted(groups.items()):
       x = np.array(first['coords'])[:, 0]
       ax.plot(x, first['loss'], linestyle=styles[shortcut][1], color=colors[depth],
-              label=group_label(depth, shortcut))
+              label=nets.short_label(depth, shortcut))
     ax.set_yscale('log')
     ax.set_xlabel(xlabel)
     ax.set_ylabel('training loss')
@@ -101,13 +101,13 @@ def plot_lesion(cells, path, data=''):
     blocks = [s['block'] for s in runs[0]['single']]
     single = np.mean([[s['error'] for s in r['single']] for r in runs], axis=0)
     axes[0].plot([index[b] + 1 for b in blocks], 100 * single, marker='o', ms=3,
-                 label=group_label(depth, shortcut), **style)
+                 label=nets.short_label(depth, shortcut), **style)
     axes[0].axhline(100 * np.mean([r['error'] for r in runs]), lw=0.8, **style)
     # Right: error against the number of deleted blocks, mean over draws and seeds.
     ks = sorted(int(k) for k in runs[0]['random'])
     means = [100 * np.mean([np.mean(r['random'][str(k)]) for r in runs]) for k in ks]
     axes[1].plot([0] + ks, [100 * np.mean([r['error'] for r in runs])] + means,
-                 marker='o', ms=3, label=group_label(depth, shortcut), **style)
+                 marker='o', ms=3, label=nets.short_label(depth, shortcut), **style)
   axes[0].set_title('one block deleted (line: the whole net)')
   axes[0].set_xlabel('deleted block (index in the net)')
   axes[1].set_title('k random blocks deleted (mean over draws)')
@@ -127,13 +127,13 @@ def plot_sharpness(cells, path, data=''):
   groups = _by_group(cells, 'sharpness')
   styles = shortcut_styles(s for _, s in groups)
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for shortcut in sorted({s for _, s in groups}, key=lambda s: (s != 'none', s)):
+  for shortcut in sorted({s for _, s in groups}, key=nets.order):
     depths = sorted(d for d, s in groups if s == shortcut)
     values = [[r['eigenvalue'] for r in groups[(d, shortcut)]] for d in depths]
     color, line = styles[shortcut]
     ax.errorbar(depths, [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
                 fmt='o', linestyle=line, color=color, capsize=3,
-                label='plain' if shortcut == 'none' else f'residual ({shortcut})')
+                label=nets.label(shortcut))
   ax.set_xticks(sorted({d for d, _ in groups}))
   ax.set_yscale('log')
   ax.set_xlabel('depth (layers)')

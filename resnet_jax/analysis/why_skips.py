@@ -161,7 +161,7 @@ def run_sweep(workdir: str, options: Options, patterns: list[str] = ()) -> list[
   """The analyses of a sweep's finished cells (landscapes of each depth and net's first
   seed unless options.landscape_seeds is 'all'); returns the cells analysed."""
   from resnet_jax.analysis import layers, results
-  from resnet_jax.sweep.runner import format_duration
+  from resnet_jax.durations import format_duration
   options.check()
   cells = [c for c in results.read_cells(workdir) if results.finished(c)]
   if not cells:

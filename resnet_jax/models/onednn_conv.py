@@ -8,8 +8,9 @@ gradients about twice as fast as XLA's kernels (docs/performance.md). `conv` is 
 without dilation or groups; `available()` says whether the extension loaded, and the
 model falls back to `fast_conv` where it did not (`trainer.conv_impl`).
 
-It has no forward-mode derivative: forward-over-reverse products (the sharpness
-analysis's Hessian-vector products) take `fast_conv` instead.
+It has no forward-mode derivative: `jax.jvp` of it (forward-over-reverse Hessian-vector
+products among them) fails in one sentence naming `model.conv_impl='fast'`, which the
+sharpness analysis takes.
 """
 
 import ctypes
@@ -38,10 +39,17 @@ def load_error(library: str = LIBRARY) -> str | None:
     loaded = ctypes.cdll.LoadLibrary(library)
   except OSError as e:
     return f'{library} does not load ({e})'
-  for kind, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(f'onednn_conv_{kind}',
-                                jax.ffi.pycapsule(getattr(loaded, symbol)),
-                                platform='cpu')
+  try:
+    handlers = {kind: jax.ffi.pycapsule(getattr(loaded, symbol))
+                for kind, symbol in _TARGETS.items()}
+  except AttributeError as e:  # A stale build, from before a handler was added.
+    return f'{library} lacks a handler ({e}); rebuild it with `python -m resnet_jax.native.build`'
+  for kind, handler in handlers.items():
+    try:
+      jax.ffi.register_ffi_target(f'onednn_conv_{kind}', handler, platform='cpu')
+    except Exception as e:  # pylint: disable=broad-except  # XLA refused it (its FFI API version, ...).
+      return (f'XLA does not take its handlers ({type(e).__name__}: {e}); rebuild it with '
+              '`python -m resnet_jax.native.build` against this jaxlib')
   return None
 
 
@@ -63,11 +71,31 @@ def _out_shape(x_shape, w_shape, strides, pads):
   return (x_shape[0], *hw, w_shape[3])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+class NoForwardModeError(TypeError):
+  """jax.jvp of a model whose convolutions run on oneDNN."""
+
+
 def conv(x, w, strides, pads):
   """An NHWC/HWIO float32 convolution: `strides` (2 ints), `pads` ((lo, hi) per side).
   Only the CPU lowering calls oneDNN (`lax.platform_dependent`); GPU and TPU lower XLA's
-  own convolutions and gradients."""
+  own convolutions and gradients. Reverse mode only."""
+  if w.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)) and tuple(strides) != (1, 1):
+    # A strided 1x1 convolution (a projection shortcut) reads only every s-th pixel: the
+    # same convolution at stride 1 of those pixels. oneDNN 3.2's own strided 1x1 weight
+    # gradient (its reduce-to-unit-stride path) gave wrong values here and corrupted the
+    # heap (tests/onednn_conv_test.py).
+    x, strides = x[:, ::strides[0], ::strides[1], :], (1, 1)
+  try:
+    return _conv(x, w, strides, pads)
+  except TypeError as e:  # JAX's refusal of jvp through a custom_vjp (shapes and dtypes
+    # were checked by the caller, conv_impls._onednn).
+    raise NoForwardModeError(
+        "model.conv_impl='onednn' has no forward-mode derivative (jax.jvp, Hessian-vector "
+        "products): build the model with model.conv_impl='fast' for them.") from e
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, w, strides, pads):
   def onednn(x, w):
     return _call('forward', _out_shape(x.shape, w.shape, strides, pads), x, w, strides, pads)
   return lax.platform_dependent(x, w, cpu=onednn,
@@ -75,7 +103,7 @@ def conv(x, w, strides, pads):
 
 
 def _conv_fwd(x, w, strides, pads):
-  return conv(x, w, strides, pads), (x, w)
+  return _conv(x, w, strides, pads), (x, w)
 
 
 def _conv_bwd(strides, pads, residuals, g):
@@ -91,4 +119,4 @@ def _conv_bwd(strides, pads, residuals, g):
   return lax.platform_dependent(x, w, g, cpu=onednn, default=xla)
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd)

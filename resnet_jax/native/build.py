@@ -9,6 +9,7 @@ anything is missing it says what and exits 0: runs then take `fast_conv` instead
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,9 +32,15 @@ def _onednn_dirs() -> tuple[str, str] | None:
 
 def command() -> tuple[list[str] | None, str]:
   """The compiler command line, or None and why it cannot be built here."""
-  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
-  if not compiler:
-    return None, 'no C++ compiler (g++ or c++; or set CXX)'
+  if os.environ.get('CXX'):  # Split as a shell would: CXX="ccache g++" is two words.
+    compiler = shlex.split(os.environ['CXX'])
+    if not shutil.which(compiler[0]):
+      return None, f'the C++ compiler {compiler[0]!r} of CXX={os.environ["CXX"]!r} is not found'
+  else:
+    found = shutil.which('g++') or shutil.which('c++')
+    if not found:
+      return None, 'no C++ compiler (g++ or c++; or set CXX)'
+    compiler = [found]
   dirs = _onednn_dirs()
   if dirs is None:
     return None, (f'oneDNN\'s headers and library are not in {sys.prefix} (pip install '
@@ -41,7 +48,7 @@ def command() -> tuple[list[str] | None, str]:
   import jax.ffi  # pylint: disable=import-outside-toplevel
   include, lib = dirs
   library = sorted(glob.glob(os.path.join(lib, 'libdnnl.so*')), key=len)[0]
-  return [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
+  return [*compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
           '-I', jax.ffi.include_dir(), '-I', include, SOURCE, '-o', TARGET,
           library, f'-Wl,-rpath,{lib}'], ''
 
@@ -51,7 +58,10 @@ def build() -> str | None:
   cmd, why = command()
   if cmd is None:
     return why
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  except OSError as e:  # The compiler went missing or cannot be run (permissions).
+    return f'the compiler {cmd[0]!r} cannot be run ({e.strerror})'
   if out.returncode != 0:
     if os.path.exists(TARGET):
       os.remove(TARGET)

@@ -2,14 +2,19 @@
 // the forward pass, the input gradient and the weight gradient. Called from
 // resnet_jax/models/onednn_conv.py through jax.ffi; built by resnet_jax/native/build.py.
 //
-// Each handler takes the strides and paddings as attributes and reads every size from
-// its buffers. Primitives are built once per shape and kept (a mutex guards the map);
-// each call wraps XLA's buffers without copying, gives the primitive its own scratchpad,
-// and reorders the HWIO weights to and from the layout oneDNN chose for the shape (with
-// plain HWIO weights oneDNN falls back to a path several times slower).
+// Each handler takes the strides and paddings as attributes, reads every size from its
+// buffers and checks that they agree (a mismatch is an FFI error, never a write out of
+// bounds). Primitives are built once per shape and kept in a cache of the most recently
+// used kCacheShapes shapes (a mutex guards it; a primitive in use outlives its eviction);
+// every primitive runs in strict float32 math, whatever ONEDNN_DEFAULT_FPMATH_MODE says,
+// with a scratchpad of its own; each call wraps XLA's buffers without copying and
+// reorders the HWIO weights to and from the layout oneDNN chose for the shape (with plain
+// HWIO weights oneDNN falls back to a path several times slower).
 
+#include <algorithm>
 #include <cstdint>
 #include <exception>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,6 +31,8 @@ namespace {
 
 using dnnl::memory;
 using Tag = memory::format_tag;
+
+constexpr size_t kCacheShapes = 64;  // Convolution shapes kept (a ResNet has under 20).
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -45,6 +52,20 @@ struct Geometry {
   }
 };
 
+// Every primitive's attributes: strict float32 math (oneDNN's default comes from the
+// environment, where ONEDNN_DEFAULT_FPMATH_MODE=BF16 would allow bfloat16) and a
+// scratchpad that the caller passes.
+dnnl::primitive_attr Attributes() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
+  return attr;
+}
+
+dnnl::reorder::primitive_desc ReorderDesc(const memory::desc& from, const memory::desc& to) {
+  return dnnl::reorder::primitive_desc(Engine(), from, Engine(), to, Attributes());
+}
+
 // The primitives of one convolution shape: its forward pass and both gradients, with the
 // reorders between HWIO and the layouts they chose.
 struct Conv {
@@ -54,12 +75,12 @@ struct Conv {
   dnnl::convolution_forward fwd;
   dnnl::convolution_backward_data data;
   dnnl::convolution_backward_weights weights;
+  dnnl::reorder::primitive_desc to_fwd_pd, to_data_pd, from_diff_pd;
   dnnl::reorder to_fwd_weights, to_data_weights, from_diff_weights;
   bool fwd_plain, data_plain, diff_plain;
 
   explicit Conv(const Geometry& g) {
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::primitive_attr attr = Attributes();
     memory::dims strides = {g.sh, g.sw}, left = {g.plh, g.plw}, right = {g.phh, g.phw};
     auto& eng = Engine();
     fwd_pd = dnnl::convolution_forward::primitive_desc(
@@ -78,25 +99,52 @@ struct Conv {
     fwd_plain = fwd_pd.weights_desc() == hwio;
     data_plain = data_pd.weights_desc() == hwio;
     diff_plain = weights_pd.diff_weights_desc() == hwio;
-    if (!fwd_plain)
-      to_fwd_weights = dnnl::reorder(dnnl::reorder::primitive_desc(
-          eng, hwio, eng, fwd_pd.weights_desc()));
-    if (!data_plain)
-      to_data_weights = dnnl::reorder(dnnl::reorder::primitive_desc(
-          eng, hwio, eng, data_pd.weights_desc()));
-    if (!diff_plain)
-      from_diff_weights = dnnl::reorder(dnnl::reorder::primitive_desc(
-          eng, weights_pd.diff_weights_desc(), eng, hwio));
+    if (!fwd_plain) {
+      to_fwd_pd = ReorderDesc(hwio, fwd_pd.weights_desc());
+      to_fwd_weights = dnnl::reorder(to_fwd_pd);
+    }
+    if (!data_plain) {
+      to_data_pd = ReorderDesc(hwio, data_pd.weights_desc());
+      to_data_weights = dnnl::reorder(to_data_pd);
+    }
+    if (!diff_plain) {
+      from_diff_pd = ReorderDesc(weights_pd.diff_weights_desc(), hwio);
+      from_diff_weights = dnnl::reorder(from_diff_pd);
+    }
   }
 };
 
-Conv& Cached(const Geometry& g) {
-  static std::mutex mutex;
-  static std::map<decltype(g.Key()), std::unique_ptr<Conv>> cache;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto& entry = cache[g.Key()];
-  if (!entry) entry = std::make_unique<Conv>(g);
-  return *entry;
+using Key = decltype(Geometry().Key());
+
+struct Cache {
+  std::mutex mutex;
+  std::list<Key> order;  // Most recently used first.
+  std::map<Key, std::pair<std::shared_ptr<Conv>, std::list<Key>::iterator>> entries;
+};
+
+Cache& TheCache() {
+  static Cache cache;
+  return cache;
+}
+
+// The primitives of `g`'s shape: built on first use, kept while among the kCacheShapes
+// most recently used shapes; the caller's reference keeps them alive past an eviction.
+std::shared_ptr<Conv> Cached(const Geometry& g) {
+  Cache& cache = TheCache();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  auto found = cache.entries.find(g.Key());
+  if (found != cache.entries.end()) {
+    cache.order.splice(cache.order.begin(), cache.order, found->second.second);
+    return found->second.first;
+  }
+  auto conv = std::make_shared<Conv>(g);
+  cache.order.push_front(g.Key());
+  cache.entries[g.Key()] = {conv, cache.order.begin()};
+  if (cache.entries.size() > kCacheShapes) {
+    cache.entries.erase(cache.order.back());
+    cache.order.pop_back();
+  }
+  return conv;
 }
 
 // Memory of `desc` owning its buffer (scratchpads and reordered weights).
@@ -106,17 +154,29 @@ memory Wrap(const memory::desc& desc, const void* data) {
   return memory(desc, Engine(), const_cast<void*>(data));
 }
 
-Geometry Make(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-              ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t plh,
-              int64_t phh, int64_t plw, int64_t phw) {
-  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
-                  sh, sw, plh, phh, plw, phw};
+ffi::Error Invalid(const std::string& why) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn_conv: " + why);
 }
 
-ffi::Error Check(const Geometry& g, ffi::Span<const int64_t> w) {
-  if (w[2] != g.c)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "onednn_conv: the kernel's input channels differ from the input's");
+// The geometry of input `x`, kernel `w` and output `y` (NHWC, HWIO, NHWC) with the
+// attributes, after checking every dimension against the others: oneDNN reads and writes
+// the buffers by these sizes, so any disagreement must stop the call.
+ffi::Error Make(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t plh,
+                int64_t phh, int64_t plw, int64_t phw, Geometry* g) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4)
+    return Invalid("input, kernel and output must be 4-D (NHWC, HWIO, NHWC)");
+  for (auto d : {x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3]})
+    if (d < 1) return Invalid("every input and kernel dimension must be positive");
+  if (sh < 1 || sw < 1 || plh < 0 || phh < 0 || plw < 0 || phw < 0)
+    return Invalid("strides must be positive and paddings non-negative");
+  if (w[2] != x[3]) return Invalid("the kernel's input channels differ from the input's");
+  int64_t oh = (x[1] + plh + phh - w[0]) / sh + 1, ow = (x[2] + plw + phw - w[1]) / sw + 1;
+  if (x[1] + plh + phh < w[0] || x[2] + plw + phw < w[1])
+    return Invalid("the kernel is larger than the padded input");
+  if (y[0] != x[0] || y[1] != oh || y[2] != ow || y[3] != w[3])
+    return Invalid("the output's shape is not the convolution's");
+  *g = Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], oh, ow, sh, sw, plh, phh, plw, phw};
   return ffi::Error::Success();
 }
 
@@ -132,17 +192,25 @@ ffi::Error Guarded(F body) {
   return ffi::Error::Success();
 }
 
+// Runs `reorder` (of descriptor `pd`) from `from` into `to`, with its scratchpad.
+void Reorder(dnnl::stream& stream, const dnnl::reorder& reorder,
+             const dnnl::reorder::primitive_desc& pd, memory& from, memory& to) {
+  reorder.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                           {DNNL_ARG_SCRATCHPAD, Owned(pd.scratchpad_desc())}});
+}
+
 // Runs `primitive` on `args` with the HWIO weights `w`, reordered by `to_layout` into
 // `layout` unless the primitive takes HWIO (`plain`), and a scratchpad of its own.
 void RunWithWeights(const dnnl::primitive& primitive, const dnnl::reorder& to_layout,
-                    bool plain, const memory::desc& layout, const memory::desc& scratchpad,
+                    const dnnl::reorder::primitive_desc& to_layout_pd, bool plain,
+                    const memory::desc& layout, const memory::desc& scratchpad,
                     const Geometry& g, const float* w,
                     std::unordered_map<int, memory> args) {
   dnnl::stream stream(Engine());
   memory weights = Wrap(g.HWIO(), w);
   if (!plain) {
     memory ordered = Owned(layout);
-    to_layout.execute(stream, weights, ordered);
+    Reorder(stream, to_layout, to_layout_pd, weights, ordered);
     weights = ordered;
   }
   args[DNNL_ARG_WEIGHTS] = weights;
@@ -154,12 +222,13 @@ void RunWithWeights(const dnnl::primitive& primitive, const dnnl::reorder& to_la
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t plh,
                        int64_t phh, int64_t plw, int64_t phw) {
-  Geometry g = Make(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, plh, phh,
-                    plw, phw);
-  if (auto e = Check(g, w.dimensions()); e.failure()) return e;
+  Geometry g;
+  if (auto e = Make(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, plh, phh,
+                    plw, phw, &g); e.failure()) return e;
   return Guarded([&] {
-    Conv& conv = Cached(g);
-    RunWithWeights(conv.fwd, conv.to_fwd_weights, conv.fwd_plain,
+    auto held = Cached(g);
+    Conv& conv = *held;
+    RunWithWeights(conv.fwd, conv.to_fwd_weights, conv.to_fwd_pd, conv.fwd_plain,
                    conv.fwd_pd.weights_desc(), conv.fwd_pd.scratchpad_desc(), g,
                    w.typed_data(),
                    {{DNNL_ARG_SRC, Wrap(g.Src(), x.typed_data())},
@@ -170,12 +239,13 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 ffi::Error InputGradImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                          ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
                          int64_t plh, int64_t phh, int64_t plw, int64_t phw) {
-  Geometry g = Make(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, plh, phh,
-                    plw, phw);
-  if (auto e = Check(g, w.dimensions()); e.failure()) return e;
+  Geometry g;
+  if (auto e = Make(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, plh, phh,
+                    plw, phw, &g); e.failure()) return e;
   return Guarded([&] {
-    Conv& conv = Cached(g);
-    RunWithWeights(conv.data, conv.to_data_weights, conv.data_plain,
+    auto held = Cached(g);
+    Conv& conv = *held;
+    RunWithWeights(conv.data, conv.to_data_weights, conv.to_data_pd, conv.data_plain,
                    conv.data_pd.weights_desc(), conv.data_pd.scratchpad_desc(), g,
                    w.typed_data(),
                    {{DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy.typed_data())},
@@ -186,11 +256,12 @@ ffi::Error InputGradImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 ffi::Error WeightGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
                           int64_t plh, int64_t phh, int64_t plw, int64_t phw) {
-  Geometry g = Make(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, plh, phh,
-                    plw, phw);
-  if (auto e = Check(g, dw->dimensions()); e.failure()) return e;
+  Geometry g;
+  if (auto e = Make(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, plh, phh,
+                    plw, phw, &g); e.failure()) return e;
   return Guarded([&] {
-    Conv& conv = Cached(g);
+    auto held = Cached(g);
+    Conv& conv = *held;
     dnnl::stream stream(Engine());
     memory out = Wrap(g.HWIO(), dw->typed_data());
     memory diff = conv.diff_plain ? out : Owned(conv.weights_pd.diff_weights_desc());
@@ -199,12 +270,36 @@ ffi::Error WeightGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                                   {DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy.typed_data())},
                                   {DNNL_ARG_DIFF_WEIGHTS, diff},
                                   {DNNL_ARG_SCRATCHPAD, scratch}});
-    if (!conv.diff_plain) conv.from_diff_weights.execute(stream, diff, out);
+    if (!conv.diff_plain) Reorder(stream, conv.from_diff_weights, conv.from_diff_pd, diff, out);
     stream.wait();
   });
 }
 
 }  // namespace
+
+// For the tests (through ctypes): the number of shapes cached, and the floating-point
+// math mode of oneDNN's default attributes and of the primitives of a small convolution
+// (dnnl_fpmath_mode_t: 0 is strict), the largest of its forward pass and gradients.
+extern "C" int64_t OnednnConvCachedShapes() {
+  Cache& cache = TheCache();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  return static_cast<int64_t>(cache.entries.size());
+}
+
+extern "C" int OnednnConvFpmathModes(int* default_mode, int* primitive_mode) {
+  try {
+    *default_mode = static_cast<int>(dnnl::primitive_attr().get_fpmath_mode());
+    Conv conv(Geometry{1, 4, 4, 2, 3, 3, 2, 4, 4, 1, 1, 1, 1, 1, 1});
+    int mode = 0;
+    for (auto attr : {conv.fwd_pd.get_primitive_attr(), conv.data_pd.get_primitive_attr(),
+                      conv.weights_pd.get_primitive_attr()})
+      mode = std::max(mode, static_cast<int>(attr.get_fpmath_mode()));
+    *primitive_mode = mode;
+    return 0;
+  } catch (const std::exception&) {
+    return 1;
+  }
+}
 
 #define CONV_BINDING(first, second)                 \
   ffi::Ffi::Bind()                                  \

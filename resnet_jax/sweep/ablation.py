@@ -34,7 +34,6 @@ def sweep_overrides(values: dict) -> ml_collections.ConfigDict:
   return fill(config_lib.base_config(), values, '')
 
 
-RECORD = 'ablation.json'  # What marks a sweep's directory, for the report.
 
 
 def is_ablation(config) -> bool:
@@ -49,15 +48,15 @@ def refuse_as_run(config, workdir: str) -> None:
     raise config_lib.ConfigError(
         'This is a depth-ablation config (configs/ablation.py): run it with '
         'python -m experiments.depth_ablation --config=... --workdir=....')
-  if os.path.isfile(os.path.join(workdir, RECORD)):
+  if os.path.isfile(os.path.join(workdir, run_dir.SWEEP_RECORD)):
     raise config_lib.ConfigError(
-        f'{workdir} is a depth-ablation sweep\'s directory (it has an {RECORD}): give '
+        f'{workdir} is a depth-ablation sweep\'s directory (it has an {run_dir.SWEEP_RECORD}): give '
         'the run a directory of its own.')
 
 
 def refuse_run_dir(workdir: str) -> None:
   """Refuses a single run's directory given to a sweep."""
-  if os.path.isfile(os.path.join(workdir, 'config.json')):
+  if os.path.isfile(os.path.join(workdir, run_dir.CONFIG_FILE)):
     raise config_lib.ConfigError(
         f'{workdir} is a single run\'s directory (it has a config.json), not a sweep\'s: give '
         'the sweep a directory of its own, such as runs/ablation.')
@@ -134,15 +133,10 @@ def check_cell_configs(ablation, cells: list[Cell], workdir: str):
   """Refuses a sweep directory whose cells ran with other configs: the sweep would skip
   them as finished and report another experiment under this one's name."""
   for cell in cells:
-    path = os.path.join(workdir, cell.name, 'config.json')
-    if not os.path.exists(path) or not run_dir.holds_results(os.path.join(workdir, cell.name)):
+    celldir = os.path.join(workdir, cell.name)
+    if not run_dir.holds_results(celldir):
       continue  # An attempt that kept nothing: the cell's run replaces its config.
-    new = json.loads(cell_config(ablation, cell).to_json_best_effort())
-    try:
-      with open(path) as f:
-        changes = config_lib.config_changes(json.load(f), new)
-    except ValueError:
-      changes = ['config.json: unreadable']
+    changes = run_dir.config_changes(celldir, cell_config(ablation, cell))
     if changes:
       raise config_lib.ConfigError(
           f'{os.path.join(workdir, cell.name)} holds a run of another config '

@@ -1,36 +1,11 @@
 """A sweep's cells: their names, the grid of an ablation config, its shards and the
 units (one process's cells) it runs in."""
 
-import dataclasses
-import re
-
 import ml_collections
 
 from resnet_jax import config_lib
+from resnet_jax.nets import Cell
 from resnet_jax.shortcuts import SHORTCUTS
-
-_NAME = re.compile(r'^(plain|resnet(?P<shortcut>\w+?))-(?P<depth>\d+)-seed(?P<seed>\d+)$')
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One run of the grid; its directory is WORKDIR/NAME, as `name` formats and `parse`
-  reads it (plain-20-seed0, resnetA-56-seed1)."""
-  depth: int
-  shortcut: str
-  seed: int
-
-  @property
-  def name(self) -> str:
-    kind = 'plain' if self.shortcut == 'none' else f'resnet{self.shortcut}'
-    return f'{kind}-{self.depth}-seed{self.seed}'
-
-  @classmethod
-  def parse(cls, name: str) -> 'Cell | None':
-    """The cell a directory name names, or None if it names none."""
-    m = _NAME.match(name)
-    return m and cls(int(m['depth']), m['shortcut'] or 'none', int(m['seed']))
-
 
 def _repeated(items: list) -> list:
   """The items that appear earlier in `items` too, in order."""

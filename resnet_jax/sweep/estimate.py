@@ -8,7 +8,7 @@ from resnet_jax import datasets
 from resnet_jax.sweep import ablation as ablation_lib
 from resnet_jax.sweep import status as status_lib
 from resnet_jax.sweep.cells import Cell, unit_name, units
-from resnet_jax.sweep.runner import format_duration, format_minutes
+from resnet_jax.durations import format_duration, format_minutes
 
 
 def estimate(ablation, cells: list[Cell], together: bool, steps: int = 5,

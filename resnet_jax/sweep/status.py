@@ -10,7 +10,7 @@ from resnet_jax import run_dir
 def cell_status(workdir: str) -> str:
   """'done' (its run's last record is whole), 'diverged', 'partial' (has checkpoints: its
   run resumes, and redoes a last record a kill cut short) or 'new'."""
-  if os.path.exists(os.path.join(workdir, 'diverged.json')):
+  if os.path.exists(os.path.join(workdir, run_dir.DIVERGED_FILE)):
     return 'diverged'
   if any(r.get('split') == 'run' for r in metrics_io.read_records(workdir)):
     return 'done'

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 
 from resnet_jax import config_lib
@@ -13,7 +15,8 @@ from resnet_jax import run_dir
 from resnet_jax.sweep import ablation as ablation_lib
 from resnet_jax.sweep.cells import Cell, unit_name
 
-# The worker's first reply: READY, or ERROR and the reason a cell's config cannot run.
+# The worker's first reply: READY, or ERROR and the reason a cell's config cannot run;
+# ERROR also starts a unit's log's last line where the user's input stopped it.
 READY, ERROR = 'ready\n', 'error: '
 
 
@@ -26,7 +29,7 @@ def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
   for cell in cells:
     result = results[cell.seed]
     if 'diverged_at' in result:
-      run_dir.write_text(os.path.join(workdir, cell.name, 'diverged.json'), json.dumps(
+      run_dir.write_text(os.path.join(workdir, cell.name, run_dir.DIVERGED_FILE), json.dumps(
           {'step': result['diverged_at'], 'message': result['message']}))  # Whole or not.
       print(f'{cell.name} diverged at step {result["diverged_at"]}; the sweep goes on.',
             flush=True)
@@ -58,6 +61,15 @@ def output_to(path: str):
       os.close(f)
 
 
+def stop_when_orphaned(parent: int, every: float = 1.0):
+  """Sends this worker SIGTERM once its driver (`parent`) is gone, killed or crashed: the
+  running cell checkpoints at its next step and stops, so that a relaunch can start at
+  once instead of finding its cells held for hours. A daemon thread's loop."""
+  while os.getppid() == parent:
+    time.sleep(every)
+  os.kill(os.getpid(), signal.SIGTERM)
+
+
 def serve(ablation, cells: list[Cell], workdir: str):
   """A worker: checks every cell's config and replies READY (or ERROR and the reason one
   cannot run, and exits), then runs the units the driver writes on stdin (cell names,
@@ -71,6 +83,7 @@ def serve(ablation, cells: list[Cell], workdir: str):
   # Ctrl-C reaches the driver too, which stops this worker with SIGTERM: the cell
   # then saves a checkpoint before it stops.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  threading.Thread(target=stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
   try:  # The models' own rules, which the driver (no JAX) left to its workers.
     for cell in cells:
       config_lib.validate(ablation_lib.cell_config(ablation, cell))
@@ -84,7 +97,7 @@ def serve(ablation, cells: list[Cell], workdir: str):
       try:
         finished = run_cells(ablation, unit, workdir)
       except train.USER_ERRORS as e:  # One sentence: the driver repeats the log's last line.
-        print(f'error: {e}', flush=True)
+        print(f'{ERROR}{e}', flush=True)
         sys.exit(1)
       except BaseException:
         traceback.print_exc()

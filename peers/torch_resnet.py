@@ -1,9 +1,16 @@
-"""The CIFAR ResNet (option A) in PyTorch, for the benchmark's comparison column.
+"""The CIFAR ResNet (option A) and its plain twin in PyTorch, timed as its users run it:
+eager mode with PyTorch's defaults (its own thread count), in a script that imports
+nothing of this project. The benchmark's PyTorch column (resnet_jax/benchmark.py) runs
 
-Only imported where torch is installed (the `compare` extra, which `make test` and
-`make benchmark` install); the package itself never needs it.
+  python peers/torch_resnet.py --depth=20 [--plain] --batch_size=128 --output=row.json
+
+and reads the median step time and the process's environment (peer_env.py) from the JSON.
+tests/peers_test.py loads `CifarResNet` from this file and checks that it computes our
+net's logits from our weights.
 """
 
+import argparse
+import json
 import time
 
 import numpy as np
@@ -11,13 +18,16 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+import peer_env
+
 
 class _Block(nn.Module):
   """conv-BN-ReLU-conv-BN, + the option-A shortcut unless plain, ReLU.
 
   PyTorch's usual stride-2 convolution pads one pixel on each side; ours ('SAME', as XLA
-  pads it) pads only the bottom and right on even sizes (every size these nets stride). `xla_padding` pads as we do, for the test that
-  compares the two nets' logits; the cost is the same either way.
+  pads it) pads only the bottom and right on even sizes (every size these nets stride).
+  `xla_padding` pads as we do, for the test that compares the two nets' logits; the cost
+  is the same either way.
   """
 
   def __init__(self, cin, cout, stride, residual, xla_padding=False):
@@ -61,10 +71,19 @@ class CifarResNet(nn.Module):
     return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
 
+def environment() -> dict:
+  return peer_env.describe(
+      torch=torch.__version__, intra_op_threads=torch.get_num_threads(),
+      inter_op_threads=torch.get_num_interop_threads(),
+      mkldnn=torch.backends.mkldnn.is_available(),
+      cpu_capability=torch.backends.cpu.get_cpu_capability())
+
+
 def train_step_ms(depth: int, residual: bool, batch_size: int, image_size: int = 32,
                   width: int = 16, in_channels: int = 3, num_classes: int = 10,
-                  steps: int = 5, warmup: int = 2) -> dict:
-  """Median ms of a full SGD step (forward, backward, update, BN statistics)."""
+                  steps: int = 5, warmup: int = 5) -> dict:
+  """Median ms of a full SGD step (forward, backward, update, BN statistics) after
+  `warmup` untimed ones (the allocator and oneDNN's primitives warm up in the first)."""
   torch.manual_seed(0)
   model = CifarResNet(depth, residual, width, in_channels, num_classes)
   model.train()
@@ -82,4 +101,28 @@ def train_step_ms(depth: int, residual: bool, batch_size: int, image_size: int =
       times.append(time.perf_counter() - t)
   ms = float(np.median(times)) * 1e3
   return {'torch_step_ms': ms, 'torch_images_per_second': batch_size / ms * 1e3,
-          'torch_threads': torch.get_num_threads(), 'torch_version': torch.__version__}
+          'torch_steps': steps, 'torch_warmup': warmup, 'torch_environment': environment()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--depth', type=int, required=True)
+  parser.add_argument('--plain', action='store_true', help='No shortcuts.')
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--image_size', type=int, default=32)
+  parser.add_argument('--width', type=int, default=16)
+  parser.add_argument('--in_channels', type=int, default=3)
+  parser.add_argument('--num_classes', type=int, default=10)
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--warmup', type=int, default=5)
+  parser.add_argument('--output', required=True, help='The JSON file of the timing.')
+  a = parser.parse_args()
+  out = train_step_ms(a.depth, not a.plain, a.batch_size, a.image_size, a.width,
+                      a.in_channels, a.num_classes, a.steps, a.warmup)
+  with open(a.output, 'w') as f:
+    json.dump(out, f)
+  print(f'{out["torch_step_ms"]:.0f} ms a step, {out["torch_images_per_second"]:.0f} img/s')
+
+
+if __name__ == '__main__':
+  main()
