@@ -7,25 +7,12 @@ handing each run its own slice. Each seed follows its single-seed trajectory to 
 tolerance; a seed whose loss turns NaN is marked diverged and the others go on.
 """
 
-import jax
-import numpy as np
-
 from resnet_jax import config_lib
 from resnet_jax import datasets
 from resnet_jax import train
 from resnet_jax.run_data import Data
 from resnet_jax.signals import StopSignal
-from resnet_jax.trainer import Trainer
-
-
-def _stack(trees: list):
-  """Host trees (batches, restored metrics) stacked on a new leading seed axis."""
-  return jax.tree_util.tree_map(lambda *x: np.stack(x), *trees)
-
-
-def _pick(tree, i: int):
-  """Seed `i`'s part of host trees with a leading seed axis."""
-  return jax.tree_util.tree_map(lambda x: x[i], tree)
+from resnet_jax.trainer import Trainer, pick_seed, stack_seeds
 
 
 class SeedGroup:
@@ -66,18 +53,18 @@ class SeedGroup:
   def restore(self, start: int, total: int, states: list):
     restored = [r.restore(start, total, s) for r, s in zip(self.runs, states)]
     pendings = [p for _, p in restored]
-    pending = [_stack([p[j] for p in pendings]) for j in range(len(pendings[0]))]
+    pending = [stack_seeds([p[j] for p in pendings]) for j in range(len(pendings[0]))]
     return self.trainer.stack([s for s, _ in restored]), pending
 
   def batch(self, data: Data, trainer: Trainer, step: int):
-    return trainer.to_device(_stack([data.train_batch(step, r.seed) for r in self.runs]),
+    return trainer.to_device(stack_seeds([data.train_batch(step, r.seed) for r in self.runs]),
                              train=True)
 
   def log_train(self, done: int, metrics: list, steps_per_s: float) -> list[dict]:
     shown = []
     for i, run in enumerate(self.runs):
       was_active = run.active
-      shown += run.log_train(done, [_pick(m, i) for m in metrics], steps_per_s)
+      shown += run.log_train(done, [pick_seed(m, i) for m in metrics], steps_per_s)
       if was_active and not run.active:
         train.say(f'seed {run.seed}: {run.result["message"]}')
     return shown
@@ -90,7 +77,7 @@ class SeedGroup:
   def save(self, done: int, state, metrics: list, force: bool = False):
     for i, run in enumerate(self.runs):
       if run.active:
-        run.save(done, self.trainer.pick(state, i), [_pick(m, i) for m in metrics], force)
+        run.save(done, self.trainer.pick(state, i), [pick_seed(m, i) for m in metrics], force)
 
   def stopped(self, done: int, state) -> dict:
     return {r.seed: r.stopped(done, self.trainer.pick(state, i) if r.active else None)

@@ -59,6 +59,16 @@ def to_host(tree):
       lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), tree)
 
 
+def stack_seeds(trees: list, xp=np):
+  """Per-seed trees as one with a leading seed axis (`xp`: numpy on the host, jax.numpy
+  in a compiled program); `pick_seed` takes seed `i`'s part back out."""
+  return jax.tree_util.tree_map(lambda *x: xp.stack(x), *trees)
+
+
+def pick_seed(tree, i: int):
+  return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
 class Trainer:
   """Holds the compiled steps and shardings of one run, or of `num_seeds` runs at once.
 
@@ -103,10 +113,9 @@ class Trainer:
                                            image_shape=image_shape),
                          compiler_options=compile_options.run_once(options),
                          out_shardings=self.replicated)
-    self._stack = jax.jit(lambda *trees: jax.tree_util.tree_map(
-        lambda *x: jnp.stack(x), *trees), out_shardings=self.replicated)
-    self._pick = jax.jit(lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree),
-                         out_shardings=self.replicated)
+    self._stack = jax.jit(lambda *trees: stack_seeds(trees, jnp),
+                          out_shardings=self.replicated)
+    self._pick = jax.jit(pick_seed, out_shardings=self.replicated)
 
   def stack(self, trees: list):
     """Per-seed trees (states, rngs) as one tree with a leading seed axis."""

@@ -961,20 +961,9 @@ def test_workers_checkpoint_and_stop_soon_after_their_driver_is_killed(fashion_d
 
 @pytest.mark.parametrize('how', ['sigterm_to_driver', 'ctrl_c'])
 def test_a_stopped_sweep_checkpoints_its_cells(fashion_data_dir, tmp_path, how):
-  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), seeds=(0,),
-                      steps=5000, eval_every=0)
+  proc, log = _start_training(tmp_path, fashion_data_dir, steps=5000)
   workdir = str(tmp_path / 'sweep')
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
-  proc = subprocess.Popen([sys.executable, '-m', 'experiments.depth_ablation',
-                           f'--config={cfg}', f'--workdir={workdir}'], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
-  log = os.path.join(workdir, 'resnetA-8-seed0.log')
   try:
-    for _ in range(1200):  # Until the cell trains (10 minutes at most).
-      if (os.path.exists(log) and 'step 10/' in open(log).read()) or proc.poll() is not None:
-        break
-      time.sleep(0.5)
     if how == 'ctrl_c':  # SIGINT to the driver and its workers, as a terminal sends it.
       os.killpg(proc.pid, signal.SIGINT)
     else:  # To the driver alone (a scheduler's stop): it stops its workers.

@@ -14,15 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import run_dir
+from resnet_jax.models import resnet
 from resnet_jax.analysis import probe as probe_lib
 from resnet_jax.analysis import why_results
 
 KINDS = ('2d', '1d', 'line')
-
-
-def _stacked(path) -> bool:
-  """Whether a parameter lies in a scanned stage (a leading axis of blocks)."""
-  return any(str(getattr(k, 'key', '')).endswith('_blocks') for k in path)
 
 
 def filter_normalize(direction, params):
@@ -30,7 +26,7 @@ def filter_normalize(direction, params):
   `params` (a filter: all but the last axis of one conv or dense kernel, per block of a
   scanned stage), and its 1-D parts (BatchNorm scales and offsets, biases) zero."""
   def one(path, d, w):
-    lead = 1 if _stacked(path) else 0
+    lead = 1 if resnet.in_scanned_stage(path) else 0
     if d.ndim - lead <= 1:
       return jnp.zeros_like(d)
     axes = tuple(range(lead, d.ndim - 1))

@@ -20,26 +20,9 @@ from resnet_jax import run_dir
 from resnet_jax import steps
 from resnet_jax import train
 from resnet_jax.analysis import results
+from resnet_jax.models import resnet
 from resnet_jax.run_data import Data
 from resnet_jax.trainer import Trainer, build_model
-
-
-def block_order(tree) -> list:
-  """The blocks of a ResNet variable tree in network order; scanned blocks unstacked."""
-  out, i = [], 1
-  while f'stage{i}_block1' in tree:
-    out.append(tree[f'stage{i}_block1'])
-    if f'stage{i}_blocks' in tree:
-      stacked = tree[f'stage{i}_blocks']['block']
-      n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-      out.extend(jax.tree_util.tree_map(lambda x, k=k: x[k], stacked) for k in range(n))
-    else:
-      j = 2
-      while f'stage{i}_block{j}' in tree:
-        out.append(tree[f'stage{i}_block{j}'])
-        j += 1
-    i += 1
-  return out
 
 
 def response_stds_fn(model, compiler_options=None):
@@ -49,7 +32,7 @@ def response_stds_fn(model, compiler_options=None):
     _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
     inter = state['intermediates']
     out = [jnp.std(r) for r in inter.get('responses', ())]  # The stem.
-    for block in block_order(inter):
+    for block in resnet.block_order(inter):
       out.extend(jnp.std(r) for r in block['responses'])
     return jnp.stack(out)
   return jax.jit(stds, compiler_options=compiler_options)
@@ -64,7 +47,7 @@ def gradient_norms_fn(model, compiler_options=None):
                               mutable=['batch_stats'])
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     grads = jax.grad(loss)(variables['params'])
-    return jnp.stack([optax.tree.norm(b) for b in block_order(grads)])
+    return jnp.stack([optax.tree.norm(b) for b in resnet.block_order(grads)])
   return jax.jit(norms, compiler_options=compiler_options)
 
 

@@ -57,7 +57,20 @@ def available() -> bool:
   return load_error() is None
 
 
+def threads() -> int:
+  """The OpenMP threads oneDNN runs on in this process: OMP_NUM_THREADS (its first value)
+  where set, else every core this process may use (GNU OpenMP's default). Its weight
+  gradients sum in an order that depends on it (docs/ablation.md)."""
+  value = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
+  if value.isdigit() and int(value) > 0:
+    return int(value)
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
 def _call(kind, out_shape, a, b, strides, pads):
+  why = load_error()  # Registers the handlers on first use (cached).
+  if why:
+    raise RuntimeError(f'model.conv_impl=\'onednn\' cannot run here: {why}.')
   attrs = dict(stride_h=strides[0], stride_w=strides[1], pad_low_h=pads[0][0],
                pad_high_h=pads[0][1], pad_low_w=pads[1][0], pad_high_w=pads[1][1])
   return jax.ffi.ffi_call(f'onednn_conv_{kind}', jax.ShapeDtypeStruct(out_shape, a.dtype),

@@ -12,6 +12,7 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from resnet_jax.models import blocks
@@ -172,3 +173,28 @@ def ImageNetResNet(depth: int = 50, num_classes: int = 1000, num_filters: int = 
   stage_sizes, block_cls = IMAGENET_DEPTHS[depth]
   return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, num_classes=num_classes,
                 num_filters=num_filters, stem='imagenet', shortcut=shortcut, **kwargs)
+
+
+# The names the modules above give their stages' blocks (stage{i}_block1, then
+# stage{i}_block{j} unrolled or stage{i}_blocks scanned), read back by the analyses.
+def in_scanned_stage(path) -> bool:
+  """Whether a parameter's tree path lies in a scanned stage (a leading axis of blocks)."""
+  return any(str(getattr(k, 'key', '')).endswith('_blocks') for k in path)
+
+
+def block_order(tree) -> list:
+  """The blocks of a ResNet variable tree in network order; scanned blocks unstacked."""
+  out, i = [], 1
+  while f'stage{i}_block1' in tree:
+    out.append(tree[f'stage{i}_block1'])
+    if f'stage{i}_blocks' in tree:
+      stacked = tree[f'stage{i}_blocks']['block']
+      n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+      out.extend(jax.tree_util.tree_map(lambda x, k=k: x[k], stacked) for k in range(n))
+    else:
+      j = 2
+      while f'stage{i}_block{j}' in tree:
+        out.append(tree[f'stage{i}_block{j}'])
+        j += 1
+    i += 1
+  return out
