@@ -39,7 +39,8 @@ def get_config(arg: str = 'quick'):
     c.depths = (20, 32, 44, 56)
     c.seeds = (0, 1)
     # 300 steps of batch 128 (0.65 of an epoch), so that the 16 runs fit in 20 minutes
-    # on 2 CPU cores with the set-up (docs/ablation_quick/): enough for plain nets to degrade
+    # on 2 CPU cores with the set-up (docs/ablation_quick/): enough for plain nets to
+    # degrade
     # with depth while plain-20 and ResNet-20 train about level (see the README; the
     # search: docs/ablation_quick/README.md).
     c.overrides = sweep_ablation.sweep_overrides({

@@ -9,7 +9,8 @@ import sys
 
 # Variables that change a framework's kernels or thread counts.
 PREFIXES = ('OMP_', 'MKL_', 'KMP_', 'GOMP_', 'TF_ENABLE_', 'TF_CPP_', 'TF_NUM_', 'TF_XLA_',
-            'ONEDNN_', 'DNNL_', 'OPENBLAS_', 'TORCH_', 'XLA_', 'JAX_', 'CUDA_VISIBLE_DEVICES')
+            'ONEDNN_', 'DNNL_', 'OPENBLAS_', 'TORCH_', 'XLA_', 'JAX_',
+            'CUDA_VISIBLE_DEVICES')
 PROJECT_PACKAGES = ('resnet_jax', 'experiments', 'configs')
 # The variables the process started with, read before any framework is imported (Keras
 # imports JAX where it is installed, and JAX sets TF_CPP_MIN_LOG_LEVEL).

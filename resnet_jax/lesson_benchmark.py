@@ -1,7 +1,8 @@
 """The lesson's model against the lesson's own Keras program, side by side in one run: one
 epoch of `configs/seed_mnist.py` and of `peers/keras_lesson.py` on the same data, timed
 and scored from what each writes (metrics.jsonl, the Keras program's JSON). The Keras
-program runs as its users run it, with TensorFlow's defaults (resnet_jax/peer_process.py)."""
+program runs as its users run it, with TensorFlow's defaults
+(resnet_jax/peer_process.py)."""
 
 import json
 import os

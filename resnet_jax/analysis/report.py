@@ -55,7 +55,8 @@ def _layer_figures(workdir: str, cells: list[dict], ablation, data: str) -> list
       analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
   if not analyses:
     return []
-  run_dir.write_text(os.path.join(workdir, run_dir.SWEEP_LAYER_ANALYSES), json.dumps(analyses))
+  run_dir.write_text(os.path.join(workdir, run_dir.SWEEP_LAYER_ANALYSES),
+                     json.dumps(analyses))
   figures.analysis_figure(
       analyses, ('response_std_final', 'response_std_final'),
       ('in layer order', 'sorted by magnitude'), 'std of response',

@@ -43,11 +43,13 @@ def load_error(library: str = LIBRARY) -> str | None:
     handlers = {kind: jax.ffi.pycapsule(getattr(loaded, symbol))
                 for kind, symbol in _TARGETS.items()}
   except AttributeError as e:  # A stale build, from before a handler was added.
-    return f'{library} lacks a handler ({e}); rebuild it with `python -m resnet_jax.native.build`'
+    return (f'{library} lacks a handler ({e}); rebuild it with '
+            '`python -m resnet_jax.native.build`')
   for kind, handler in handlers.items():
     try:
       jax.ffi.register_ffi_target(f'onednn_conv_{kind}', handler, platform='cpu')
-    except Exception as e:  # pylint: disable=broad-except  # XLA refused it (its FFI API version, ...).
+    # XLA refusing a handler (its FFI API version, say) raises what it likes.
+    except Exception as e:  # pylint: disable=broad-except
       return (f'XLA does not take its handlers ({type(e).__name__}: {e}); rebuild it with '
               '`python -m resnet_jax.native.build` against this jaxlib')
   return None
@@ -64,7 +66,9 @@ def threads() -> int:
   value = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
   if value.isdigit() and int(value) > 0:
     return int(value)
-  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count()
 
 
 def _call(kind, out_shape, a, b, strides, pads):

@@ -35,7 +35,8 @@ def command() -> tuple[list[str] | None, str]:
   if os.environ.get('CXX'):  # Split as a shell would: CXX="ccache g++" is two words.
     compiler = shlex.split(os.environ['CXX'])
     if not shutil.which(compiler[0]):
-      return None, f'the C++ compiler {compiler[0]!r} of CXX={os.environ["CXX"]!r} is not found'
+      return None, (f'the C++ compiler {compiler[0]!r} of CXX={os.environ["CXX"]!r} is '
+                    'not found')
   else:
     found = shutil.which('g++') or shutil.which('c++')
     if not found:

@@ -50,8 +50,8 @@ def refuse_as_run(config, workdir: str) -> None:
         'python -m experiments.depth_ablation --config=... --workdir=....')
   if os.path.isfile(os.path.join(workdir, run_dir.SWEEP_RECORD)):
     raise config_lib.ConfigError(
-        f'{workdir} is a depth-ablation sweep\'s directory (it has an {run_dir.SWEEP_RECORD}): give '
-        'the run a directory of its own.')
+        f'{workdir} is a depth-ablation sweep\'s directory (it has an '
+        f'{run_dir.SWEEP_RECORD}): give the run a directory of its own.')
 
 
 def refuse_run_dir(workdir: str) -> None:
