@@ -7,10 +7,11 @@ complete, so a checkpoint cut short by a kill is never taken for a finished one.
 """
 
 import functools
+import inspect
 import logging
 import os
-import re
 import sys
+import traceback
 from typing import Any
 
 import jax
@@ -64,8 +65,9 @@ RESUME_FIX = ('move that step directory away to resume from an earlier one, or u
               '--workdir')
 
 
-def _read(read, where: str, fix: str = RESUME_FIX):
-  """`read()`, with any failure turned into one sentence naming the checkpoint."""
+def _read(read, where: str, fix: str = RESUME_FIX, find_unreadable=None):
+  """`read()`, with any failure turned into one sentence naming the checkpoint (and the
+  first array that cannot be read, from `find_unreadable()` where given)."""
   previous = sys.unraisablehook
   sys.unraisablehook = functools.partial(_drop_failed_read_reports, previous)
   asyncio_log = logging.getLogger('asyncio')
@@ -74,25 +76,32 @@ def _read(read, where: str, fix: str = RESUME_FIX):
     result = read()
   except Exception as e:  # pylint: disable=broad-except
     # The filters stay: the failed read's other reads still report after this error.
-    raise CheckpointError(f'The checkpoint {where} cannot be read ({_cause(e)}): '
-                          f'{fix}.') from e
+    array = find_unreadable() if find_unreadable else None
+    cause = f'reading array {array} fails' if array else f'{type(e).__name__} in Orbax'
+    raise CheckpointError(f'The checkpoint {where} cannot be read ({cause}): {fix}.') from e
   sys.unraisablehook = previous
   asyncio_log.removeFilter(_keep_log_record)
   return result
 
 
-def _is_failed_read_report(error) -> bool:
+_READERS = ('orbax.', 'tensorstore', 'asyncio.')
+
+
+def _is_failed_read_report(error, source=None) -> bool:
   """Whether `error` is what a failed read's other array reads, left in flight when Orbax
-  gave up, report (each a traceback beside the one-line error): 'Event loop is closed',
-  or their own read errors."""
-  message = str(error)
-  return message == 'Event loop is closed' or message.startswith(
-      'Encountered error while reading')
+  gave up, report (each a traceback beside the one-line error): an error raised in
+  Orbax's, TensorStore's or asyncio's code, or by one of Orbax's coroutines (`source`)."""
+  modules = [frame.f_globals.get('__name__', '') for frame, _ in
+             traceback.walk_tb(getattr(error, '__traceback__', None))]
+  code = getattr(source, 'cr_code', None)
+  if code is not None:
+    modules.append(getattr(inspect.getmodule(code), '__name__', ''))
+  return bool(modules) and all(m.startswith(_READERS) for m in modules)
 
 
 def _drop_failed_read_reports(previous, report):
   """Passes every unraisable report on to `previous` but a failed read's."""
-  if not _is_failed_read_report(report.exc_value):
+  if not _is_failed_read_report(report.exc_value, report.object):
     previous(report)
 
 
@@ -103,15 +112,25 @@ def _keep_log_record(record: logging.LogRecord) -> bool:
   return error is None or not _is_failed_read_report(error)
 
 
-def _cause(e: Exception) -> str:
-  """The first line of a read error, less TensorStore's spec dump, naming the array that
-  failed where the dump does (its kvstore path: params.stage1_block2.conv1.kernel/)."""
-  text = str(e).strip()
-  first = (text.splitlines() or [''])[0].split(' See full TensorStore details')[0]
-  arrays = [p.rstrip('/') for p in re.findall(r"'path': '([^'/][^']*)'", text)]
-  if arrays:
-    first = f'{first.rstrip(".")}, in array {arrays[-1]}'
-  return f'{type(e).__name__}: {first[:240]}'
+def _first_unreadable(step_dir: str, stored) -> str | None:
+  """The first array of `stored` (a checkpoint's metadata tree) that cannot be read on its
+  own, every other array skipped (Orbax's placeholder): a failed read names none."""
+  leaves, treedef = jax.tree_util.tree_flatten(stored)
+  names = [_describe(p) for p, _ in jax.tree_util.tree_leaves_with_path(stored)]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  reader = ocp.PyTreeCheckpointer()
+  for i, leaf in enumerate(leaves):
+    item = [ocp.PLACEHOLDER] * len(leaves)
+    item[i] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+    restore_args = [ocp.PLACEHOLDER] * len(leaves)
+    restore_args[i] = ocp.ArrayRestoreArgs(global_shape=leaf.shape, dtype=leaf.dtype,
+                                           sharding=device)
+    try:
+      reader.restore(step_dir, args=ocp.args.PyTreeRestore(
+          item=treedef.unflatten(item), restore_args=treedef.unflatten(restore_args)))
+    except Exception:  # pylint: disable=broad-except
+      return names[i]
+  return None
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, state):
@@ -123,8 +142,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, state):
     raise CheckpointError(
         f'The checkpoint {where} belongs to another model: {problem}. Use a new '
         f'--workdir for this config, or the config that wrote it.')
-  restored = _read(lambda: mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state), pending=ocp.args.JsonRestore())), where)
+  restored = _read(
+      lambda: mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state), pending=ocp.args.JsonRestore())), where,
+      find_unreadable=lambda: _first_unreadable(
+          os.path.join(mngr.directory, str(step), 'state'), stored))
   pending = [{k: np.float32(v) for k, v in m.items()} for m in restored['pending'] or []]
   return restored['state'], pending
 
@@ -172,7 +194,9 @@ def load_weights(source: str, state):
             item=weights,
             restore_args=jax.tree_util.tree_map(
                 lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), weights),
-            partial_restore=True))), where, fix)
+            partial_restore=True))), where, fix,
+        find_unreadable=lambda: _first_unreadable(
+            os.path.join(directory, str(step), 'state'), stored))
   finally:
     mngr.close()
   weights = restored['state']
