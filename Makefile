@@ -4,7 +4,8 @@
 # Both set up first: a virtual environment with the package (at the versions of
 # constraints.txt), the oneDNN extension, and the Debian package dataset-fashion-mnist
 # where apt-get is available. A second call is fast. `make test` and `make benchmark`
-# also install PyTorch (the benchmark's comparison column).
+# also install PyTorch (the benchmark's comparison column); `make test` also Debian's
+# slurm-wlm and munge (the SLURM tests' real cluster).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -15,7 +16,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORKDIR ?= runs/ablation
 
-.PHONY: setup data run why train test ablation benchmark
+.PHONY: setup data slurm run why train test ablation benchmark
 setup: $(STAMP) $(NATIVE) data
 
 $(STAMP): pyproject.toml constraints.txt
@@ -55,5 +56,14 @@ train: setup
 benchmark: setup $(TORCH)
 	$(VENV)/bin/python -m experiments.benchmark
 
-test: setup $(TORCH)
+# The SLURM tests' cluster (tests/slurm_cluster.py starts a private one): Debian's
+# slurm-wlm and munge, where apt-get is available.
+slurm:
+	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
+	  if command -v apt-get >/dev/null; then \
+	    $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; \
+	  else echo "No apt-get: the SLURM tests skip (install slurm-wlm and munge to run them)."; fi; \
+	fi
+
+test: setup $(TORCH) slurm
 	$(VENV)/bin/python -m pytest -q -n auto --dist worksteal

@@ -34,6 +34,16 @@ def get_config(arg: str = 'quick'):
   c.analysis_examples = 256  # Held-out images for the layer-response and gradient figures.
   c.paper_table = ''  # The paper's errors beside ours: 'cifar10' (Table 6), 'imagenet' (Table 2).
   c.exclude = ()  # Cells to leave out, as 'SHORTCUT-DEPTH' ('none-1202').
+  # Each unit's task under --launcher=slurm (docs/cluster.md); --slurm.KEY=VALUE is short
+  # for --config.slurm.KEY=VALUE. mem_gb 0 and partition '' take the cluster's defaults;
+  # sbatch_options are further sbatch flags ('--qos=high --account=lab'), setup a shell
+  # line run before each task ('module load cuda/12.4').
+  c.slurm = ml_collections.ConfigDict({
+      'partition': '', 'nodes': 1, 'tasks_per_node': 1, 'gpus_per_task': 0,
+      'cpus_per_task': 2, 'mem_gb': 0.0, 'timeout_min': 60, 'array_parallelism': 64,
+      'max_requeues': 3, 'signal_delay_s': 120, 'sbatch_options': '', 'setup': '',
+      'poll_seconds': 10.0,
+  })
   if preset == 'quick':
     c.run_config = 'fashion_mnist.py'
     c.depths = (20, 32, 44, 56)
@@ -77,6 +87,9 @@ def get_config(arg: str = 'quick'):
     c.seeds = (0, 1, 2, 3, 4)
     c.paper_table = 'cifar10'
     c.overrides = sweep_ablation.sweep_overrides({'log_every_steps': 200})
+    # A GPU a cell; a task past 8 hours checkpoints and is requeued (max_requeues).
+    c.slurm.update({'gpus_per_task': 1, 'cpus_per_task': 8, 'mem_gb': 32.0,
+                    'timeout_min': 8 * 60})
   elif preset == 'extreme':
     c.run_config = 'cifar10.py'
     c.depths = (110, 1202)
@@ -85,6 +98,8 @@ def get_config(arg: str = 'quick'):
     c.paper_table = 'cifar10'
     c.overrides = sweep_ablation.sweep_overrides({'model': {'remat': True},
                                              'log_every_steps': 200})
+    c.slurm.update({'gpus_per_task': 1, 'cpus_per_task': 8, 'mem_gb': 64.0,
+                    'timeout_min': 24 * 60})
   else:  # imagenet
     # Section 4.1: the 18- and 34-layer nets, plain and with option A shortcuts (the
     # paper's Figure 4 and Table 2), trained by configs/imagenet_resnet50.py's recipe
@@ -101,4 +116,7 @@ def get_config(arg: str = 'quick'):
         'model': {'zero_init_last_bn': False},
         'batch_size': 1024, 'num_epochs': 90.0, 'log_every_steps': 100,
     })
+    # Two 8-GPU nodes a cell, one process a node joined by jax.distributed.
+    c.slurm.update({'nodes': 2, 'tasks_per_node': 1, 'gpus_per_task': 8,
+                    'cpus_per_task': 64, 'mem_gb': 400.0, 'timeout_min': 48 * 60})
   return c

@@ -6,11 +6,14 @@ Every cell is an ordinary resnet_jax run in WORKDIR/CELL, trained by one of
 cells and resumes unfinished ones; --shard_index/--num_shards run one slice of the
 grid (spread it over machines); --dry_run lists the cells; --estimate times their
 steps on this machine; --report_only rewrites the report from whatever cells exist.
+--launcher=slurm submits the cells as a SLURM job array instead (resources from the
+config's `slurm` section, --slurm.KEY=VALUE), follows it, and re-attaches when run
+again; --status only reports (docs/cluster.md).
 The sweep itself lives in resnet_jax.sweep, its report in resnet_jax.analysis.
 """
 
-import os
-import signal
+import functools
+
 import sys
 
 from absl import app
@@ -20,15 +23,11 @@ from ml_collections import config_flags
 
 from resnet_jax import cli
 from resnet_jax import config_lib
-from resnet_jax import datasets
 from resnet_jax import run_dir
-from resnet_jax.analysis import paper
-from resnet_jax.analysis import report
 from resnet_jax.analysis import results
 from resnet_jax.sweep import ablation as ablation_lib
 from resnet_jax.sweep import cells as cells_lib
-from resnet_jax.sweep import commands
-from resnet_jax.sweep import devices as devices_lib
+from resnet_jax.sweep import driver
 from resnet_jax.sweep import runner
 
 config_flags.DEFINE_config_file('config', None, 'configs/ablation.py[:PRESET].',
@@ -57,12 +56,17 @@ _ESTIMATE = flags.DEFINE_bool(
     'random batches of the cells\' shapes: no data needed) and print how long the grid '
     'would train here, and what a sweep under way in --workdir has left; nothing is '
     'written.')
+_LAUNCHER = flags.DEFINE_enum(
+    'launcher', 'local', ['local', 'slurm'], 'Who runs the cells: local = --parallel '
+    'worker processes here; slurm = one task of a SLURM job array each (submitit).')
+_STATUS = flags.DEFINE_bool('status', False, 'Only report where each cell stands (and, '
+                            'with --launcher=slurm, its task), then exit.')
 _WORKER = flags.DEFINE_bool('worker', False, 'Run the units named on stdin (internal: '
                             'the sweep\'s worker processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 # The driver's own flags, which its workers and the dry run's commands do not take.
 _OWN = ('parallel', 'dry_run', 'shard_index', 'num_shards', 'vmap_seeds', 'cells', 'worker',
-        'progress_every', 'estimate')
+        'progress_every', 'estimate', 'launcher', 'status')
 
 
 def main(argv):
@@ -71,7 +75,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed.
   ablation, workdir = flags.FLAGS.config, _WORKDIR.value
   try:
-    modes = [f'--{name}' for name in ('dry_run', 'estimate', 'report_only')
+    modes = [f'--{name}' for name in ('dry_run', 'estimate', 'report_only', 'status')
              if flags.FLAGS[name].value]
     if len(modes) > 1:
       raise config_lib.ConfigError(f'{" and ".join(modes)} each do something else: give '
@@ -87,7 +91,12 @@ def main(argv):
       from resnet_jax.sweep import worker
       worker.serve(ablation, cells, workdir)
     else:
-      drive(ablation, workdir, cells, chosen)
+      own = {name: not flags.FLAGS[name].boolean for name in _OWN}  # Takes a value?
+      driver.drive(ablation, workdir, cells, chosen, driver.Options(
+          shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
+          parallel=_PARALLEL.value, vmap_seeds=_VMAP_SEEDS.value, launcher=_LAUNCHER.value,
+          dry_run=_DRY_RUN.value, estimate=_ESTIMATE.value, report_only=_REPORT_ONLY.value,
+          status=_STATUS.value, progress_every=_PROGRESS_EVERY.value, own=own))
   except (config_lib.ConfigError, runner.CellFailed, results.ReportError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
@@ -95,63 +104,6 @@ def main(argv):
              'checkpoint when the same command runs again.')
 
 
-def drive(ablation, workdir: str, cells, chosen):
-  """The driver: every cell checked, then its shard listed (--dry_run), timed
-  (--estimate), or run by its workers, and the report written (--report_only: the
-  report alone)."""
-  cells_lib.check_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
-  paper.table_name(ablation.get('paper_table', ''))  # Refused now, not at the end.
-  configs = [ablation_lib.cell_config(ablation, cell) for cell in cells]
-  # Every cell's config is checked before anything runs; the models' own rules (which
-  # need JAX) by this process only where it lists or times the cells: a sweep's workers
-  # check them before they train, so that this driver imports no JAX.
-  for config in configs:
-    config_lib.validate(config, model=_DRY_RUN.value or _ESTIMATE.value)
-  ablation_lib.check_cell_configs(ablation, cells, workdir)
-  # Which devices the cells will see, where it matters: vmapped seeds and workers.
-  probe = not _REPORT_ONLY.value and (_VMAP_SEEDS.value == 'auto' or _PARALLEL.value > 1)
-  devices = devices_lib.probe_devices() if probe else devices_lib.Devices('cpu', 1)
-  data_name = configs[0].data.name  # One run config: every cell reads the same data.
-  together = devices_lib.seeds_together(
-      _VMAP_SEEDS.value, devices,
-      '' if datasets.get_spec(data_name).in_memory else data_name)
-  mine = chosen or cells_lib.shard(cells, _SHARD_INDEX.value, _NUM_SHARDS.value, together)
-  own = {name: not flags.FLAGS[name].boolean for name in _OWN}  # Takes a value?
-  if _ESTIMATE.value:
-    from resnet_jax.sweep import estimate
-    estimate.print_estimate(ablation, mine, together, workdir, _NUM_SHARDS.value > 1)
-    return
-  if _DRY_RUN.value:
-    commands.print_dry_run(cells_lib.units(mine, together), workdir, own)
-    return
-  if not _REPORT_ONLY.value:
-    devices_lib.check_parallel(_PARALLEL.value, devices)
-  elif not os.path.isdir(workdir):  # A mistyped path: nothing to report, nothing made.
-    raise config_lib.ConfigError(f'There is no sweep directory {workdir}: give '
-                                 '--report_only the --workdir the sweep ran in.')
-  run_dir.check_writable(workdir)
-  # One driver per shard (shards may share the directory): a second is refused before
-  # it writes anything. A report alone may be written while the sweep runs.
-  held = [] if _REPORT_ONLY.value else [workdir]
-  with run_dir.exclusive(held, f'.lock-shard{_SHARD_INDEX.value}of{_NUM_SHARDS.value}'):
-    saved = ablation_lib.saved_ablation(ablation, data_name)
-    run_dir.write_text(os.path.join(workdir, run_dir.SWEEP_RECORD),
-                       saved.to_json_best_effort(indent=2))
-    if not _REPORT_ONLY.value:
-      # Workers checkpoint their cells and stop (SIGINT too: a shell's background job
-      # inherits it ignored).
-      signal.signal(signal.SIGTERM, _stop)
-      signal.signal(signal.SIGINT, _stop)
-      runner.run_sweep(ablation, workdir, mine, _PARALLEL.value,
-                       commands.driver_command(sys.executable, own) + ['--worker'],
-                       together, devices, _PROGRESS_EVERY.value)
-  report.write_report(workdir, saved)
-
-
-def _stop(signum, frame):
-  del frame
-  raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags,
+                                               aliases={'--slurm.': '--config.slurm.'}))

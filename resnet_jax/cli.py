@@ -27,8 +27,12 @@ class FlagError(ValueError):
   """A --config flag that cannot work: its one-line message."""
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing (`app.run(main, flags_parser=...)`) after `check_config_flags`."""
+def parse_flags(argv: list[str], aliases: dict[str, str] | None = None) -> list[str]:
+  """absl's flag parsing (`app.run(main, flags_parser=...)`) after `check_config_flags`;
+  `aliases` ({'--slurm.': '--config.slurm.'}) are prefixes short for others."""
+  for short, full in (aliases or {}).items():
+    argv = [full + a[len(short):] if a.startswith(short) else a for a in argv]
+  sys.argv[1:] = argv[1:]  # ml_collections reads its overrides from sys.argv too.
   try:
     check_config_flags(argv)
   except FlagError as e:

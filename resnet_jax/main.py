@@ -10,6 +10,7 @@ from ml_collections import config_flags
 
 from resnet_jax import cli
 from resnet_jax import config_lib
+from resnet_jax import processes
 from resnet_jax import run_dir
 from resnet_jax.sweep import ablation as sweep_ablation
 
@@ -50,24 +51,10 @@ def distributed_flags_error() -> str | None:
   return None
 
 
-JOIN_TIMEOUT_S = 300  # How long a process waits for the others; JAX then aborts it.
-
-
 def init_distributed():
   """Joins a multi-process run when asked to; a single process needs nothing."""
-  if not (_COORDINATOR.value or _DISTRIBUTED.value):
-    return
-  import jax
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes only.
-  # Until every process has connected, nothing else is printed: say what it waits for.
-  where = (f'a {_NUM_PROCESSES.value}-process run at {_COORDINATOR.value} as process '
-           f'{_PROCESS_ID.value}' if _COORDINATOR.value else 'the cluster JAX finds')
-  print(f'Joining {where}: waiting for every process to connect (JAX aborts after '
-        f'{JOIN_TIMEOUT_S // 60} minutes if one does not)...', flush=True)
-  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                             initialization_timeout=JOIN_TIMEOUT_S)
-  print(f'All {jax.process_count()} processes joined; this is process '
-        f'{jax.process_index()}.', flush=True)
+  if _COORDINATOR.value or _DISTRIBUTED.value:
+    processes.join(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
 def main(argv):

@@ -47,6 +47,14 @@ class StopSignal:
         return
     self.received = signal.Signals(signum).name
 
+  def request(self):
+    """Stops the run at its next step as SIGTERM would (a SLURM task's warning that its
+    time limit is near): with several processes, through JAX's preemption service."""
+    if self.multi_process:
+      os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      self.received = 'SIGTERM'
+
   def should_stop(self, steps_run: int) -> bool:
     """Called after every step, on every process, with the steps run in this session.
 

@@ -47,6 +47,24 @@ def fashion_data_dir(tmp_path_factory):
   return data_dir
 
 
+@pytest.fixture(scope='session')
+def slurm_cluster(tmp_path_factory, worker_id):
+  """The session's real one-node SLURM cluster (tests/slurm_cluster.py), shared by the
+  xdist workers. Skipped, with the reason, where it cannot run; never where
+  RESNET_JAX_REQUIRE_SLURM is set (CI sets it)."""
+  from tests import slurm_cluster as cluster_lib
+  reason = cluster_lib.missing()
+  if reason:
+    if os.environ.get('RESNET_JAX_REQUIRE_SLURM'):
+      pytest.fail(f'The SLURM tests cannot run: {reason}.')
+    pytest.skip(f'SLURM tests skipped: {reason}.')
+  base = tmp_path_factory.getbasetemp()
+  if worker_id != 'master':  # Every worker's base is a directory of the session's.
+    base = base.parent
+  with cluster_lib.shared_cluster(str(base / 'slurm')) as cluster:
+    yield cluster
+
+
 def override(config, **overrides):
   """Sets dotted keys ('model.depth': 8) in a config; returns it."""
   for key, value in overrides.items():

@@ -1,6 +1,7 @@
 """The driver's command line as its workers and a dry run's lines repeat it: every
 argument but the driver's own flags."""
 
+import contextlib
 import os
 import shlex
 import sys
@@ -42,12 +43,20 @@ def unit_command(unit: list[Cell], own: dict[str, bool]) -> str:
                     + [f'--cells={",".join(c.name for c in unit)}'])
 
 
+@contextlib.contextmanager
+def piped():
+  """Printing a listing that may be piped into `head`: once the reader has what it
+  wanted (a broken pipe), the rest goes nowhere, without a traceback."""
+  try:
+    yield
+    sys.stdout.flush()
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def print_dry_run(units: list[list[Cell]], workdir: str, own: dict[str, bool]) -> None:
   """A line for each unit: its name, its cells' status and the command that runs it."""
-  try:
+  with piped():
     for unit in units:
       cells = '/'.join(status.cell_status(os.path.join(workdir, c.name)) for c in unit)
       print(f'{unit_name(unit):28s} {cells:8s} {unit_command(unit, own)}')
-    sys.stdout.flush()
-  except BrokenPipeError:  # Piped into `head`: the reader has what it wanted.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

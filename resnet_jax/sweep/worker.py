@@ -20,12 +20,14 @@ from resnet_jax.sweep.cells import Cell, unit_name
 READY, ERROR = 'ready\n', 'error: '
 
 
-def run_cells(ablation, cells: list[Cell], workdir: str) -> bool:
+def run_cells(ablation, cells: list[Cell], workdir: str, stop=None) -> bool:
   """Trains cells that differ only in seed in this process, together (vmap) when several;
-  records a diverged seed instead of raising. False if a signal stopped them."""
+  records a diverged seed instead of raising. False if a signal stopped them (`stop`: a
+  signals.StopSignal the caller has entered, else the run's own)."""
   from resnet_jax import seeds
   config = ablation_lib.cell_config(ablation, cells[0])
-  results = seeds.train_seeds(config, {c.seed: os.path.join(workdir, c.name) for c in cells})
+  results = seeds.train_seeds(config, {c.seed: os.path.join(workdir, c.name) for c in cells},
+                              stop=stop)
   for cell in cells:
     result = results[cell.seed]
     if 'diverged_at' in result:

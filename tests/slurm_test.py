@@ -1,0 +1,243 @@
+"""The sweep on a real SLURM cluster (tests/slurm_cluster.py: Debian's slurmctld, slurmd
+and munged, private to the test session): the same cells as the local launcher, a
+requeued task and one past its time limit resuming from their checkpoints, a failed
+task named with its log while the others finish, a driver that re-attaches, and a
+two-process run under srun."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from resnet_jax import metrics_io
+from resnet_jax.sweep import slurm as slurm_lib
+from tests.conftest import REPO
+from tests.resume_test import comparable_metrics
+
+
+def tiny_ablation(tmp_path, data_dir, shortcuts=('none', 'A'), steps=4, **slurm):
+  """An ablation config of depth-8, width-4 cells on the small Fashion-MNIST, and its
+  SLURM resources (a CPU each, quick polls)."""
+  resources = {'partition': '', 'nodes': 1, 'tasks_per_node': 1, 'gpus_per_task': 0,
+               'cpus_per_task': 1, 'mem_gb': 0.0, 'timeout_min': 10,
+               'array_parallelism': 8, 'max_requeues': 3, 'signal_delay_s': 60,
+               'sbatch_options': '', 'setup': '', 'poll_seconds': 0.5, **slurm}
+  cfg = tmp_path / 'tiny_ablation.py'
+  cfg.write_text(f'''
+import ml_collections
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.preset, c.run_config, c.depths = 'tiny', 'fashion_mnist.py', (8,)
+  c.shortcuts, c.seeds = {tuple(shortcuts)!r}, (0,)
+  c.analysis_examples, c.paper_table, c.exclude = 32, False, ()
+  c.slurm = ml_collections.ConfigDict({resources!r})
+  c.overrides = ml_collections.ConfigDict({{
+      'model': {{'num_filters': 4}}, 'data': {{'data_dir': {data_dir!r}, 'validation_size': 100}},
+      'batch_size': 32, 'eval_batch_size': 100, 'num_train_steps': {steps}, 'log_every_steps': 2,
+      'eval_every_steps': {steps}, 'checkpoint_every_steps': 2}})
+  return c
+''')
+  return str(cfg)
+
+
+def sweep(cfg, workdir, env, *flags, launcher='slurm', **kw):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
+       f'--workdir={workdir}', f'--launcher={launcher}', '--progress_every=1', *flags],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def finish(proc, timeout=240):
+  out, err = proc.communicate(timeout=timeout)
+  return proc.returncode, out, err
+
+
+def untimed_table(workdir):
+  """The report's table less its column of times."""
+  rows = [line.split('|') for line in (workdir / 'results.md').read_text().splitlines()
+          if line.startswith('|')]
+  column = [c.strip() for c in rows[0]].index('time / run (s)')
+  return [r[:column] + r[column + 1:] for r in rows]
+
+
+def cluster_env(cluster):
+  return dict(cluster.env, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+
+
+def test_a_sweep_through_slurm_equals_the_local_sweep(slurm_cluster, fashion_data_dir,
+                                                       tmp_path):
+  cfg = tiny_ablation(tmp_path, fashion_data_dir)
+  env = cluster_env(slurm_cluster)
+  local, through_slurm = tmp_path / 'local', tmp_path / 'slurm'
+  rc, out, err = finish(sweep(cfg, local, env, launcher='local'))
+  assert rc == 0, err[-3000:]
+  rc, out, err = finish(sweep(cfg, through_slurm, env))
+  assert rc == 0, err[-3000:]
+  assert re.search(r'Submitted job array \d+ \(2 tasks, name resnet_jax-\w+\)', out), out
+  assert re.search(r'^plain-8-seed0: running \(task \d+_0', out, re.M), out
+  assert re.search(r'^resnetA-8-seed0: done$', out, re.M), out
+  for cell in ('plain-8-seed0', 'resnetA-8-seed0'):
+    # Bitwise: each task's oneDNN ran on the machine's two cores, as the local worker's.
+    threads = [[r['onednn_threads'] for r in metrics_io.read_records(str(d / cell))
+                if r['split'] == 'run'] for d in (local, through_slurm)]
+    assert threads[0] == threads[1] == [2.0]
+    assert comparable_metrics(str(through_slurm / cell)) == comparable_metrics(
+        str(local / cell))
+  assert untimed_table(through_slurm) == untimed_table(local)
+  # The same command again: nothing left to submit, the report rewritten.
+  rc, out, err = finish(sweep(cfg, through_slurm, env))
+  assert rc == 0, err[-3000:]
+  assert '2 units in this shard: 2 finished, 0 with a SLURM task alive, 0 to submit.' in out
+  assert 'Submitted' not in out
+  record = json.loads((through_slurm / slurm_lib.JOBS_FILE).read_text())
+  assert len(record['submissions']) == 1
+
+
+def task_id(workdir):
+  """The job of a sweep's one unit (submitit submits a single task as a plain job)."""
+  record = json.loads((workdir / slurm_lib.JOBS_FILE).read_text())
+  return record['submissions'][-1]['job_id']
+
+
+def wait_for_step(cell_dir, step, proc, timeout=180):
+  """Waits until the cell has logged `step` (and is not finished)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    train = [r for r in metrics_io.read_records(str(cell_dir)) if r['split'] == 'train']
+    assert not any(r['split'] == 'run' for r in metrics_io.read_records(str(cell_dir)))
+    if train and train[-1]['step'] >= step:
+      return train[-1]['step']
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.1)
+  raise TimeoutError(f'{cell_dir} did not reach step {step}')
+
+
+LONG = 200  # Steps of a cell that is interrupted mid-way.
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(fashion_data_dir, tmp_path_factory):
+  """ResNet-8's cell of LONG steps, trained by the local launcher without a stop."""
+  tmp = tmp_path_factory.mktemp('uninterrupted')
+  cfg = tiny_ablation(tmp, fashion_data_dir, shortcuts=('A',), steps=LONG)
+  rc, _, err = finish(sweep(cfg, tmp / 'sweep', dict(os.environ,
+                                                     JAX_DISABLE_MOST_OPTIMIZATIONS='1'),
+                            launcher='local'))
+  assert rc == 0, err[-3000:]
+  return comparable_metrics(str(tmp / 'sweep' / 'resnetA-8-seed0'))
+
+
+def test_a_task_requeued_mid_cell_resumes_from_its_checkpoint(
+    slurm_cluster, fashion_data_dir, tmp_path, uninterrupted):
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), steps=LONG)
+  workdir, cell = tmp_path / 'sweep', tmp_path / 'sweep' / 'resnetA-8-seed0'
+  proc = sweep(cfg, workdir, cluster_env(slurm_cluster))
+  wait_for_step(cell, 20, proc)
+  subprocess.run(['scontrol', 'requeue', task_id(workdir)], env=slurm_cluster.env,
+                 check=True)
+  rc, out, err = finish(proc)
+  assert rc == 0, err[-3000:]
+  assert re.search(r'^resnetA-8-seed0: pending \(task \d+, .*requeued 1x\)$', out, re.M), out
+  log = (workdir / 'resnetA-8-seed0.log').read_text()
+  assert 'Stopped by SIGTERM after step' in log and 'requeued 1 time' in log
+  assert 'Resumed from the checkpoint of step' in log
+  assert comparable_metrics(str(cell)) == uninterrupted
+
+
+def test_a_task_warned_of_its_time_limit_checkpoints_requeues_itself_and_finishes(
+    slurm_cluster, fashion_data_dir, tmp_path, uninterrupted):
+  # The warning is SLURM's SIGUSR2 (sbatch --signal=USR2@signal_delay_s, which the dry
+  # run shows), sent here at once with scancel --signal rather than by slurmctld's time
+  # check, which runs every 30 s (docs/cluster.md has a real limit's run).
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), steps=LONG,
+                      max_requeues=1)
+  workdir, cell = tmp_path / 'sweep', tmp_path / 'sweep' / 'resnetA-8-seed0'
+  proc = sweep(cfg, workdir, cluster_env(slurm_cluster))
+  wait_for_step(cell, 20, proc)
+  subprocess.run(['scancel', '--signal=USR2', task_id(workdir)], env=slurm_cluster.env,
+                 check=True)
+  rc, out, err = finish(proc)
+  assert rc == 0, err[-3000:]
+  log = (workdir / 'resnetA-8-seed0.log').read_text()
+  assert re.search(r'Near its time limit: checkpointed, requeueing job \d+\.', log), log
+  assert 'requeued 1 time' in log and 'Resumed from the checkpoint of step' in log
+  assert comparable_metrics(str(cell)) == uninterrupted
+  # Past max_requeues, the task stops with its checkpoint and says what to change.
+  (tmp_path / 'more').mkdir()
+  cfg = tiny_ablation(tmp_path / 'more', fashion_data_dir, shortcuts=('A',), steps=LONG,
+                      max_requeues=0)
+  proc = sweep(cfg, tmp_path / 'again', cluster_env(slurm_cluster))
+  wait_for_step(tmp_path / 'again' / 'resnetA-8-seed0', 20, proc)
+  subprocess.run(['scancel', '--signal=USR2', task_id(tmp_path / 'again')],
+                 env=slurm_cluster.env, check=True)
+  rc, out, err = finish(proc)
+  assert rc == 1
+  assert re.fullmatch(r'error: resnetA-8-seed0 failed: resnetA-8-seed0 reached its time '
+                      r'limit 1 times: .*--slurm.timeout_min.* \(log: \S+\)\n', err), err
+
+
+def test_a_failed_task_is_named_with_its_log_and_a_killed_driver_reattaches(
+    slurm_cluster, fashion_data_dir, tmp_path):
+  # plain-8's checkpoint is damaged (a real failure of a shared disk): its task fails on
+  # it while resnetA-8's trains.
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, steps=LONG)
+  workdir = tmp_path / 'sweep'
+  env = cluster_env(slurm_cluster)
+  damaged = workdir / 'plain-8-seed0' / 'checkpoints' / '2'
+  damaged.mkdir(parents=True)
+  (damaged / '_CHECKPOINT_METADATA').write_text('{not json')
+  proc = sweep(cfg, workdir, env, start_new_session=True)
+  wait_for_step(workdir / 'resnetA-8-seed0', 4, proc)
+  proc.kill()  # The driver dies (SIGKILL); its tasks go on.
+  proc.communicate()
+  assert len(json.loads((workdir / slurm_lib.JOBS_FILE).read_text())['submissions']) == 1
+  rc, out, err = finish(sweep(cfg, workdir, env))
+  assert rc == 1
+  # resnetA-8's task is alive: followed, not submitted again; plain-8's, if it has
+  # failed already, is submitted again (and fails again).
+  assert re.search(r'2 units in this shard: 0 finished, (1 with a SLURM task alive, 1 to '
+                   r'submit|2 with a SLURM task alive, 0 to submit)\.', out), out
+  submissions = json.loads((workdir / slurm_lib.JOBS_FILE).read_text())['submissions']
+  assert [s['units'] for s in submissions[1:]] in ([], [['plain-8-seed0']])
+  assert re.fullmatch(r'error: plain-8-seed0 failed: The checkpoint of step 2 .* cannot be '
+                      r'read .* \(log: \S+plain-8-seed0\.log\)\n', err), err
+  assert [r['step'] for r in metrics_io.read_records(str(workdir / 'resnetA-8-seed0'))
+          if r['split'] == 'run'] == [LONG]
+  status = subprocess.run(
+      [sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
+       f'--workdir={workdir}', '--launcher=slurm', '--status'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert status.returncode == 0, status.stderr[-2000:]
+  assert status.stdout.splitlines()[-2:] == ['plain-8-seed0: failed', 'resnetA-8-seed0: done']
+
+
+def test_a_two_process_run_under_srun_equals_the_one_process_run(
+    slurm_cluster, fashion_data_dir, tmp_path):
+  # Each process has 2 CPU devices and finds the other through jax.distributed from
+  # SLURM's environment (--distributed); one process with 4 devices is the reference.
+  from tests import multihost_test
+  steps = 12
+  extra = (f'--config.num_train_steps={steps}',)
+  single = subprocess.run(
+      multihost_test.command(fashion_data_dir, tmp_path / 'one', *extra),
+      cwd=REPO, env=multihost_test.env_with_devices(4), capture_output=True, text=True,
+      timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  env = dict(multihost_test.env_with_devices(2), SLURM_CONF=slurm_cluster.conf)
+  two = subprocess.run(
+      ['srun', '--ntasks=2', '--cpus-per-task=1', '--kill-on-bad-exit=1',
+       *multihost_test.command(fashion_data_dir, tmp_path / 'two', *extra, '--distributed')],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert two.returncode == 0, two.stderr[-3000:]
+  assert 'Joining the cluster JAX finds' in two.stdout
+  assert 'All 2 processes joined; this is process 0.' in two.stdout
+  assert 'All 2 processes joined; this is process 1.' in two.stdout
+  assert 'on 4 cpu device(s)' in two.stdout
+  one_losses = multihost_test.losses(tmp_path / 'one')
+  assert len(one_losses) == steps
+  np.testing.assert_allclose(multihost_test.losses(tmp_path / 'two'), one_losses, rtol=1e-5)
