@@ -4,7 +4,8 @@ python -m experiments.depth_ablation --config=configs/ablation.py:quick --workdi
 Every cell is an ordinary resnet_jax run in WORKDIR/CELL, trained by one of
 --parallel worker processes (each runs cell after cell). Rerunning skips finished
 cells and resumes unfinished ones; --shard_index/--num_shards run one slice of the
-grid (spread it over machines); --dry_run lists the cells; --estimate times their
+grid (spread it over machines; --shard_index=auto takes this host's slice where the same
+command runs on every host: SLURM tasks, a TPU slice's workers); --dry_run lists the cells; --estimate times their
 steps on this machine; --report_only rewrites the report from whatever cells exist.
 --launcher=slurm submits the cells as a SLURM job array instead (resources from the
 config's `slurm` section, --slurm.KEY=VALUE), follows it, and re-attaches when run
@@ -28,16 +29,20 @@ from resnet_jax.analysis import results
 from resnet_jax.sweep import ablation as ablation_lib
 from resnet_jax.sweep import cells as cells_lib
 from resnet_jax.sweep import driver
+from resnet_jax.sweep import hosts
 from resnet_jax.sweep import runner
 
 config_flags.DEFINE_config_file('config', None, 'configs/ablation.py[:PRESET].',
                                 lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the cells and their commands only.')
-_SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which slice of the grid to run.',
-                                    lower_bound=0)
-_NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Into how many slices to cut the grid.',
-                                   lower_bound=1)
+_SHARD_INDEX = flags.DEFINE_string(
+    'shard_index', '0', 'Which slice of the grid to run (0 to --num_shards - 1), or auto: '
+    'this host\'s index among those running the same command (SLURM tasks, TPU VM '
+    'workers).')
+_NUM_SHARDS = flags.DEFINE_string(
+    'num_shards', None, 'Into how many slices to cut the grid (default 1, or with '
+    '--shard_index=auto the hosts running the command).')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once, by as many worker '
                                  'processes (2 is faster on a 2-core CPU).', lower_bound=1)
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only (re)write the report.')
@@ -92,8 +97,10 @@ def main(argv):
       worker.serve(ablation, cells, workdir)
     else:
       own = {name: not flags.FLAGS[name].boolean for name in _OWN}  # Takes a value?
+      index, count = hosts.resolve(_SHARD_INDEX.value, _NUM_SHARDS.value or (
+          'auto' if _SHARD_INDEX.value == 'auto' else '1'))
       driver.drive(ablation, workdir, cells, chosen, driver.Options(
-          shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
+          shard_index=index, num_shards=count,
           parallel=_PARALLEL.value, vmap_seeds=_VMAP_SEEDS.value, launcher=_LAUNCHER.value,
           dry_run=_DRY_RUN.value, estimate=_ESTIMATE.value, report_only=_REPORT_ONLY.value,
           status=_STATUS.value, progress_every=_PROGRESS_EVERY.value, own=own))

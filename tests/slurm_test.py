@@ -69,47 +69,22 @@ def cluster_env(cluster):
   return dict(cluster.env, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
 
 
-def test_a_sweep_through_slurm_equals_the_local_sweep(slurm_cluster, fashion_data_dir,
-                                                       tmp_path):
-  cfg = tiny_ablation(tmp_path, fashion_data_dir)
-  env = cluster_env(slurm_cluster)
-  local, through_slurm = tmp_path / 'local', tmp_path / 'slurm'
-  rc, out, err = finish(sweep(cfg, local, env, launcher='local'))
-  assert rc == 0, err[-3000:]
-  rc, out, err = finish(sweep(cfg, through_slurm, env))
-  assert rc == 0, err[-3000:]
-  assert re.search(r'Submitted job array \d+ \(2 tasks, name resnet_jax-\w+\)', out), out
-  assert re.search(r'^plain-8-seed0: running \(task \d+_0', out, re.M), out
-  assert re.search(r'^resnetA-8-seed0: done$', out, re.M), out
-  for cell in ('plain-8-seed0', 'resnetA-8-seed0'):
-    # Bitwise: each task's oneDNN ran on the machine's two cores, as the local worker's.
-    threads = [[r['onednn_threads'] for r in metrics_io.read_records(str(d / cell))
-                if r['split'] == 'run'] for d in (local, through_slurm)]
-    assert threads[0] == threads[1] == [2.0]
-    assert comparable_metrics(str(through_slurm / cell)) == comparable_metrics(
-        str(local / cell))
-  assert untimed_table(through_slurm) == untimed_table(local)
-  # The same command again: nothing left to submit, the report rewritten.
-  rc, out, err = finish(sweep(cfg, through_slurm, env))
-  assert rc == 0, err[-3000:]
-  assert '2 units in this shard: 2 finished, 0 with a SLURM task alive, 0 to submit.' in out
-  assert 'Submitted' not in out
-  record = json.loads((through_slurm / slurm_lib.JOBS_FILE).read_text())
-  assert len(record['submissions']) == 1
-
-
-def task_id(workdir):
-  """The job of a sweep's one unit (submitit submits a single task as a plain job)."""
-  record = json.loads((workdir / slurm_lib.JOBS_FILE).read_text())
-  return record['submissions'][-1]['job_id']
+def task_ids(workdir):
+  """{unit: its SLURM job or array task} of the sweep's last submission (submitit
+  submits a single unit as a plain job, several as an array)."""
+  last = json.loads((workdir / slurm_lib.JOBS_FILE).read_text())['submissions'][-1]
+  if len(last['units']) == 1:
+    return {last['units'][0]: last['job_id']}
+  return {u: f'{last["job_id"]}_{i}' for i, u in enumerate(last['units'])}
 
 
 def wait_for_step(cell_dir, step, proc, timeout=180):
   """Waits until the cell has logged `step` (and is not finished)."""
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
-    train = [r for r in metrics_io.read_records(str(cell_dir)) if r['split'] == 'train']
-    assert not any(r['split'] == 'run' for r in metrics_io.read_records(str(cell_dir)))
+    records = metrics_io.read_records(str(cell_dir))
+    assert not any(r['split'] == 'run' for r in records), 'finished before the signal'
+    train = [r for r in records if r['split'] == 'train']
     if train and train[-1]['step'] >= step:
       return train[-1]['step']
     assert proc.poll() is None, proc.communicate()
@@ -117,68 +92,67 @@ def wait_for_step(cell_dir, step, proc, timeout=180):
   raise TimeoutError(f'{cell_dir} did not reach step {step}')
 
 
-LONG = 200  # Steps of a cell that is interrupted mid-way.
+LONG = 60  # Steps of the cells that are interrupted mid-way.
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(fashion_data_dir, tmp_path_factory):
-  """ResNet-8's cell of LONG steps, trained by the local launcher without a stop."""
-  tmp = tmp_path_factory.mktemp('uninterrupted')
-  cfg = tiny_ablation(tmp, fashion_data_dir, shortcuts=('A',), steps=LONG)
-  rc, _, err = finish(sweep(cfg, tmp / 'sweep', dict(os.environ,
-                                                     JAX_DISABLE_MOST_OPTIMIZATIONS='1'),
-                            launcher='local'))
+def local_sweep(fashion_data_dir, tmp_path_factory):
+  """The tiny grid of LONG steps, trained by the local launcher without a stop."""
+  tmp = tmp_path_factory.mktemp('local')
+  cfg = tiny_ablation(tmp, fashion_data_dir, steps=LONG)
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  rc, _, err = finish(sweep(cfg, tmp / 'sweep', env, launcher='local'))
   assert rc == 0, err[-3000:]
-  return comparable_metrics(str(tmp / 'sweep' / 'resnetA-8-seed0'))
+  return tmp / 'sweep'
 
 
-def test_a_task_requeued_mid_cell_resumes_from_its_checkpoint(
-    slurm_cluster, fashion_data_dir, tmp_path, uninterrupted):
-  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), steps=LONG)
+def signal_task(cluster, workdir, unit, command):
+  subprocess.run([*command, task_ids(workdir)[unit]], env=cluster.env, check=True)
+
+
+def test_a_sweep_through_slurm_equals_the_local_one_through_requeues_and_time_limits(
+    slurm_cluster, fashion_data_dir, tmp_path, local_sweep):
+  """resnetA-8's task is requeued by hand mid-cell, then warned of its time limit
+  twice (SLURM's SIGUSR2, sent here at once by scancel --signal instead of at
+  slurmctld's next 30-second check): it requeues itself once, then stops with its
+  checkpoint as max_requeues=2 says, and the command run again finishes it. Both cells
+  end bitwise as the local launcher's (each task's oneDNN on the node's two cores, as
+  the local worker's)."""
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, steps=LONG, max_requeues=2)
   workdir, cell = tmp_path / 'sweep', tmp_path / 'sweep' / 'resnetA-8-seed0'
-  proc = sweep(cfg, workdir, cluster_env(slurm_cluster))
-  wait_for_step(cell, 20, proc)
-  subprocess.run(['scontrol', 'requeue', task_id(workdir)], env=slurm_cluster.env,
-                 check=True)
-  rc, out, err = finish(proc)
-  assert rc == 0, err[-3000:]
-  assert re.search(r'^resnetA-8-seed0: pending \(task \d+, .*requeued 1x\)$', out, re.M), out
-  log = (workdir / 'resnetA-8-seed0.log').read_text()
-  assert 'Stopped by SIGTERM after step' in log and 'requeued 1 time' in log
-  assert 'Resumed from the checkpoint of step' in log
-  assert comparable_metrics(str(cell)) == uninterrupted
-
-
-def test_a_task_warned_of_its_time_limit_checkpoints_requeues_itself_and_finishes(
-    slurm_cluster, fashion_data_dir, tmp_path, uninterrupted):
-  # The warning is SLURM's SIGUSR2 (sbatch --signal=USR2@signal_delay_s, which the dry
-  # run shows), sent here at once with scancel --signal rather than by slurmctld's time
-  # check, which runs every 30 s (docs/cluster.md has a real limit's run).
-  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), steps=LONG,
-                      max_requeues=1)
-  workdir, cell = tmp_path / 'sweep', tmp_path / 'sweep' / 'resnetA-8-seed0'
-  proc = sweep(cfg, workdir, cluster_env(slurm_cluster))
-  wait_for_step(cell, 20, proc)
-  subprocess.run(['scancel', '--signal=USR2', task_id(workdir)], env=slurm_cluster.env,
-                 check=True)
-  rc, out, err = finish(proc)
-  assert rc == 0, err[-3000:]
-  log = (workdir / 'resnetA-8-seed0.log').read_text()
-  assert re.search(r'Near its time limit: checkpointed, requeueing job \d+\.', log), log
-  assert 'requeued 1 time' in log and 'Resumed from the checkpoint of step' in log
-  assert comparable_metrics(str(cell)) == uninterrupted
-  # Past max_requeues, the task stops with its checkpoint and says what to change.
-  (tmp_path / 'more').mkdir()
-  cfg = tiny_ablation(tmp_path / 'more', fashion_data_dir, shortcuts=('A',), steps=LONG,
-                      max_requeues=0)
-  proc = sweep(cfg, tmp_path / 'again', cluster_env(slurm_cluster))
-  wait_for_step(tmp_path / 'again' / 'resnetA-8-seed0', 20, proc)
-  subprocess.run(['scancel', '--signal=USR2', task_id(tmp_path / 'again')],
-                 env=slurm_cluster.env, check=True)
+  env = cluster_env(slurm_cluster)
+  proc = sweep(cfg, workdir, env)
+  step = wait_for_step(cell, 10, proc)
+  signal_task(slurm_cluster, workdir, 'resnetA-8-seed0', ['scontrol', 'requeue'])
+  for _ in range(2):
+    step = wait_for_step(cell, step + 10, proc)
+    signal_task(slurm_cluster, workdir, 'resnetA-8-seed0', ['scancel', '--signal=USR2'])
   rc, out, err = finish(proc)
   assert rc == 1
-  assert re.fullmatch(r'error: resnetA-8-seed0 failed: resnetA-8-seed0 reached its time '
-                      r'limit 1 times: .*--slurm.timeout_min.* \(log: \S+\)\n', err), err
+  assert re.search(r'Submitted job array \d+ \(2 tasks, name resnet_jax-\w+\)', out), out
+  assert re.search(r'^resnetA-8-seed0: pending \(task \d+_1, .*requeued 1x\)$', out, re.M)
+  assert re.search(r'^plain-8-seed0: done$', out, re.M), out
+  assert re.fullmatch(r'error: resnetA-8-seed0 failed: resnetA-8-seed0 is near its time '
+                      r'limit again after 2 requeues, .*--slurm.timeout_min.* \(log: \S+\)\n',
+                      err), err
+  log = (workdir / 'resnetA-8-seed0.log').read_text()
+  assert 'Stopped by SIGTERM after step' in log and 'requeued 1 time\n' in log
+  assert re.search(r'Near its time limit: checkpointed, requeueing job \d+_1\.', log), log
+  assert log.count('Resumed from the checkpoint of step') == 2
+  rc, out, err = finish(sweep(cfg, workdir, env))  # Submits what is left.
+  assert rc == 0, err[-3000:]
+  assert '2 units in this shard: 1 finished, 0 with a SLURM task alive, 1 to submit.' in out
+  for name in ('plain-8-seed0', 'resnetA-8-seed0'):
+    threads = [[r['onednn_threads'] for r in metrics_io.read_records(str(d / name))
+                if r['split'] == 'run'] for d in (local_sweep, workdir)]
+    assert threads[0] == threads[1] == [2.0]
+    assert comparable_metrics(str(workdir / name)) == comparable_metrics(
+        str(local_sweep / name))
+  assert untimed_table(workdir) == untimed_table(local_sweep)
+  rc, out, err = finish(sweep(cfg, workdir, env))  # Nothing left to submit.
+  assert rc == 0, err[-3000:]
+  assert '2 units in this shard: 2 finished, 0 with a SLURM task alive, 0 to submit.' in out
+  assert len(json.loads((workdir / slurm_lib.JOBS_FILE).read_text())['submissions']) == 2
 
 
 def test_a_failed_task_is_named_with_its_log_and_a_killed_driver_reattaches(

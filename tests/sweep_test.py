@@ -1013,3 +1013,42 @@ def test_the_time_split_adds_up_the_run_records_and_the_idle_workers(tmp_path):
   assert line == ('Time of the 2 units run (2 workers x 60 s): train steps 70 s (58%), '
                   'compiling 5 s (4%), evaluation 10 s (8%), analysis 6 s (5%), start-up, '
                   'data and checkpoints 14 s (12%), idle workers 15 s (12%).')
+
+
+def test_shard_index_auto_reads_the_hosts_slot_or_says_what_to_give():
+  from resnet_jax.sweep import hosts
+  tpu = {'TPU_WORKER_ID': '2', 'TPU_WORKER_HOSTNAMES': 'w0,w1,w2,w3'}
+  assert hosts.resolve('auto', 'auto', tpu) == (2, 4)
+  assert hosts.resolve('auto', '4', tpu) == (2, 4)
+  assert hosts.resolve('auto', 'auto', {'SLURM_PROCID': '1', 'SLURM_NTASKS': '3'}) == (1, 3)
+  assert hosts.resolve('1', '2', {}) == (1, 2)
+  with pytest.raises(config_lib.ConfigError, match=r'^--num_shards=3, but 4 hosts run'):
+    hosts.resolve('auto', '3', tpu)
+  with pytest.raises(config_lib.ConfigError, match=r'^--shard_index=x: give a whole number'):
+    hosts.resolve('x', '2', {})
+  # Off a TPU VM the metadata server does not answer: one sentence naming the flags.
+  with pytest.raises(config_lib.ConfigError, match=r'--shard_index=I --num_shards=N\.$'):
+    hosts.worker_slot({}, metadata_timeout=0.5)
+
+
+def test_the_same_command_on_every_worker_of_a_slice_runs_the_grid_once(fashion_data_dir,
+                                                                       tmp_path):
+  """Two local processes stand in for a TPU slice's two workers (TPU_WORKER_ID, as
+  `gcloud ... ssh --worker=all` leaves each its own), both running one command."""
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('none', 'A'), seeds=(0,),
+                      steps=2, eval_every=2)
+  cmd = [sys.executable, '-m', 'experiments.depth_ablation', f'--config={cfg}',
+         f'--workdir={tmp_path / "sweep"}', '--shard_index=auto']
+  workers = [subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+                                       TPU_WORKER_ID=str(i), TPU_WORKER_HOSTNAMES='w0,w1'))
+             for i in range(2)]
+  outs = [w.communicate(timeout=600) for w in workers]
+  for w, (out, err) in zip(workers, outs):
+    assert w.returncode == 0, err[-3000:]
+    assert '1 cells in this shard: 0 finished, 1 to run.' in out
+  started = sorted(re.search(r'started (\S+)', out).group(1) for out, _ in outs)
+  assert started == ['plain-8-seed0', 'resnetA-8-seed0']
+  for cell in started:
+    assert status_lib.cell_status(str(tmp_path / 'sweep' / cell)) == 'done'

@@ -32,6 +32,14 @@ def _distributed() -> bool:
   return True
 
 
+def _task_id() -> str:
+  """This task's id as squeue and the driver name it: ARRAY_TASK for an array's."""
+  env = os.environ
+  if 'SLURM_ARRAY_JOB_ID' in env:
+    return f'{env["SLURM_ARRAY_JOB_ID"]}_{env["SLURM_ARRAY_TASK_ID"]}'
+  return env.get('SLURM_JOB_ID', '?')
+
+
 def run_unit(ablation, names: list[str], workdir: str, max_requeues: int) -> str:
   """The task: trains the cells `names` of the sweep `ablation`; returns 'done', or
   'stopped' where a signal stopped it (requeued by itself after a time-limit warning).
@@ -58,7 +66,7 @@ def run_unit(ablation, names: list[str], workdir: str, max_requeues: int) -> str
 
     signal.signal(signal.SIGUSR2, time_limit_near)
     restarts = int(os.environ.get('SLURM_RESTART_COUNT', '0'))
-    print(f'SLURM job {os.environ.get("SLURM_JOB_ID")} on {os.uname().nodename}'
+    print(f'SLURM job {_task_id()} on {os.uname().nodename}'
           + (f', requeued {restarts} time{"s" * (restarts != 1)}' if restarts else ''),
           flush=True)
     try:
@@ -73,11 +81,12 @@ def run_unit(ablation, names: list[str], workdir: str, max_requeues: int) -> str
       return 'done'
     if warned and first:
       if restarts >= max_requeues:
-        print(f'{worker.ERROR}{unit_name(unit)} reached its time limit {restarts + 1} '
-              f'times: its checkpoint stands; give it more time (--slurm.timeout_min) or '
-              f'more requeues (--slurm.max_requeues), and run the same command.', flush=True)
+        print(f'{worker.ERROR}{unit_name(unit)} is near its time limit again after '
+              f'{restarts} requeue{"s" * (restarts != 1)}, all --slurm.max_requeues allows: '
+              f'its checkpoint stands; give it more time (--slurm.timeout_min) or more '
+              f'requeues, and run the same command.', flush=True)
         sys.exit(1)
-      job = os.environ['SLURM_JOB_ID']
+      job = _task_id()
       print(f'Near its time limit: checkpointed, requeueing job {job}.', flush=True)
       subprocess.run(['scontrol', 'requeue', job], check=True, timeout=60)
     return 'stopped'
