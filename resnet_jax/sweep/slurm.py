@@ -13,6 +13,7 @@ where the driver died between sbatch and its record) and never submits a unit tw
 
 import json
 import os
+import pwd
 import shlex
 import signal
 import subprocess
@@ -187,12 +188,12 @@ class Launcher:
     self.poll()
 
   def poll(self):
-    """squeue's word on every task followed; a task squeue no longer lists has ended."""
-    ids = sorted({t.task_id.split('_')[0] for t in self.tasks.values()})
-    seen = {}
-    for chunk in range(0, len(ids), 100):
-      for fields in _squeue(['--jobs', ','.join(ids[chunk:chunk + 100])]):
-        seen[fields[0]] = fields
+    """squeue's word on every task followed; a task squeue no longer lists has ended.
+    (The user's jobs, not `--jobs`: squeue refuses a list with a job it has forgotten.)"""
+    if not self.tasks:
+      return
+    seen = {fields[0]: fields for fields in
+            _squeue(['--user', pwd.getpwuid(os.getuid()).pw_name])}
     for task in self.tasks.values():
       if task.task_id in seen:
         _, task.state, restarts, *reason = seen[task.task_id] + ['']
