@@ -139,7 +139,27 @@ class Cluster:
                              f'(logs: {self.root}/log)')
 
   def stop(self):
-    """Stops the daemons (slurmd first, then slurmctld, munged); kills what remains."""
+    """Cancels the jobs left, stops the daemons (slurmd first, then slurmctld, munged),
+    then kills whatever of the cluster still runs: a job's steps and processes (every
+    process of the cluster has its SLURM_CONF in its environment)."""
+    if self.running():
+      with contextlib.suppress(subprocess.SubprocessError, OSError):
+        _run(['scancel', '--user', 'root', '--full'], self.env)
+        with contextlib.suppress(TimeoutError):
+          self.wait_idle(timeout=15)
+    self._stop_daemons()
+    mark = f'SLURM_CONF={self.conf}'.encode()
+    for pid in os.listdir('/proc'):
+      if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+      try:
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+          if mark in f.read().split(b'\0'):
+            os.kill(int(pid), signal.SIGKILL)
+      except OSError:
+        continue
+
+  def _stop_daemons(self):
     for pid_file in reversed(self.pid_files):
       try:
         with open(pid_file) as f:

@@ -215,3 +215,17 @@ def test_a_two_process_run_under_srun_equals_the_one_process_run(
   one_losses = multihost_test.losses(tmp_path / 'one')
   assert len(one_losses) == steps
   np.testing.assert_allclose(multihost_test.losses(tmp_path / 'two'), one_losses, rtol=1e-5)
+
+
+def test_a_sweep_task_of_two_processes_trains_its_cell_over_both(
+    slurm_cluster, fashion_data_dir, tmp_path):
+  """tasks_per_node=2 (the imagenet preset asks for two nodes): the task's processes
+  join through jax.distributed before they train, one device each, and process 0
+  writes the unit's log."""
+  cfg = tiny_ablation(tmp_path, fashion_data_dir, shortcuts=('A',), tasks_per_node=2)
+  rc, out, err = finish(sweep(cfg, tmp_path / 'sweep', cluster_env(slurm_cluster)))
+  assert rc == 0, err[-3000:]
+  log = (tmp_path / 'sweep' / 'resnetA-8-seed0.log').read_text()
+  assert '4 steps of batch 32 on 2 cpu device(s)' in log
+  assert log.count('Final (step 4)') == 1
+  assert re.search(r'^resnetA-8-seed0: done$', out, re.M), out
