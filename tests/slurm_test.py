@@ -7,6 +7,7 @@ two-process run under srun."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -155,7 +156,7 @@ def test_a_sweep_through_slurm_equals_the_local_one_through_requeues_and_time_li
   assert len(json.loads((workdir / slurm_lib.JOBS_FILE).read_text())['submissions']) == 2
 
 
-def test_a_failed_task_is_named_with_its_log_and_a_killed_driver_reattaches(
+def test_a_failed_task_is_named_with_its_log_and_a_stopped_driver_reattaches(
     slurm_cluster, fashion_data_dir, tmp_path):
   # plain-8's checkpoint is damaged (a real failure of a shared disk): its task fails on
   # it while resnetA-8's trains.
@@ -167,9 +168,14 @@ def test_a_failed_task_is_named_with_its_log_and_a_killed_driver_reattaches(
   (damaged / '_CHECKPOINT_METADATA').write_text('{not json')
   proc = sweep(cfg, workdir, env, start_new_session=True)
   wait_for_step(workdir / 'resnetA-8-seed0', 4, proc)
-  proc.kill()  # The driver dies (SIGKILL); its tasks go on.
-  proc.communicate()
-  assert len(json.loads((workdir / slurm_lib.JOBS_FILE).read_text())['submissions']) == 1
+  proc.send_signal(signal.SIGHUP)  # Its terminal closed: the driver stops, its tasks go on.
+  rc, _, err = finish(proc)
+  assert rc == 1 and 'The driver stops; the SLURM jobs go on (squeue --me).' in err, err
+  # As if it had died between sbatch and its record: the job is found by its name.
+  record = json.loads((workdir / slurm_lib.JOBS_FILE).read_text())
+  assert len(record['submissions']) == 1
+  record['submissions'][0]['job_id'] = None
+  (workdir / slurm_lib.JOBS_FILE).write_text(json.dumps(record))
   rc, out, err = finish(sweep(cfg, workdir, env))
   assert rc == 1
   # resnetA-8's task is alive: followed, not submitted again; plain-8's, if it has
