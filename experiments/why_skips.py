@@ -31,6 +31,7 @@ _INTS = {name: flags.DEFINE_integer(name, getattr(_D, name), help_)
              ('landscape_resolution', 'Points a side of the 2-D landscape over [-1, 1]^2.'),
              ('landscape_line_points', 'Points of the 1-D slice and the init->trained line.'),
              ('landscape_examples', 'Training images of the landscapes (0: all).'),
+             ('landscape_directions', 'Random directions of the profiles (every seed).'),
              ('points_per_call', 'Landscape points vmapped a call (0: 1 on CPU, 8 else).'),
              ('lesion_examples', 'Test images of the lesion study (0: all).'),
              ('lesion_draws', 'Random draws of each number of deleted blocks.'),

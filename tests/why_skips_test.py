@@ -105,6 +105,37 @@ def test_the_landscapes_centre_is_the_runs_own_evaluation_of_the_same_images(swe
   assert past[3] == 0 and past[17] == 1 and past[0] < 0 and past[-1] > 1
 
 
+def test_profiles_are_the_loss_along_their_own_directions_and_resume(sweep, tmp_path):
+  cell = layers.restore_cell(os.path.join(sweep, 'resnetA-14-seed0'))
+  images = probe.Probe(cell.data, 'train', 32, chunk=16)
+  params, stats = cell.final_state.params, cell.final_state.batch_stats
+  evaluate = landscape.evaluator(cell.model, 2)  # Two points a call: one padded.
+  settings = {'examples': 32, 'seed': 3, 'step': cell.step, 'directions': 3,
+              'distances': [0.25, 0.5, 1.0]}
+  path = str(tmp_path / 'profiles.json')
+  out = landscape.compute_profiles(path, settings, evaluate, params, stats,
+                                   images.chunks(), 2)
+  assert len(out['loss']) == 9 and all(np.isfinite(out['loss']))
+  # Direction 1 at distance 0.5, evaluated directly: seed 3's direction of index 1.
+  d = landscape.random_direction(jax.random.fold_in(jax.random.PRNGKey(3), 2), params)
+  moved = jax.tree_util.tree_map(lambda w, x: w + 0.5 * x, params, d)
+  direct, _ = probe.loss_and_accuracy(cell.model, moved, stats, images.chunks())
+  assert np.isclose(out['loss'][4], float(direct), rtol=1e-4)
+  assert len({round(x, 6) for x in out['loss'][2::3]}) == 3  # Three other directions.
+  # None of them the 1-D landscape's (the seed's first split key).
+  d1, _ = landscape.directions('1d', jax.random.PRNGKey(3), params, None)
+  first = jax.tree_util.tree_leaves(d1)[-1]
+  assert not np.allclose(first, jax.tree_util.tree_leaves(d)[-1])
+  # Killed after its first direction: the rest is computed, the first kept.
+  saved = json.load(open(path))
+  saved['loss'][3:] = [None] * 6
+  saved['loss'][0] = 123.0  # A marker: recomputing it would overwrite it.
+  json.dump(saved, open(path, 'w'))
+  again = landscape.compute_profiles(path, settings, evaluate, params, stats,
+                                     images.chunks(), 2)
+  assert again['loss'][0] == 123.0 and np.allclose(again['loss'][3:], out['loss'][3:])
+
+
 def test_a_killed_landscape_resumes_without_recomputing_finished_points(tmp_path):
   calls = []
 
@@ -222,8 +253,9 @@ def test_the_command_analyses_a_sweeps_cells_once_and_the_report_shows_them(swee
   assert [c['name'] for c in analysed] == ['plain-14-seed0', 'resnetA-14-seed0']
   for name in ('plain-14-seed0', 'resnetA-14-seed0'):
     out = why_results.read(os.path.join(sweep, name))
-    assert set(out) == {'landscape_2d', 'landscape_1d', 'landscape_line', 'lesion',
-                        'sharpness'}
+    assert set(out) == {'landscape_2d', 'landscape_1d', 'landscape_line', 'profiles',
+                        'lesion', 'sharpness'}
+    assert len(out['profiles']['loss']) == 8 * 3
     assert len(out['landscape_2d']['loss']) == 9 and len(out['landscape_1d']['loss']) == 3
     # Depth 14: both blocks of stage 1 and the second of stages 2 and 3.
     assert [s['block'] for s in out['lesion']['single']] == [
@@ -245,6 +277,8 @@ def test_the_command_analyses_a_sweeps_cells_once_and_the_report_shows_them(swee
     assert os.path.exists(os.path.join(sweep, f)), f
   report = open(os.path.join(sweep, 'report.md')).read()
   assert '![lesion.png](lesion.png)' in report and 'sharpness' in report
+  rows = [l for l in report.splitlines() if l.startswith('| ') and '] |' in l]
+  assert [r.split(' | ')[:2] for r in rows] == [['| plain-14', '0'], ['| ResNet(A)-14', '0']]
   assert 'sharpness' in open(os.path.join(sweep, 'results.md')).read().splitlines()[0]
   bad = subprocess.run(cmd[:4] + ['--cells=plain-99-*'], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
@@ -269,6 +303,7 @@ def test_bad_options_are_refused_naming_the_key():
                        (why_skips.Options(landscape_resolution=1), 'landscape_resolution'),
                        (why_skips.Options(landscape_line_points=20), 'landscape_line_points'),
                        (why_skips.Options(landscape_seeds='some'), 'landscape_seeds'),
+                       (why_skips.Options(landscape_directions=0), 'landscape_directions'),
                        (why_skips.Options(lesion_draws=-1), 'lesion_draws')):
     with pytest.raises(ValueError, match=key):
       options.check()

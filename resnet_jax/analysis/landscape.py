@@ -1,6 +1,8 @@
 """Loss landscapes (Li et al. 2018): a trained net's loss and accuracy on fixed training
 images at theta* + a*d1 + b*d2, with d1, d2 random directions normalised filter by filter,
-along one direction, and on the straight line from the initial to the trained weights.
+along one direction, and on the straight line from the initial to the trained weights;
+and profiles: the loss at a few distances along several other random directions, whose
+statistics say what holds across directions, which one or two pictured ones cannot.
 
 One compiled program evaluates every point (the coordinates are its input); a run saves
 each batch of points as it comes, so that a killed run goes on where it stopped.
@@ -19,6 +21,9 @@ from resnet_jax.analysis import probe as probe_lib
 from resnet_jax.analysis import why_results
 
 KINDS = ('2d', '1d', 'line')
+# Where the profiles look: fractions of a filter-normalised direction's length (the
+# landscapes' span), in units where 1 moves every filter by its own norm.
+PROFILE_DISTANCES = (0.25, 0.5, 1.0)
 
 
 def filter_normalize(direction, params):
@@ -140,3 +145,37 @@ def directions(kind: str, rng, params, init_params):
   # Placed as the parameters are, so that every landscape runs the one compiled program.
   where = jax.tree_util.tree_map(lambda a: a.sharding, params)
   return jax.device_put(d1, where), jax.device_put(d2, where)
+
+
+def compute_profiles(path: str, settings: dict, evaluate, params, batch_stats, chunks,
+                     points_per_call: int, label: str = '') -> dict:
+  """The loss at settings['distances'] along settings['directions'] random
+  filter-normalised directions, each drawn from the seed and its index (none of them
+  the landscapes' own), at `path` (JSON: settings, loss direction by direction, each
+  distance in turn); saved after each direction, so that a killed run goes on."""
+  distances, n = settings['distances'], settings['directions']
+  out = why_results.load(path, settings) or {
+      'kind': 'profiles', 'settings': settings, 'loss': [None] * (n * len(distances))}
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  where = jax.tree_util.tree_map(lambda a: a.sharding, params)
+  start = time.perf_counter()
+  for k in range(n):
+    part = slice(k * len(distances), (k + 1) * len(distances))
+    if None not in out['loss'][part]:
+      continue
+    key = jax.random.fold_in(jax.random.PRNGKey(settings['seed']), 1 + k)
+    d = jax.device_put(random_direction(key, params), where)
+    losses = []
+    for first in range(0, len(distances), points_per_call):
+      ts = list(distances[first:first + points_per_call])
+      ab = [[t, 0.0] for t in ts + ts[-1:] * (points_per_call - len(ts))]  # Padded.
+      loss, _ = evaluate(params, d, zero, jnp.asarray(ab, jnp.float32), batch_stats, chunks)
+      losses += [float(x) if np.isfinite(x) else float('inf')
+                 for x in np.asarray(loss)[:len(ts)]]
+    out['loss'][part] = losses
+    run_dir.write_text(path, json.dumps(out))
+  medians = np.median(np.reshape(out['loss'], (n, len(distances))), axis=0)
+  print(f'{label}profiles along {n} directions: median loss '
+        + ', '.join(f'{m:.3g} at {t:g}' for m, t in zip(medians, distances))
+        + f' ({time.perf_counter() - start:.0f} s)', flush=True)
+  return out

@@ -12,6 +12,12 @@ from resnet_jax.analysis import results
 from resnet_jax.analysis import why_figures
 from resnet_jax.analysis import why_results
 
+PROFILES_TEXT = """The landscapes above are one or two random directions each. Along
+several others (the profiles: every cell's loss at fractions of a direction's length,
+along further filter-normalised random directions), a claim about a net's basin holds
+where it holds for the medians and the spread, not for one direction:
+"""
+
 WHY_TEXT = """## Why skips work (python -m experiments.why_skips)
 
 - **Loss landscapes** (Li et al. 2018): the training loss (fixed training images,
@@ -114,6 +120,9 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
   lines += [f'![{f}]({f})\n' for f in written if f not in why_written]
   if why_written:
     lines += [WHY_TEXT, why_results.summary_markdown(done, nets.short_label)]
+    profiles = why_results.profiles_markdown(done, nets.short_label)
+    if profiles:
+      lines += [PROFILES_TEXT, profiles]
     lines += [f'![{f}]({f})\n' for f in why_written]
   run_dir.write_text(os.path.join(workdir, 'report.md'), '\n'.join(lines))
   running_now = ''.join(f'unfinished: {line}\n' for line in progress)

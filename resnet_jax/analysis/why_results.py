@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 WHY = 'why'  # The folder of a cell that holds its analyses.
-NAMES = ('landscape_2d', 'landscape_1d', 'landscape_line', 'lesion', 'sharpness')
+NAMES = ('landscape_2d', 'landscape_1d', 'landscape_line', 'profiles', 'lesion',
+         'sharpness')
 
 
 def path(celldir: str, name: str) -> str:
@@ -31,7 +32,7 @@ def read(celldir: str) -> dict:
   out = {}
   for name in NAMES:
     saved = load(path(celldir, name))
-    if saved and (not name.startswith('landscape') or None not in saved['loss']):
+    if saved and None not in saved.get('loss', ()):  # Landscapes and profiles: whole.
       out[name] = saved
   return out
 
@@ -64,4 +65,25 @@ def summary_markdown(cells: list[dict], label) -> str:
            fmt(mean([g[len(g) // 2] for g in grids]), '.3g'),
            fmt(mean([np.max(g) for g in grids]), '.3g')]
     lines.append('| ' + ' | '.join(row) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def profiles_markdown(cells: list[dict], label) -> str:
+  """A row per cell analysed (each seed on its own): the median loss over the profiles'
+  random directions at each distance, with the lowest and highest (a single direction
+  can differ a hundredfold, so no one direction speaks for a net)."""
+  rows = [c for c in cells if c['why'] and 'profiles' in c['why']]
+  if not rows:
+    return ''
+  distances = rows[0]['why']['profiles']['settings']['distances']
+  n = rows[0]['why']['profiles']['settings']['directions']
+  lines = ['| net | seed | ' + ' | '.join(
+      f'loss at {t:g}: median [lowest, highest] of {n} directions' for t in distances)
+           + ' |', '|' + '---|' * (2 + len(distances))]
+  for c in sorted(rows, key=lambda c: (c['depth'], c['shortcut'] != 'none', c['seed'])):
+    saved = c['why']['profiles']
+    loss = np.reshape(saved['loss'], (saved['settings']['directions'], -1))
+    cols = [f'{np.median(x):.3g} [{np.min(x):.3g}, {np.max(x):.3g}]' for x in loss.T]
+    lines.append(f'| {label(c["depth"], c["shortcut"])} | {c["seed"]} | '
+                 + ' | '.join(cols) + ' |')
   return '\n'.join(lines) + '\n'

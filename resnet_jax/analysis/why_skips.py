@@ -23,6 +23,8 @@ class Options:
   landscape_line_points: int = 21  # Points of the 1-D slice and of the init->trained line.
   landscape_examples: int = 256  # The first training images.
   landscape_seeds: str = 'first'  # 'first': the first seed of each depth and net; 'all'.
+  # Random directions of the profiles (every seed's; landscape.PROFILE_DISTANCES).
+  landscape_directions: int = 8
   points_per_call: int = 0  # Points vmapped into one call; 0: 1 on CPU, 8 elsewhere.
   lesion_examples: int = 500  # The first test images.
   lesion_draws: int = 3  # Random draws of each number of deleted blocks.
@@ -42,6 +44,9 @@ class Options:
     landscape.coordinates('2d', self.landscape_resolution)
     for kind in ('1d', 'line'):
       landscape.coordinates(kind, self.landscape_line_points)
+    if self.landscape_directions < 1:
+      raise ValueError('landscape_directions must be at least 1, got '
+                       f'{self.landscape_directions}.')
     for key in ('landscape_examples', 'lesion_examples', 'sharpness_examples',
                 'points_per_call', 'lesion_draws', 'lesion_max_deleted'):
       if getattr(self, key) < 0:
@@ -59,8 +64,11 @@ class Options:
 def settings(options: Options, step: int | None) -> dict:
   """{analysis file: the settings it is computed with} (examples as asked, 0: all);
   `step`: the checkpoint analysed."""
+  from resnet_jax.analysis import landscape
   land = {'examples': options.landscape_examples, 'seed': options.seed, 'step': step}
   return {
+      'profiles': dict(land, directions=options.landscape_directions,
+                       distances=list(landscape.PROFILE_DISTANCES)),
       'landscape_2d': dict(land, resolution=options.landscape_resolution),
       'landscape_1d': dict(land, resolution=options.landscape_line_points),
       'landscape_line': dict(land, resolution=options.landscape_line_points),
@@ -74,11 +82,13 @@ def settings(options: Options, step: int | None) -> dict:
 
 
 def pending(celldir: str, options: Options, landscapes: bool) -> dict:
-  """{analysis file: settings} of what `options` asks of the cell that it lacks. A cell
-  whose checkpoints were deleted (to free disk) keeps what it has."""
+  """{analysis file: settings} of what `options` asks of the cell that it lacks (the
+  pictured landscapes only if `landscapes`; the profiles, part of 'landscape', for every
+  seed). A cell whose checkpoints were deleted (to free disk) keeps what it has."""
   step = run_dir.newest_step(celldir)
+  group = lambda k: 'landscape' if k == 'profiles' else k.split('_')[0]
   wanted = {k: v for k, v in settings(options, step).items()
-            if k.split('_')[0] in options.analyses and (landscapes or k[:9] != 'landscape')}
+            if group(k) in options.analyses and (landscapes or k[:10] != 'landscape_')}
   out = {}
   for name, want in wanted.items():
     saved = why_results.load(why_results.path(celldir, name))
@@ -115,10 +125,14 @@ def analyse_cell(celldir: str, options: Options, landscapes: bool, label: str = 
     return saved
 
   kinds = [k for k in landscape.KINDS if f'landscape_{k}' in todo]
-  if kinds:
+  if kinds or 'profiles' in todo:
     train = images('train', options.landscape_examples)
     per_call = options.points_per_call or (1 if jax.default_backend() == 'cpu' else 8)
     evaluate = landscape.evaluator(model, per_call, jit_options)
+    if 'profiles' in todo:
+      landscape.compute_profiles(why_results.path(celldir, 'profiles'), todo['profiles'],
+                                 evaluate, params, batch_stats, train.chunks(), per_call,
+                                 label=label)
     for kind in kinds:
       d1, d2 = landscape.directions(kind, jax.random.PRNGKey(options.seed), params,
                                     cell.init_state.params)
