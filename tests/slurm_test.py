@@ -235,3 +235,23 @@ def test_a_sweep_task_of_two_processes_trains_its_cell_over_both(
   assert '4 steps of batch 32 on 2 cpu device(s)' in log
   assert log.count('Final (step 4)') == 1
   assert re.search(r'^resnetA-8-seed0: done$', out, re.M), out
+
+
+def test_a_failed_task_is_told_by_its_own_part_of_the_units_log(tmp_path):
+  """A unit's log gathers its tasks' output; a task that failed is named by its own part
+  of it (from the log's size when it was submitted), never by an earlier task's error."""
+  from resnet_jax.sweep import cells as cells_lib
+  unit = [cells_lib.Cell(8, 'A', 0)]
+  log = tmp_path / 'resnetA-8-seed0.log'
+  log.write_text('error: an earlier task\'s damaged checkpoint\n')
+  earlier = len(log.read_bytes())
+  with open(log, 'a') as f:
+    f.write('Traceback (most recent call last):\n  File "x.py", line 1\n'
+            'RuntimeError: this task\'s own failure\n')
+  launcher = slurm_lib.Launcher.__new__(slurm_lib.Launcher)
+  launcher.workdir, launcher.logs = str(tmp_path), str(tmp_path / '.slurm')
+  task = slurm_lib.Task(unit, '7', 0, launcher.logs, False, earlier)
+  assert launcher.failure(task) == (f'resnetA-8-seed0 failed: RuntimeError: this task\'s '
+                                    f'own failure (log: {log})')
+  task.log_start = 0  # Read from the start, the earlier task's sentence would win.
+  assert 'earlier task' in launcher.failure(task)

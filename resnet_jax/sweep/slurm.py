@@ -147,9 +147,11 @@ def find_job(tag: str) -> str | None:
 class Task:
   """One unit's latest task: its job array task id and what squeue last said."""
 
-  def __init__(self, unit: list[Cell], job_id: str, index: int, logs: str, array: bool):
-    # submitit submits a single unit as a plain job, several as an array.
-    self.unit, self.name = unit, unit_name(unit)
+  def __init__(self, unit: list[Cell], job_id: str, index: int, logs: str, array: bool,
+               log_start: int = 0):
+    # submitit submits a single unit as a plain job, several as an array. `log_start`:
+    # the unit log's size at submission, where this task's part of it begins.
+    self.unit, self.name, self.log_start = unit, unit_name(unit), log_start
     self.task_id = f'{job_id}_{index}' if array else job_id
     self.stdout = os.path.join(logs, f'{self.task_id}_0_log.out')
     self.stderr = os.path.join(logs, f'{self.task_id}_0_log.err')
@@ -184,7 +186,8 @@ class Launcher:
       for index, name in enumerate(submission['units']):
         if name in by_name:
           self.tasks[name] = Task(by_name[name], submission['job_id'], index, self.logs,
-                                  len(submission['units']) > 1)
+                                  len(submission['units']) > 1,
+                                  submission.get('log_sizes', {}).get(name, 0))
     self.poll()
 
   def poll(self):
@@ -209,8 +212,11 @@ class Launcher:
     import submitit
     from resnet_jax.sweep import slurm_task
     tag = f'resnet_jax-{uuid.uuid4().hex[:10]}'
+    logs = [os.path.join(self.workdir, f'{unit_name(u)}.log') for u in todo]
     submission = {'tag': tag, 'job_id': None, 'units': [unit_name(u) for u in todo],
-                  'time': time.time()}
+                  'time': time.time(),
+                  'log_sizes': {unit_name(u): os.path.getsize(log) if os.path.exists(log)
+                                else 0 for u, log in zip(todo, logs)}}
     self.record['submissions'].append(submission)
     save_record(self.workdir, self.record)
     executor = submitit.SlurmExecutor(folder=self.logs, max_num_timeout=0)
@@ -224,7 +230,8 @@ class Launcher:
     save_record(self.workdir, self.record)
     for index, unit in enumerate(todo):
       self.tasks[unit_name(unit)] = Task(unit, submission['job_id'], index, self.logs,
-                                         len(todo) > 1)
+                                         len(todo) > 1,
+                                         submission['log_sizes'][unit_name(unit)])
     kind = f'job array {submission["job_id"]} ({len(todo)} tasks' if len(todo) > 1 else \
         f'job {submission["job_id"]} (1 task'
     print(f'Submitted {kind}, name {tag}); logs in {self.logs}.', flush=True)
@@ -254,10 +261,11 @@ class Launcher:
     return 'failed'
 
   def failure(self, task: Task) -> str:
-    """A failed task's one line: its log's error, else SLURM's last state."""
+    """A failed task's one line: its error in the unit's log (this task's part of it, not
+    an earlier task's) or in submitit's, else SLURM's last state."""
     unit_log = os.path.join(self.workdir, f'{task.name}.log')
-    for log in (unit_log, task.stderr):
-      line, _ = runner.error_line(log)
+    for log, start in ((unit_log, task.log_start), (task.stderr, 0)):
+      line, _ = runner.error_line(log, start)
       if line:
         return f'{task.name} failed: {line} (log: {log})'
     last = task.state if task.state != 'ENDED' else 'its task ended'
