@@ -74,7 +74,7 @@ def sbatch_options(res) -> dict:
   return out
 
 
-def parameters(res, workdir: str) -> dict:
+def parameters(res) -> dict:
   """submitit's SlurmExecutor parameters of a unit's task."""
   params = {
       'job_name': 'resnet_jax', 'nodes': res.nodes, 'ntasks_per_node': res.tasks_per_node,
@@ -100,7 +100,7 @@ def print_dry_run(res, workdir: str, units: list[list[Cell]]):
   folder = os.path.join(os.path.abspath(workdir), LOGS)
   script = submitit_slurm._make_sbatch_string(  # pylint: disable=protected-access
       command=f'{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}',
-      folder=folder, map_count=max(len(units), 1), **parameters(res, workdir))
+      folder=folder, map_count=max(len(units), 1), **parameters(res))
   with commands.piped():
     print(f'One job array of {len(units)} task{"s" * (len(units) != 1)}, each submitted '
           f'as:\n{script}')
@@ -220,7 +220,7 @@ class Launcher:
     self.record['submissions'].append(submission)
     save_record(self.workdir, self.record)
     executor = submitit.SlurmExecutor(folder=self.logs, max_num_timeout=0)
-    params = parameters(self.res, self.workdir)
+    params = parameters(self.res)
     params['job_name'] = tag
     executor.update_parameters(**params)
     jobs = executor.map_array(

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import traceback
 
 from resnet_jax.sweep import cells as cells_lib
 from resnet_jax.sweep import status as status_lib
@@ -45,7 +44,6 @@ def run_unit(ablation, names: list[str], workdir: str, max_requeues: int) -> str
   'stopped' where a signal stopped it (requeued by itself after a time-limit warning).
   Exits with the log's one-line error where the user's input stops it."""
   from resnet_jax import signals
-  from resnet_jax import train
   unit = cells_lib.select(cells_lib.grid(ablation), names)
   # A cell that finished meanwhile (a task requeued as it ended) is not trained again.
   cells = [c for c in unit if status_lib.cell_status(os.path.join(workdir, c.name))
@@ -69,15 +67,7 @@ def run_unit(ablation, names: list[str], workdir: str, max_requeues: int) -> str
     print(f'SLURM job {_task_id()} on {os.uname().nodename}'
           + (f', requeued {restarts} time{"s" * (restarts != 1)}' if restarts else ''),
           flush=True)
-    try:
-      finished = worker.run_cells(ablation, cells, workdir, stop)
-    except train.USER_ERRORS as e:  # One sentence: the driver repeats the log's last line.
-      print(f'{worker.ERROR}{e}', flush=True)
-      sys.exit(1)
-    except BaseException:
-      traceback.print_exc()
-      raise
-    if finished:
+    if worker.run_logged(ablation, cells, workdir, stop):
       return 'done'
     if warned and first:
       if restarts >= max_requeues:

@@ -43,6 +43,21 @@ def run_cells(ablation, cells: list[Cell], workdir: str, stop=None) -> bool:
   return not any('stopped_at' in r for r in results.values())
 
 
+def run_logged(ablation, cells: list[Cell], workdir: str, stop=None) -> bool:
+  """`run_cells` with its output going to a unit's log: an error of the user's input
+  ends it as one ERROR line and exit 1 (the driver repeats the log's last line), any
+  other with its traceback."""
+  from resnet_jax import train
+  try:
+    return run_cells(ablation, cells, workdir, stop)
+  except train.USER_ERRORS as e:
+    print(f'{ERROR}{e}', flush=True)
+    sys.exit(1)
+  except BaseException:
+    traceback.print_exc()
+    raise
+
+
 @contextlib.contextmanager
 def output_to(path: str):
   """Sends this process's stdout and stderr (Python's and XLA's) to the file `path`."""
@@ -78,7 +93,6 @@ def serve(ablation, cells: list[Cell], workdir: str):
   one unit a line), each with its output in WORKDIR/UNIT.log, and answers each line once
   it is done. One process runs many units, so each skips a process's start (imports,
   data)."""
-  from resnet_jax import train
   by_name = {c.name: c for c in cells}
   reply = os.fdopen(os.dup(1), 'w', buffering=1)
   os.dup2(2, 1)  # Anything else printed goes to the worker's log, not to the driver.
@@ -96,14 +110,7 @@ def serve(ablation, cells: list[Cell], workdir: str):
   for line in sys.stdin:
     unit = [by_name[n] for n in line.strip().split(',')]
     with output_to(os.path.join(workdir, f'{unit_name(unit)}.log')):
-      try:
-        finished = run_cells(ablation, unit, workdir)
-      except train.USER_ERRORS as e:  # One sentence: the driver repeats the log's last line.
-        print(f'{ERROR}{e}', flush=True)
-        sys.exit(1)
-      except BaseException:
-        traceback.print_exc()
-        raise
+      finished = run_logged(ablation, unit, workdir)
     if not finished:
       sys.exit(f'{unit_name(unit)} was stopped by a signal: its checkpoint stands.')
     reply.write(line)
