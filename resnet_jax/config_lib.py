@@ -37,6 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preact = False
   c.model.zero_init_last_bn = False
   c.model.zero_init_head = False
+  # Normalisation, branch scale and activation (resnet_jax/model_variants.py): the
+  # paper's nets are 'batch', 'none', 'relu'; the others take normalisation out.
+  c.model.norm = 'batch'  # 'batch' | 'none' (the convolutions carry biases).
+  c.model.branch_scale = 'none'  # 'none' | 'skipinit' | 'fixup' (residual nets).
+  c.model.activation = 'relu'  # 'relu' (He init) | 'tat' (plain nets without norm).
   c.model.scan_blocks = True
   c.model.remat = False
   c.model.conv_impl = 'onednn'  # trainer.conv_impl: 'fast' where it cannot run.
@@ -101,11 +106,17 @@ def _flatten(tree, prefix=''):
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
-  """'key: old -> new' for every key (outside RUN_CONTROL_KEYS) that differs."""
+  """'key: old -> new' for every key (outside RUN_CONTROL_KEYS) that differs. A key the
+  old config lacks but `new` holds at base_config's default (one added since that run
+  was saved, as model.norm was) is no change: the old run computed that default."""
   old, new = _flatten(old), _flatten(new)
+  defaults = _flatten(base_config().to_dict())
   changes = []
   for key in sorted(set(old) | set(new)):
-    if key not in RUN_CONTROL_KEYS and old.get(key, '<unset>') != new.get(key, '<unset>'):
+    if key in RUN_CONTROL_KEYS or (key not in old and key in defaults
+                                   and new.get(key) == defaults[key]):
+      continue
+    if old.get(key, '<unset>') != new.get(key, '<unset>'):
       changes.append(f'{key}: {old.get(key, "<unset>")} -> {new.get(key, "<unset>")}')
   return changes
 

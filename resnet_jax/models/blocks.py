@@ -6,8 +6,11 @@
   B         1x1 projection + BN where the shape changes, identity elsewhere,
   C         1x1 projection + BN in every block,
   none      no addition at all: the plain twin, with exactly the same layers.
-Each block sows the response of every 3x3/1x1 layer after its BN (before the
-addition and ReLU) as `responses`, and its output as `block_out`, into the
+`norm` is None for nets without normalisation (their convolutions carry biases), and
+`branch_scale` (resnet_jax/model_variants.py) multiplies a residual branch by a scalar:
+SkipInit's, from 0, or Fixup's, from 1, with its scalar biases and initialisation.
+Each block sows the response of every 3x3/1x1 layer after its BN (where there is one;
+before the addition and ReLU) as `responses`, and its output as `block_out`, into the
 `intermediates` collection, so the layer analysis needs no second model.
 """
 
@@ -46,24 +49,28 @@ def apply_shortcut(x, out_channels: int, strides: int, kind: str,
     extra = out_channels - x.shape[-1]
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
   x = conv(out_channels, (1, 1), (strides, strides), name='proj_conv')(x)
-  return norm(name='proj_bn')(x)
+  return x if norm is None else norm(name='proj_bn')(x)
 
 
 class _Block(nn.Module):
-  """The fields shared by both blocks; `conv` and `norm` are injected partials."""
+  """The fields shared by both blocks; `conv` and `norm` (None: no normalisation) are
+  injected partials; `num_branches` is the net's count of residual branches (Fixup)."""
   filters: int
   conv: ModuleDef
-  norm: ModuleDef
+  norm: ModuleDef | None
   strides: int = 1
   shortcut: str = 'A'
   preact: bool = False
   zero_init_last_bn: bool = False
   act: Callable = nn.relu
+  branch_scale: str = 'none'
+  num_branches: int = 1
 
 
 class BasicBlock(_Block):
   """Two 3x3 convolutions: conv-BN-ReLU-conv-BN, add, ReLU (or BN-ReLU-conv twice)."""
   expansion = 1
+  layers = 2  # Convolutions (and activations) on the branch.
 
   @nn.compact
   def __call__(self, x):
@@ -74,6 +81,7 @@ class BasicBlock(_Block):
 class BottleneckBlock(_Block):
   """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4: the ResNet-50 block."""
   expansion = 4
+  layers = 3
 
   @nn.compact
   def __call__(self, x):
@@ -82,37 +90,86 @@ class BottleneckBlock(_Block):
     return _run_block(self, x, specs)
 
 
+def _scalar(block, name: str, value: float, like):
+  """A learnable float32 scalar (SkipInit's and Fixup's multipliers and biases), from
+  `value`, in the dtype of the activations `like` it meets."""
+  return block.param(name, nn.initializers.constant(value), (), jnp.float32).astype(
+      like.dtype)
+
+
+def _normed(block, y, name: str, scale_init=nn.initializers.ones):
+  """`y` through the block's BatchNorm `name`, or as it is in a net without one."""
+  return y if block.norm is None else block.norm(name=name, scale_init=scale_init)(y)
+
+
 def _run_block(block, x, specs):
   """The body shared by both blocks; `specs` lists (features, kernel, stride)."""
+  if block.branch_scale == 'fixup':
+    return _run_fixup_block(block, x, specs)
   out_channels = specs[-1][0]
   residual = block.shortcut != 'none'
   last = len(specs) - 1
   # A zero-initialised last BN would zero the signal of a plain net: residual only.
   zero_last = block.zero_init_last_bn and residual
   if block.preact:
-    pre = block.act(block.norm(name='bn_pre')(x))
+    pre = block.act(_normed(block, x, 'bn_pre'))
     # The projection sees the pre-activated input, as in He et al. (2016b).
     sc = apply_shortcut(pre if block.shortcut in ('B', 'C') else x, out_channels,
                         block.strides, block.shortcut, block.conv, block.norm)
     y = pre
     for i, (features, kernel, stride) in enumerate(specs):
       if i > 0:
-        y = block.norm(name=f'bn{i}')(y)
+        y = _normed(block, y, f'bn{i}')
         block.sow('intermediates', 'responses', y)
         y = block.act(y)
       y = block.conv(features, kernel, (stride, stride), name=f'conv{i + 1}')(y)
-    out = y if sc is None else y + sc
+    out = y if sc is None else _branch_scaled(block, y) + sc
   else:
     y = x
     for i, (features, kernel, stride) in enumerate(specs):
       y = block.conv(features, kernel, (stride, stride), name=f'conv{i + 1}')(y)
       init = nn.initializers.zeros if (i == last and zero_last) else nn.initializers.ones
-      y = block.norm(name=f'bn{i + 1}', scale_init=init)(y)
+      y = _normed(block, y, f'bn{i + 1}', init)
       block.sow('intermediates', 'responses', y)
       if i < last:
         y = block.act(y)
     sc = apply_shortcut(x, out_channels, block.strides, block.shortcut,
                         block.conv, block.norm)
-    out = block.act(y if sc is None else y + sc)
+    out = block.act(y if sc is None else _branch_scaled(block, y) + sc)
+  block.sow('intermediates', 'block_out', out)
+  return out
+
+
+def _branch_scaled(block, y):
+  """The residual branch `y`, times SkipInit's scalar (from 0) where the net has one."""
+  return y * _scalar(block, 'skip_scale', 0.0, y) if block.branch_scale == 'skipinit' else y
+
+
+def _run_fixup_block(block, x, specs):
+  """Fixup's post-activation block: a scalar bias before each convolution and activation,
+  the branch's last convolution at zero and the others He's scaled by L**(-1/(2m-2)),
+  a scalar multiplier before the last bias; the shortcut sees the input with its first
+  bias where it changes shape (Zhang et al. 2019, their CIFAR code)."""
+  out_channels, m, last = specs[-1][0], len(specs), len(specs) - 1
+  he = 2.0 * block.num_branches ** (-2.0 / (2 * m - 2))  # The variance, scaled.
+  scaled_he = nn.initializers.variance_scaling(he, 'fan_in', 'normal')
+  y = x
+  for i, (features, kernel, stride) in enumerate(specs):
+    y = y + _scalar(block, f'bias{i + 1}a', 0.0, y)
+    if i == 0:
+      x_biased = y
+    init = nn.initializers.zeros if i == last else scaled_he
+    y = block.conv(features, kernel, (stride, stride), kernel_init=init,
+                   name=f'conv{i + 1}')(y)
+    if i == last:
+      y = y * _scalar(block, 'scale', 1.0, y)
+    y = y + _scalar(block, f'bias{i + 1}b', 0.0, y)
+    block.sow('intermediates', 'responses', y)
+    if i < last:
+      y = block.act(y)
+  changes = block.strides != 1 or x.shape[-1] != out_channels
+  sc = apply_shortcut(x_biased if changes else x, out_channels, block.strides,
+                      block.shortcut, block.conv, block.norm)
+  out = block.act(y + sc)
   block.sow('intermediates', 'block_out', out)
   return out

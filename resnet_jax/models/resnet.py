@@ -3,7 +3,9 @@
 One `ResNet` module serves both: the stem, the block class and the stage sizes
 differ. A stage's first block may change shape; its other blocks are identical
 and run under `nn.scan` (optionally `nn.remat`), so compile time does not grow
-with depth. `shortcut='none'` gives the plain twin of the same depth. `keep`, one 0/1
+with depth. `shortcut='none'` gives the plain twin of the same depth; `norm`,
+`branch_scale` and `activation` give the nets without normalisation, with SkipInit or
+Fixup, or with TAT (resnet_jax/model_variants.py). `keep`, one 0/1
 entry per block in network order, deletes blocks at run time (the lesion study): a
 block whose entry is 0 passes its input on unchanged, in scanned stages too.
 """
@@ -15,8 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import model_variants
 from resnet_jax.models import blocks
 from resnet_jax.models import conv_impls
+from resnet_jax.models import tat
 
 ModuleDef = Any
 
@@ -48,6 +52,9 @@ class ResNet(nn.Module):
   preact: bool = False
   zero_init_last_bn: bool = False
   zero_init_head: bool = False  # Logits start at 0 (loss ln C), for plain and residual nets.
+  norm: str = 'batch'  # model_variants.NORMS: 'batch', or 'none' (convolutions with biases).
+  branch_scale: str = 'none'  # model_variants.BRANCH_SCALES: 'none', 'skipinit', 'fixup'.
+  activation: str = 'relu'  # model_variants.ACTIVATIONS: 'relu' (He init) or 'tat'.
   scan_blocks: bool = True
   remat: bool = False
   conv_impl: str = 'fast'  # conv_impls.NAMES: 'fast', 'onednn' or 'xla'.
@@ -63,13 +70,22 @@ class ResNet(nn.Module):
     if self.num_filters < 1:
       raise ValueError(f'num_filters (the first stage\'s width) must be >= 1, got '
                        f'{self.num_filters}.')
+    model_variants.check(self.shortcut, self.norm, self.branch_scale, self.activation,
+                         self.preact, self.zero_init_last_bn)
+    fixup, use_tat = self.branch_scale == 'fixup', self.activation == 'tat'
+    num_blocks = sum(self.stage_sizes)
+    # Without normalisation the convolutions carry biases, except Fixup's (scalar ones).
     conv = functools.partial(
-        nn.Conv, use_bias=False, padding='SAME', kernel_init=he_normal,
+        nn.Conv, use_bias=self.norm == 'none' and not fixup, padding='SAME',
+        kernel_init=tat.delta_orthogonal if use_tat else he_normal,
         dtype=self.dtype, param_dtype=self.param_dtype,
         conv_general_dilated=conv_impls.function(self.conv_impl))
-    norm = functools.partial(
+    norm = None if self.norm == 'none' else functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
         epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+    # TAT shapes the C map of the chain of every activation: the stem's and the blocks'.
+    act = (tat.activation(1 + num_blocks * self.block_cls.layers) if use_tat
+           else nn.relu)
 
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':
@@ -79,9 +95,13 @@ class ResNet(nn.Module):
     else:
       raise ValueError(f'Unknown stem {self.stem!r}: use "imagenet" or "cifar".')
     if not self.preact:
-      x = norm(name='stem_bn')(x)
+      if norm is not None:
+        x = norm(name='stem_bn')(x)
+      if fixup:
+        x = x + self.param('stem_bias', nn.initializers.zeros, (), jnp.float32).astype(
+            x.dtype)
       self.sow('intermediates', 'responses', x)
-      x = nn.relu(x)
+      x = act(x)
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -97,7 +117,8 @@ class ResNet(nn.Module):
       block = functools.partial(
           self.block_cls, filters=self.num_filters * 2**i, conv=conv, norm=norm,
           shortcut=self.shortcut, preact=self.preact,
-          zero_init_last_bn=self.zero_init_last_bn)
+          zero_init_last_bn=self.zero_init_last_bn, act=act,
+          branch_scale=self.branch_scale, num_branches=num_blocks)
       if self.remat:
         block = nn.remat(block)
       y = block(strides=1 if i == 0 else 2, name=f'stage{i + 1}_block1')(x)
@@ -118,10 +139,13 @@ class ResNet(nn.Module):
                     stage_keep[j])
 
     if self.preact:
-      x = nn.relu(norm(name='final_bn')(x))
+      x = act(x if norm is None else norm(name='final_bn')(x))
     x = jnp.mean(x, axis=(1, 2))
-    head_init = (nn.initializers.zeros if self.zero_init_head
-                 else nn.initializers.lecun_normal())
+    if fixup:  # Fixup's scalar bias before the classifier, which starts at zero.
+      x = x + self.param('head_bias', nn.initializers.zeros, (), jnp.float32).astype(
+          x.dtype)
+    head_init = (nn.initializers.zeros if self.zero_init_head or fixup
+                 else tat.delta_orthogonal if use_tat else nn.initializers.lecun_normal())
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                  kernel_init=head_init, name='head')(x)
     return x.astype(jnp.float32)
