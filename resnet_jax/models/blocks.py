@@ -90,10 +90,10 @@ class BottleneckBlock(_Block):
     return _run_block(self, x, specs)
 
 
-def _scalar(block, name: str, value: float, like):
+def scalar(module, name: str, value: float, like):
   """A learnable float32 scalar (SkipInit's and Fixup's multipliers and biases), from
   `value`, in the dtype of the activations `like` it meets."""
-  return block.param(name, nn.initializers.constant(value), (), jnp.float32).astype(
+  return module.param(name, nn.initializers.constant(value), (), jnp.float32).astype(
       like.dtype)
 
 
@@ -142,7 +142,7 @@ def _run_block(block, x, specs):
 
 def _branch_scaled(block, y):
   """The residual branch `y`, times SkipInit's scalar (from 0) where the net has one."""
-  return y * _scalar(block, 'skip_scale', 0.0, y) if block.branch_scale == 'skipinit' else y
+  return y * scalar(block, 'skip_scale', 0.0, y) if block.branch_scale == 'skipinit' else y
 
 
 def _run_fixup_block(block, x, specs):
@@ -155,15 +155,15 @@ def _run_fixup_block(block, x, specs):
   scaled_he = nn.initializers.variance_scaling(he, 'fan_in', 'normal')
   y = x
   for i, (features, kernel, stride) in enumerate(specs):
-    y = y + _scalar(block, f'bias{i + 1}a', 0.0, y)
+    y = y + scalar(block, f'bias{i + 1}a', 0.0, y)
     if i == 0:
       x_biased = y
     init = nn.initializers.zeros if i == last else scaled_he
     y = block.conv(features, kernel, (stride, stride), kernel_init=init,
                    name=f'conv{i + 1}')(y)
     if i == last:
-      y = y * _scalar(block, 'scale', 1.0, y)
-    y = y + _scalar(block, f'bias{i + 1}b', 0.0, y)
+      y = y * scalar(block, 'scale', 1.0, y)
+    y = y + scalar(block, f'bias{i + 1}b', 0.0, y)
     block.sow('intermediates', 'responses', y)
     if i < last:
       y = block.act(y)

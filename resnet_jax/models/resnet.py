@@ -70,40 +70,9 @@ class ResNet(nn.Module):
     if self.num_filters < 1:
       raise ValueError(f'num_filters (the first stage\'s width) must be >= 1, got '
                        f'{self.num_filters}.')
-    model_variants.check(self.shortcut, self.norm, self.branch_scale, self.activation,
-                         self.preact, self.zero_init_last_bn)
-    fixup, use_tat = self.branch_scale == 'fixup', self.activation == 'tat'
+    conv, norm, act = _layers(self, train)
+    x = _stem(self, x.astype(self.dtype), conv, norm, act)
     num_blocks = sum(self.stage_sizes)
-    # Without normalisation the convolutions carry biases, except Fixup's (scalar ones).
-    conv = functools.partial(
-        nn.Conv, use_bias=self.norm == 'none' and not fixup, padding='SAME',
-        kernel_init=tat.delta_orthogonal if use_tat else he_normal,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        conv_general_dilated=conv_impls.function(self.conv_impl))
-    norm = None if self.norm == 'none' else functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
-    # TAT shapes the C map of the chain of every activation: the stem's and the blocks'.
-    act = (tat.activation(1 + num_blocks * self.block_cls.layers) if use_tat
-           else nn.relu)
-
-    x = x.astype(self.dtype)
-    if self.stem == 'imagenet':
-      x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='stem_conv')(x)
-    elif self.stem == 'cifar':
-      x = conv(self.num_filters, (3, 3), name='stem_conv')(x)
-    else:
-      raise ValueError(f'Unknown stem {self.stem!r}: use "imagenet" or "cifar".')
-    if not self.preact:
-      if norm is not None:
-        x = norm(name='stem_bn')(x)
-      if fixup:
-        x = x + self.param('stem_bias', nn.initializers.zeros, (), jnp.float32).astype(
-            x.dtype)
-      self.sow('intermediates', 'responses', x)
-      x = act(x)
-    if self.stem == 'imagenet':
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
     if keep is not None:
       keep = jnp.asarray(keep)
@@ -138,17 +107,66 @@ class ResNet(nn.Module):
           x = _kept(block(strides=1, name=f'stage{i + 1}_block{j + 1}')(x), x,
                     stage_keep[j])
 
-    if self.preact:
-      x = act(x if norm is None else norm(name='final_bn')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    if fixup:  # Fixup's scalar bias before the classifier, which starts at zero.
-      x = x + self.param('head_bias', nn.initializers.zeros, (), jnp.float32).astype(
-          x.dtype)
-    head_init = (nn.initializers.zeros if self.zero_init_head or fixup
-                 else tat.delta_orthogonal if use_tat else nn.initializers.lecun_normal())
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=head_init, name='head')(x)
-    return x.astype(jnp.float32)
+    return _head(self, x, norm, act)
+
+
+def _layers(model: ResNet, train: bool):
+  """The (conv, norm, act) that every layer of `model` is built from: norm is None
+  without normalisation; act is TAT's transformed leaky ReLU or ReLU."""
+  model_variants.check(model.shortcut, model.norm, model.branch_scale, model.activation,
+                       model.preact, model.zero_init_last_bn)
+  use_tat = model.activation == 'tat'
+  # Without normalisation the convolutions carry biases, except Fixup's (scalar ones).
+  conv = functools.partial(
+      nn.Conv, use_bias=model.norm == 'none' and model.branch_scale != 'fixup',
+      padding='SAME', kernel_init=tat.delta_orthogonal if use_tat else he_normal,
+      dtype=model.dtype, param_dtype=model.param_dtype,
+      conv_general_dilated=conv_impls.function(model.conv_impl))
+  norm = None if model.norm == 'none' else functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=model.bn_momentum,
+      epsilon=1e-5, dtype=model.dtype, param_dtype=model.param_dtype)
+  # TAT shapes the C map of the chain of every activation: the stem's and the blocks'.
+  act = (tat.activation(1 + sum(model.stage_sizes) * model.block_cls.layers) if use_tat
+         else nn.relu)
+  return conv, norm, act
+
+
+def _stem(model: ResNet, x, conv, norm, act):
+  """The stem: a 7x7/2 conv and 3x3/2 max pool (ImageNet) or a 3x3 conv (CIFAR), with
+  its BN and activation unless the blocks pre-activate."""
+  if model.stem == 'imagenet':
+    x = conv(model.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+             name='stem_conv')(x)
+  elif model.stem == 'cifar':
+    x = conv(model.num_filters, (3, 3), name='stem_conv')(x)
+  else:
+    raise ValueError(f'Unknown stem {model.stem!r}: use "imagenet" or "cifar".')
+  if not model.preact:
+    if norm is not None:
+      x = norm(name='stem_bn')(x)
+    if model.branch_scale == 'fixup':
+      x = x + blocks.scalar(model, 'stem_bias', 0.0, x)
+    model.sow('intermediates', 'responses', x)
+    x = act(x)
+  if model.stem == 'imagenet':
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return x
+
+
+def _head(model: ResNet, x, norm, act):
+  """Global average pool and the classifier (float32 logits)."""
+  if model.preact:
+    x = act(x if norm is None else norm(name='final_bn')(x))
+  x = jnp.mean(x, axis=(1, 2))
+  fixup = model.branch_scale == 'fixup'
+  if fixup:  # Fixup's scalar bias before the classifier, which starts at zero.
+    x = x + blocks.scalar(model, 'head_bias', 0.0, x)
+  head_init = (nn.initializers.zeros if model.zero_init_head or fixup
+               else tat.delta_orthogonal if model.activation == 'tat'
+               else nn.initializers.lecun_normal())
+  x = nn.Dense(model.num_classes, dtype=model.dtype, param_dtype=model.param_dtype,
+               kernel_init=head_init, name='head')(x)
+  return x.astype(jnp.float32)
 
 
 def deletable_blocks(model: ResNet) -> list[bool]:
