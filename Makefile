@@ -1,6 +1,8 @@
 # Two commands: `make run` (set up, then the quick depth ablation on Fashion-MNIST)
 # and `make test`. `make why` then runs the why-skips analyses on the sweep's cells;
-# `make train` trains the single default ResNet-20 run instead.
+# `make train` trains the single default ResNet-20 run instead; `make normalisation`
+# runs the normalisation preset (skip, BatchNorm or initialisation?) with its lesions
+# and sharpness into runs/normalisation.
 # Both set up first: a virtual environment with the package (at the versions of
 # constraints.txt), the oneDNN extension, and the Debian package dataset-fashion-mnist
 # where apt-get is available. A second call is fast. `make test` and `make benchmark`
@@ -15,8 +17,9 @@ NATIVE := resnet_jax/native/_onednn_conv.so
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORKDIR ?= runs/ablation
+NORM_WORKDIR ?= runs/normalisation
 
-.PHONY: setup data slurm run why train test ablation benchmark
+.PHONY: setup data slurm run why train test ablation benchmark normalisation
 setup: $(STAMP) $(NATIVE) data
 
 $(STAMP): pyproject.toml constraints.txt
@@ -49,6 +52,10 @@ ablation: run
 
 why: setup
 	$(VENV)/bin/python -m experiments.why_skips --workdir=$(WORKDIR)
+
+normalisation: setup
+	$(VENV)/bin/python -m experiments.depth_ablation --config=configs/ablation.py:normalisation --workdir=$(NORM_WORKDIR) --parallel=2
+	$(VENV)/bin/python -m experiments.why_skips --workdir=$(NORM_WORKDIR) --analyses=lesion,sharpness
 
 train: setup
 	$(VENV)/bin/python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist

@@ -12,6 +12,13 @@ Presets (the argument):
   extreme  ResNet-1202 and plain-110 on CIFAR-10.
   imagenet Plain-18/34 against ResNet-18/34 (option A) on ImageNet, the paper's Figure 4
            and Table 2, with the recipe of configs/imagenet_resnet50.py.
+  normalisation
+           Is it the skip, the normalisation or the initialisation? The quick preset's
+           recipe at depths 20 and 56 for every variant (resnet_jax/model_variants.py):
+           plain and residual nets with BatchNorm and without, SkipInit and Fixup
+           residual nets, TAT plain nets; 28 runs in about 30 minutes on 2 CPU cores.
+  normalisation_full
+           The same grid at the full preset's length and width, for an accelerator.
 Each cell is an ordinary run of `run_config` called with 'depth=N[,plain|,shortcut=X]',
 then updated with `overrides`, whose every run key can be set from the command line:
 --config.overrides.data.name=cifar100 runs the grid on another data set.
@@ -21,7 +28,8 @@ import ml_collections
 
 from resnet_jax.sweep import ablation as sweep_ablation
 
-PRESETS = ('quick', 'full', 'paper', 'extreme', 'imagenet')
+PRESETS = ('quick', 'full', 'paper', 'extreme', 'imagenet', 'normalisation',
+           'normalisation_full')
 
 
 def get_config(arg: str = 'quick'):
@@ -31,9 +39,12 @@ def get_config(arg: str = 'quick'):
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.shortcuts = ('none', 'A')  # 'none' is the plain net; add 'B' or 'C' to compare options.
+  # 'bn' is the paper's nets; the others take BatchNorm out (resnet_jax/model_variants.py:
+  # nonorm, skipinit, fixup, tat), each crossed with the shortcuts it makes a net with.
+  c.variants = ('bn',)
   c.analysis_examples = 256  # Held-out images for the layer-response and gradient figures.
   c.paper_table = ''  # The paper's errors beside ours: 'cifar10' (Table 6), 'imagenet' (Table 2).
-  c.exclude = ()  # Cells to leave out, as 'SHORTCUT-DEPTH' ('none-1202').
+  c.exclude = ()  # Cells to leave out: 'SHORTCUT-DEPTH' ('none-1202'), 'SHORTCUT+VARIANT-DEPTH'.
   # Each unit's task under --launcher=slurm (docs/cluster.md); --slurm.KEY=VALUE is short
   # for --config.slurm.KEY=VALUE. mem_gb 0 and partition '' take the cluster's defaults;
   # sbatch_options are further sbatch flags ('--qos=high --account=lab'), setup a shell
@@ -44,10 +55,13 @@ def get_config(arg: str = 'quick'):
       'max_requeues': 3, 'signal_delay_s': 120, 'sbatch_options': '', 'setup': '',
       'poll_seconds': 10.0,
   })
-  if preset == 'quick':
+  if preset in ('quick', 'normalisation'):
     c.run_config = 'fashion_mnist.py'
-    c.depths = (20, 32, 44, 56)
+    c.depths = (20, 32, 44, 56) if preset == 'quick' else (20, 56)
     c.seeds = (0, 1)
+    if preset == 'normalisation':
+      # One recipe for every net, the quick preset's, as written below: no variant tuned.
+      c.variants = ('bn', 'nonorm', 'skipinit', 'fixup', 'tat')
     # 300 steps of batch 128 (0.65 of an epoch), so that the 16 runs fit in 20 minutes
     # on 2 CPU cores with the set-up (docs/ablation_quick/): enough for plain nets to
     # degrade
@@ -67,10 +81,12 @@ def get_config(arg: str = 'quick'):
         'batch_size': 128, 'num_train_steps': 300, 'log_every_steps': 10,
         'eval_every_steps': 50, 'checkpoint_every_steps': 50, 'eval_batch_size': 1000,
     })
-  elif preset == 'full':
+  elif preset in ('full', 'normalisation_full'):
     c.run_config = 'fashion_mnist.py'
-    c.depths = (20, 32, 44, 56)
+    c.depths = (20, 32, 44, 56) if preset == 'full' else (20, 56, 110)
     c.seeds = (0, 1)
+    if preset == 'normalisation_full':
+      c.variants = ('bn', 'nonorm', 'skipinit', 'fixup', 'tat')
     c.overrides = sweep_ablation.sweep_overrides({
         'model': {'scan_blocks': True},
         'data': {'augment': 'crop_flip', 'pad': 2},

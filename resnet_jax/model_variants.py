@@ -51,3 +51,33 @@ def check(shortcut: str, norm: str = 'batch', branch_scale: str = 'none',
   if zero_init_last_bn and norm != 'batch':
     raise ValueError('model.zero_init_last_bn zero-initialises a BatchNorm scale, and '
                      'model.norm "none" has none: set zero_init_last_bn False.')
+
+
+# The nets a sweep's grid crosses with depth and shortcut (configs/ablation.py's
+# `variants`): each name sets these model keys; 'bn' is the paper's nets.
+VARIANTS = {
+    'bn': {},
+    'nonorm': {'norm': 'none'},
+    'skipinit': {'norm': 'none', 'branch_scale': 'skipinit'},
+    'fixup': {'norm': 'none', 'branch_scale': 'fixup'},
+    'tat': {'norm': 'none', 'activation': 'tat'},
+}
+LABELS = {'bn': 'BN', 'nonorm': 'no norm', 'skipinit': 'SkipInit', 'fixup': 'Fixup',
+          'tat': 'TAT'}
+MODEL_KEYS = ('norm', 'branch_scale', 'activation')  # The keys a variant sets.
+
+
+def check_variant(name: str) -> None:
+  if name not in VARIANTS:
+    raise ValueError(f'Unknown variant {name!r}: use one of {", ".join(VARIANTS)}.')
+
+
+def applies(name: str, shortcut: str) -> bool:
+  """Whether the variant `name` makes a net with `shortcut` (SkipInit and Fixup need a
+  residual net, TAT a plain one)."""
+  check_variant(name)
+  try:
+    check(shortcut, **VARIANTS[name])
+  except ValueError:
+    return False
+  return True

@@ -225,9 +225,13 @@ def test_layer_responses_left_in_layer_order_right_sorted(tmp_path, monkeypatch)
 
 
 def test_each_shortcut_option_is_drawn_in_a_style_of_its_own(tmp_path, monkeypatch):
-  styles = figures.shortcut_styles(['none', 'C', 'A', 'B', 'A'])
+  styles = figures.net_styles(['none', 'C', 'A', 'B', 'A'])
   assert styles['none'] == ('tab:red', '--') and styles['A'] == ('tab:blue', '-')
   assert len({c for c, _ in styles.values()}) == len({l for _, l in styles.values()}) == 4
+  # Nets without BatchNorm keep the BN nets' styles and take colours of their own.
+  more = figures.net_styles(['none', 'C', 'A', 'B', 'A+fixup', 'none+tat', 'A+nonorm'])
+  assert {k: more[k] for k in styles} == styles
+  assert len({c for c, _ in more.values()}) == 7 and more['none+tat'][1] == ':'
   drawn = {}
 
   def spy(fig, path):  # Each figure's (label, colour, line style), errorbars' too.

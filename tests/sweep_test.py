@@ -110,7 +110,7 @@ def test_names_given_as_one_comma_separated_string_are_split():
   assert [c.name for c in cells_lib.grid(ab)] == ['resnetB-20-seed0', 'plain-32-seed0']
   ab.exclude = ('plain-20',)  # A cell's name, not its SHORTCUT-DEPTH: it excluded nothing.
   with pytest.raises(config_lib.ConfigError,
-                     match=r"^config.exclude holds 'plain-20': name each \(shortcut, depth\)"):
+                     match=r"^config.exclude holds 'plain-20': name each \(net, depth\)"):
     cells_lib.grid(ab)
 
 
@@ -431,8 +431,9 @@ def test_a_grid_no_model_can_take_fails_in_one_line_before_any_cell_starts(
   assert not [d for d in os.listdir(workdir) if d.endswith(('-8-seed0', '-9-seed0'))]
 
 
-def tiny_ablation(tmp_path, data_dir, shortcuts, seeds, steps, eval_every):
-  """Writes an ablation config of depth-8, width-4 cells on the small Fashion-MNIST."""
+def tiny_ablation(tmp_path, data_dir, shortcuts, seeds, steps, eval_every, variants=None):
+  """Writes an ablation config of depth-8, width-4 cells on the small Fashion-MNIST;
+  without `variants` it has no such key, as a sweep's config from before them."""
   cfg = tmp_path / 'tiny_ablation.py'
   cfg.write_text(f'''
 import ml_collections
@@ -441,6 +442,7 @@ def get_config():
   c.preset, c.run_config, c.depths = 'tiny', 'fashion_mnist.py', (8,)
   c.shortcuts, c.seeds = {shortcuts!r}, {seeds!r}
   c.analysis_examples, c.paper_table, c.exclude = 32, False, ()
+  {f'c.variants = {variants!r}' if variants else ''}
   c.overrides = ml_collections.ConfigDict({{
       'model': {{'num_filters': 4}}, 'data': {{'data_dir': {data_dir!r}, 'validation_size': 100}},
       'batch_size': 32, 'eval_batch_size': 100, 'num_train_steps': {steps}, 'log_every_steps': 2,

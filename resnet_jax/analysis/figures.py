@@ -16,16 +16,23 @@ def save_figure(fig, path):
   plt.close(fig)
 
 
-def shortcut_styles(shortcuts) -> dict:
-  """{shortcut: (colour, line style)}: plain red and dashed, and each residual option a
-  colour and style of its own (A, the paper's, blue and solid), so that a sweep over
-  shortcut options tells them apart."""
-  residual = sorted(set(shortcuts) - {'none'}, key=lambda s: (s != 'A', s))
+def net_styles(net_ids) -> dict:
+  """{net id: (colour, line style)}: the plain BN net red and dashed, each residual BN
+  option a colour and style of its own (A, the paper's, blue and solid), then the nets
+  without BatchNorm (nets.py's ids) in colours of their own, dotted where plain, so that
+  a sweep over options and variants tells them apart."""
+  ids = set(net_ids)
+  residual = sorted({n for n in ids if nets.parts(n)[1] == 'bn'} - {'none'},
+                    key=lambda s: (s != 'A', s))
   colors = ['tab:blue', 'tab:green', 'tab:purple', 'tab:orange', 'tab:brown']
   lines = ['-', '-.', ':', (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
   styles = {'none': ('tab:red', '--')}
   for i, s in enumerate(residual):
     styles[s] = (colors[i % len(colors)], lines[i % len(lines)])
+  others = sorted((n for n in ids if nets.parts(n)[1] != 'bn'), key=nets.order)
+  variant_colors = ['tab:olive', 'tab:cyan', 'tab:pink', 'tab:gray', 'black', 'gold']
+  for i, n in enumerate(others):
+    styles[n] = (variant_colors[i % len(variant_colors)], ':' if nets.is_plain(n) else '-.')
   return styles
 
 
@@ -49,15 +56,15 @@ def depth_colors(depths):
 
 def plot_training_curves(cells, path, data=''):
   import matplotlib.pyplot as plt
-  shortcuts = sorted({c['shortcut'] for c in cells}, key=nets.order)
+  net_ids = sorted({nets.of(c) for c in cells}, key=nets.order)
   colors = depth_colors({c['depth'] for c in cells})
-  fig, axes = plt.subplots(1, len(shortcuts), figsize=(6 * len(shortcuts), 4.5), sharey=True,
+  fig, axes = plt.subplots(1, len(net_ids), figsize=(6 * len(net_ids), 4.5), sharey=True,
                            squeeze=False)
-  for ax, shortcut in zip(axes[0], shortcuts):
+  for ax, net in zip(axes[0], net_ids):
     for depth in sorted(colors):
       # The table's cells: a diverged seed's curve would cut the mean curve at its step.
       # A (depth, net) none of whose seeds has finished is drawn from its unfinished ones.
-      group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)
+      group = [c for c in cells if (c['depth'], nets.of(c)) == (depth, net)
                and c['train_curve']]
       done = [c for c in group if finished(c)]
       group, note = (done, '') if done else ([c for c in group if unfinished(c)],
@@ -67,9 +74,9 @@ def plot_training_curves(cells, path, data=''):
       steps, err = _mean_curve([c['train_curve'] for c in group])
       ax.plot(steps, np.array(err) * 100, '--', color=colors[depth], alpha=0.8)
       steps, err = _mean_curve([c['val_curve'] for c in group if c['val_curve']])
-      label = f'{"plain" if shortcut == "none" else "ResNet"}-{depth}{note}'
+      label = f'{"plain" if nets.is_plain(net) else "ResNet"}-{depth}{note}'
       ax.plot(steps, np.array(err) * 100, '-o', color=colors[depth], lw=2, ms=3, label=label)
-    ax.set_title(f'{nets.label(shortcut)} nets')
+    ax.set_title(f'{nets.label(net)} nets')
     ax.set_xlabel('iterations')
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -84,19 +91,19 @@ def plot_training_curves(cells, path, data=''):
 def plot_depth_vs_error(rows, path, data=''):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  styles = shortcut_styles(r['shortcut'] for r in rows)
-  for shortcut in sorted({r['shortcut'] for r in rows}, key=nets.order):
-    rs = sorted([r for r in rows if r['shortcut'] == shortcut and r['seeds_done']],
+  styles = net_styles(nets.of(r) for r in rows)
+  for net in sorted({nets.of(r) for r in rows}, key=nets.order):
+    rs = sorted([r for r in rows if nets.of(r) == net and r['seeds_done']],
                 key=lambda r: r['depth'])
     if not rs:
       continue
-    color = styles[shortcut][0]
+    color = styles[net][0]
     d = [r['depth'] for r in rs]
     for metric, style, what in (('train_error', '--', 'training'), ('test_error', '-', 'test')):
       ax.errorbar(d, [100 * r[f'{metric}_mean'] for r in rs],  # One seed: no error bar.
                   yerr=[100 * np.nan_to_num(r[f'{metric}_std']) for r in rs],
                   fmt=style + 'o', color=color,
-                  capsize=3, label=f'{nets.label(shortcut)}, {what}',
+                  capsize=3, label=f'{nets.label(net)}, {what}',
                   alpha=1.0 if metric == 'test_error' else 0.6)
   depths = sorted({r['depth'] for r in rows if r['seeds_done']})
   if depths:
@@ -116,16 +123,16 @@ def analysis_figure(analyses, key_pair, titles, ylabel, path, suptitle, log=Fals
   import matplotlib.pyplot as plt
   from matplotlib.ticker import MaxNLocator
   colors = depth_colors({a['depth'] for a in analyses})
-  styles = shortcut_styles(a['shortcut'] for a in analyses)
+  styles = net_styles(nets.of(a) for a in analyses)
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
   for panel, (ax, key, title) in enumerate(zip(axes, key_pair, titles)):
-    for a in sorted(analyses, key=lambda a: (a['depth'], a['shortcut'])):
+    for a in sorted(analyses, key=lambda a: (a['depth'], nets.order(nets.of(a)))):
       values = np.array(a[key])
       if sort_right and panel == 1:  # By panel: both panels may draw the same key.
         values = np.sort(values)[::-1]
-      ax.plot(np.arange(1, len(values) + 1), values, linestyle=styles[a['shortcut']][1],
+      ax.plot(np.arange(1, len(values) + 1), values, linestyle=styles[nets.of(a)][1],
               color=colors[a['depth']],
-              label=nets.short_label(a['depth'], a['shortcut']))
+              label=nets.short_label(a['depth'], nets.of(a)))
     ax.set_title(title)
     ax.set_xlabel('layer index' if 'response' in key else 'block index')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # No layer 2.5.

@@ -58,7 +58,8 @@ def _layer_figures(workdir: str, cells: list[dict], ablation, data: str) -> list
         except layers.UNAVAILABLE as e:
           print(f'No layer analysis of {c["name"]}: {e}', flush=True)
           continue
-      analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut']})
+      analyses.append({**a, 'depth': c['depth'], 'shortcut': c['shortcut'],
+                       'variant': c.get('variant', 'bn')})
   if not analyses:
     return []
   run_dir.write_text(os.path.join(workdir, run_dir.SWEEP_LAYER_ANALYSES),

@@ -57,7 +57,8 @@ def read_cell(celldir: str) -> dict | None:
   why = why_results.read(celldir)
   val_final = [r for r in val if r['step'] == final_step]
   return {
-      'name': name, 'depth': cell.depth, 'shortcut': cell.shortcut, 'seed': cell.seed, 'done': bool(run), 'diverged_step': diverged,
+      'name': name, 'depth': cell.depth, 'shortcut': cell.shortcut,
+      'variant': cell.variant, 'seed': cell.seed, 'done': bool(run), 'diverged_step': diverged,
       'params': int(run[-1]['params']) if run else None,
       'steps': final_step,
       'last_step': train[-1]['step'] if train else None,
@@ -144,7 +145,7 @@ def step_tables(cells: list[dict], max_rows: int = 12) -> str:
   training error averaged over the logging intervals since the row before, since one
   interval alone is noisy."""
   alive = [c for c in cells if finished(c) or unfinished(c)]
-  groups = sorted({(c['depth'], c['shortcut']) for c in alive}, key=_group_order)
+  groups = sorted({(c['depth'], nets.of(c)) for c in alive}, key=_group_order)
   steps = sorted({s for c in alive for s, _ in c['val_curve']})
   if not groups or not steps:
     return ''
@@ -161,7 +162,7 @@ def step_tables(cells: list[dict], max_rows: int = 12) -> str:
     lines = [f'{what} at the same steps, mean over the seeds that reached them:', '',
              head, '|' + '---|' * (len(groups) + 1)]
     by_group = {g: [at_steps[curve](c[curve]) for c in alive
-                    if (c['depth'], c['shortcut']) == g] for g in groups}
+                    if (c['depth'], nets.of(c)) == g] for g in groups}
     for step in steps:
       row = []
       for g in groups:
@@ -188,13 +189,14 @@ def progress_lines(cells: list[dict]) -> list[str]:
 
 
 def summarise(cells: list[dict]) -> list[dict]:
-  """One row per (depth, shortcut): mean and std over seeds of the finished cells."""
+  """One row per (depth, net): mean and std over seeds of the finished cells."""
   rows = []
-  keys = sorted({(c['depth'], c['shortcut']) for c in cells}, key=_group_order)
-  for depth, shortcut in keys:
-    group = [c for c in cells if (c['depth'], c['shortcut']) == (depth, shortcut)]
+  keys = sorted({(c['depth'], nets.of(c)) for c in cells}, key=_group_order)
+  for depth, net in keys:
+    group = [c for c in cells if (c['depth'], nets.of(c)) == (depth, net)]
     ok = [c for c in group if finished(c)]
-    row = {'depth': depth, 'shortcut': shortcut, 'net': nets.label(shortcut),
+    shortcut, variant = nets.parts(net)
+    row = {'depth': depth, 'shortcut': shortcut, 'variant': variant, 'net': nets.label(net),
            'params': next((c['params'] for c in ok), None),
            'seeds_done': len(ok), 'diverged': sum(c['diverged_step'] is not None
                                                    for c in group),
@@ -240,13 +242,15 @@ def results_markdown(rows, paper_table='') -> str:
     if sharp:
       cells.append(_number(r.get('sharpness_mean', np.nan), r.get('sharpness_std', np.nan)))
     if paper_table:
-      cells.append(errors.get((r['shortcut'], r['depth']), '-'))
+      # The paper's nets are the BN ones.
+      cells.append(errors.get((r['shortcut'], r['depth']), '-')
+                   if r.get('variant', 'bn') == 'bn' else '-')
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
 def write_csv(rows, path):
-  fields = ['depth', 'shortcut', 'net', 'params', 'seeds_done', 'diverged', 'steps',
+  fields = ['depth', 'shortcut', 'variant', 'net', 'params', 'seeds_done', 'diverged', 'steps',
             'train_error_mean', 'train_error_std', 'val_error_mean', 'val_error_std',
             'test_error_mean', 'test_error_std', 'seconds_mean', 'seconds_std',
             'sharpness_mean', 'sharpness_std']

@@ -6,15 +6,15 @@ import os
 import numpy as np
 
 from resnet_jax import nets
-from resnet_jax.analysis.figures import depth_colors, on, save_figure, shortcut_styles
+from resnet_jax.analysis.figures import depth_colors, net_styles, on, save_figure
 
 
 def _by_group(cells, key):
-  """{(depth, shortcut): [the cells' `key` analyses]}, the first seed first."""
+  """{(depth, net id): [the cells' `key` analyses]}, the first seed first."""
   out = {}
   for c in sorted(cells, key=lambda c: c['seed']):
     if key in c['why']:
-      out.setdefault((c['depth'], c['shortcut']), []).append(c['why'][key])
+      out.setdefault((c['depth'], nets.of(c)), []).append(c['why'][key])
   return out
 
 
@@ -31,7 +31,7 @@ def plot_landscape_2d(cells, path, data=''):
   import matplotlib.pyplot as plt
   groups = _by_group(cells, 'landscape_2d')
   depths = sorted({d for d, _ in groups})
-  shortcuts = sorted({s for _, s in groups}, key=lambda s: (s != 'none', s))
+  net_ids = sorted({s for _, s in groups}, key=nets.order)
   grids = {}
   for g, (first, *_) in groups.items():
     n = first['settings']['resolution']
@@ -39,20 +39,20 @@ def plot_landscape_2d(cells, path, data=''):
     grids[g] = (coords[:, 0].reshape(n, n), coords[:, 1].reshape(n, n),
                 np.array(first['loss'], float).reshape(n, n))
   levels = contour_levels([z for _, _, z in grids.values()])
-  fig, axes = plt.subplots(len(depths), len(shortcuts), squeeze=False,
-                           figsize=(4.2 * len(shortcuts), 3.8 * len(depths)))
+  fig, axes = plt.subplots(len(depths), len(net_ids), squeeze=False,
+                           figsize=(4.2 * len(net_ids), 3.8 * len(depths)))
   for i, depth in enumerate(depths):
-    for j, shortcut in enumerate(shortcuts):
+    for j, net in enumerate(net_ids):
       ax = axes[i][j]
-      if (depth, shortcut) not in grids:
+      if (depth, net) not in grids:
         ax.set_visible(False)
         continue
-      a, b, z = grids[(depth, shortcut)]
+      a, b, z = grids[(depth, net)]
       cs = ax.contour(a, b, np.clip(z, None, levels[-1] * 10), levels=levels,
                       cmap='viridis')
       ax.clabel(cs, fontsize=6, fmt='%.2g')
       ax.plot([0], [0], 'k+')
-      ax.set_title(f'{nets.short_label(depth, shortcut)} (centre loss '
+      ax.set_title(f'{nets.short_label(depth, net)} (centre loss '
                    f'{z[z.shape[0] // 2, z.shape[1] // 2]:.3g})', fontsize=9)
       ax.set_aspect('equal')
   fig.suptitle('Training loss around the trained weights along two random filter-'
@@ -71,11 +71,11 @@ def plot_landscape_1d(cells, path, data=''):
        'from the initial (t=0) to the trained (t=1) weights')):
     groups = _by_group(cells, key)
     colors = depth_colors({d for d, _ in groups} or {0})
-    styles = shortcut_styles(s for _, s in groups)
-    for (depth, shortcut), (first, *_) in sorted(groups.items()):
+    styles = net_styles(s for _, s in groups)
+    for (depth, net), (first, *_) in sorted(groups.items()):
       x = np.array(first['coords'])[:, 0]
-      ax.plot(x, first['loss'], linestyle=styles[shortcut][1], color=colors[depth],
-              label=nets.short_label(depth, shortcut))
+      ax.plot(x, first['loss'], linestyle=styles[net][1], color=colors[depth],
+              label=nets.short_label(depth, net))
     ax.set_yscale('log')
     ax.set_xlabel(xlabel)
     ax.set_ylabel('training loss')
@@ -92,22 +92,22 @@ def plot_lesion(cells, path, data=''):
   import matplotlib.pyplot as plt
   groups = _by_group(cells, 'lesion')
   colors = depth_colors({d for d, _ in groups})
-  styles = shortcut_styles(s for _, s in groups)
+  styles = net_styles(s for _, s in groups)
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-  for (depth, shortcut), runs in sorted(groups.items()):
-    style = dict(linestyle=styles[shortcut][1], color=colors[depth])
+  for (depth, net), runs in sorted(groups.items()):
+    style = dict(linestyle=styles[net][1], color=colors[depth])
     # Left: each deletable block's error, mean over seeds, by its place in the net.
     index = {b: i for i, b in enumerate(runs[0]['blocks'])}
     blocks = [s['block'] for s in runs[0]['single']]
     single = np.mean([[s['error'] for s in r['single']] for r in runs], axis=0)
     axes[0].plot([index[b] + 1 for b in blocks], 100 * single, marker='o', ms=3,
-                 label=nets.short_label(depth, shortcut), **style)
+                 label=nets.short_label(depth, net), **style)
     axes[0].axhline(100 * np.mean([r['error'] for r in runs]), lw=0.8, **style)
     # Right: error against the number of deleted blocks, mean over draws and seeds.
     ks = sorted(int(k) for k in runs[0]['random'])
     means = [100 * np.mean([np.mean(r['random'][str(k)]) for r in runs]) for k in ks]
     axes[1].plot([0] + ks, [100 * np.mean([r['error'] for r in runs])] + means,
-                 marker='o', ms=3, label=nets.short_label(depth, shortcut), **style)
+                 marker='o', ms=3, label=nets.short_label(depth, net), **style)
   axes[0].set_title('one block deleted (line: the whole net)')
   axes[0].set_xlabel('deleted block (index in the net)')
   axes[1].set_title('k random blocks deleted (mean over draws)')
@@ -125,15 +125,15 @@ def plot_lesion(cells, path, data=''):
 def plot_sharpness(cells, path, data=''):
   import matplotlib.pyplot as plt
   groups = _by_group(cells, 'sharpness')
-  styles = shortcut_styles(s for _, s in groups)
+  styles = net_styles(s for _, s in groups)
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for shortcut in sorted({s for _, s in groups}, key=nets.order):
-    depths = sorted(d for d, s in groups if s == shortcut)
-    values = [[r['eigenvalue'] for r in groups[(d, shortcut)]] for d in depths]
-    color, line = styles[shortcut]
+  for net in sorted({s for _, s in groups}, key=nets.order):
+    depths = sorted(d for d, s in groups if s == net)
+    values = [[r['eigenvalue'] for r in groups[(d, net)]] for d in depths]
+    color, line = styles[net]
     ax.errorbar(depths, [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
                 fmt='o', linestyle=line, color=color, capsize=3,
-                label=nets.label(shortcut))
+                label=nets.label(net))
   ax.set_xticks(sorted({d for d, _ in groups}))
   ax.set_yscale('log')
   ax.set_xlabel('depth (layers)')

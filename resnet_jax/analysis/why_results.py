@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from resnet_jax import nets
+
 WHY = 'why'  # The folder of a cell that holds its analyses.
 NAMES = ('landscape_2d', 'landscape_1d', 'landscape_line', 'profiles', 'lesion',
          'sharpness')
@@ -44,20 +46,20 @@ def summary_markdown(cells: list[dict], label) -> str:
   groups = {}
   for c in cells:
     if c['why']:
-      groups.setdefault((c['depth'], c['shortcut']), []).append(c['why'])
+      groups.setdefault((c['depth'], nets.of(c)), []).append(c['why'])
   if not groups:
     return ''
   lines = ['| net | test error % (lesion images) | one block deleted: mean % | worst % | '
            'sharpness | 2-D landscape: centre loss | highest loss |', '|' + '---|' * 7]
   mean = lambda xs: float(np.mean(xs)) if xs else np.nan
   fmt = lambda x, f: '-' if not np.isfinite(x) else format(x, f)
-  for (depth, shortcut), whys in sorted(groups.items(),
-                                        key=lambda g: (g[0][0], g[0][1] != 'none')):
+  for (depth, net), whys in sorted(groups.items(),
+                                   key=lambda g: (g[0][0], nets.order(g[0][1]))):
     lesions = [w['lesion'] for w in whys if 'lesion' in w]
     singles = [[s['error'] for s in l['single']] for l in lesions if l['single']]
     grids = [np.array(w['landscape_2d']['loss'], float) for w in whys
              if 'landscape_2d' in w]
-    row = [label(depth, shortcut),
+    row = [label(depth, net),
            fmt(100 * mean([l['error'] for l in lesions]), '.2f'),
            fmt(100 * mean([np.mean(s) for s in singles]), '.2f'),
            fmt(100 * mean([np.max(s) for s in singles]), '.2f'),
@@ -80,10 +82,10 @@ def profiles_markdown(cells: list[dict], label) -> str:
   lines = ['| net | seed | ' + ' | '.join(
       f'loss at {t:g}: median [lowest, highest] of {n} directions' for t in distances)
            + ' |', '|' + '---|' * (2 + len(distances))]
-  for c in sorted(rows, key=lambda c: (c['depth'], c['shortcut'] != 'none', c['seed'])):
+  for c in sorted(rows, key=lambda c: (c['depth'], nets.order(nets.of(c)), c['seed'])):
     saved = c['why']['profiles']
     loss = np.reshape(saved['loss'], (saved['settings']['directions'], -1))
     cols = [f'{np.median(x):.3g} [{np.min(x):.3g}, {np.max(x):.3g}]' for x in loss.T]
-    lines.append(f'| {label(c["depth"], c["shortcut"])} | {c["seed"]} | '
+    lines.append(f'| {label(c["depth"], nets.of(c))} | {c["seed"]} | '
                  + ' | '.join(cols) + ' |')
   return '\n'.join(lines) + '\n'

@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+from resnet_jax import nets
 from resnet_jax import run_dir
 from resnet_jax.analysis import why_results
 
@@ -184,12 +185,12 @@ def run_sweep(workdir: str, options: Options, patterns: list[str] = ()) -> list[
   cells = select(cells, list(patterns))
   first_seed = {}
   for c in sorted(cells, key=lambda c: c['seed']):
-    first_seed.setdefault((c['depth'], c['shortcut']), c['name'])
+    first_seed.setdefault((c['depth'], nets.of(c)), c['name'])
   start = time.perf_counter()
   for i, c in enumerate(cells):
     label = f'[{i + 1}/{len(cells)}] {c["name"]}: '
     landscapes = options.landscape_seeds == 'all' or first_seed[
-        (c['depth'], c['shortcut'])] == c['name']
+        (c['depth'], nets.of(c))] == c['name']
     try:
       analyse_cell(os.path.join(workdir, c['name']), options, landscapes, label)
     except layers.UNAVAILABLE as e:

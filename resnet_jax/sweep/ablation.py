@@ -10,6 +10,7 @@ from ml_collections import config_dict
 
 from resnet_jax import config_lib
 from resnet_jax import datasets
+from resnet_jax import model_variants
 from resnet_jax import run_dir
 from resnet_jax.analysis import paper
 from resnet_jax.sweep.cells import Cell
@@ -86,7 +87,8 @@ def merge(config, overrides):
 
 
 def cell_config(ablation, cell: Cell):
-  """The run config of one cell: run_config called for its depth and shortcut, overridden."""
+  """The run config of one cell: run_config called for its depth and shortcut, overridden,
+  with its variant's model keys (resnet_jax/model_variants.py)."""
   arg = f'depth={cell.depth},' + ('plain' if cell.shortcut == 'none'
                                   else f'shortcut={cell.shortcut}')
   try:
@@ -94,6 +96,8 @@ def cell_config(ablation, cell: Cell):
   except ValueError as e:  # The run config's own one-line refusal of this cell's argument.
     raise config_lib.ConfigError(f'{cell.name}: {ablation.run_config}: {e}') from e
   merge(config, ablation.overrides)
+  if cell.variant != 'bn':  # A BN cell keeps what the overrides set (cells.grid says when).
+    config.model.update(model_variants.VARIANTS[cell.variant])
   config.seed = cell.seed
   return config
 

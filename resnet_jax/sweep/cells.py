@@ -4,6 +4,8 @@ units (one process's cells) it runs in."""
 import ml_collections
 
 from resnet_jax import config_lib
+from resnet_jax import model_variants
+from resnet_jax import nets
 from resnet_jax.nets import Cell
 from resnet_jax.shortcuts import SHORTCUTS
 
@@ -12,8 +14,10 @@ def _repeated(items: list) -> list:
   return [v for i, v in enumerate(items) if v in items[:i]]
 
 
-# Run config keys the grid sets in each cell, with the ablation key that gives them.
+# Run config keys the grid sets in each cell, with the ablation key that gives them (a
+# variant's model keys: where the grid has variants besides 'bn').
 GRID_KEYS = {'model.depth': 'depths', 'model.shortcut': 'shortcuts', 'seed': 'seeds'}
+VARIANT_KEYS = {f'model.{key}': 'variants' for key in model_variants.MODEL_KEYS}
 
 
 def grid(ablation) -> list[Cell]:
@@ -30,22 +34,32 @@ def grid(ablation) -> list[Cell]:
     raise config_lib.ConfigError(f'The ablation config has no {missing[0]!r}: start from '
                                  'a preset of configs/ablation.py.')
   values = {}
-  for key in ('depths', 'seeds', 'shortcuts', 'exclude'):
+  # A sweep saved before the variants axis existed ran the paper's (BN) nets.
+  variants = ablation.get('variants', ('bn',))
+  for key in ('depths', 'seeds', 'shortcuts', 'variants', 'exclude'):
     kind = int if key in ('depths', 'seeds') else str
-    wrong = [v for v in ablation[key] if not isinstance(v, kind) or isinstance(v, bool)]
+    given = variants if key == 'variants' else ablation[key]
+    wrong = [v for v in given if not isinstance(v, kind) or isinstance(v, bool)]
     if wrong:
-      example = dict(depths='20,32', seeds='0,1', shortcuts='none,A', exclude='none-1202')
+      example = dict(depths='20,32', seeds='0,1', shortcuts='none,A', variants='bn,fixup',
+                     exclude='none-1202')
       raise config_lib.ConfigError(
           f'config.{key} holds {wrong[0]!r}: give {"names" if kind is str else "integers"}, '
           f'as in --config.{key}={example[key]}.')
     # Names arrive from the command line as one string: ('none,A',) for none,A.
-    values[key] = [part.strip() for v in ablation[key] for part in v.split(',')
-                   if part.strip()] if kind is str else list(ablation[key])
+    values[key] = [part.strip() for v in given for part in v.split(',')
+                   if part.strip()] if kind is str else list(given)
     repeated = _repeated(values[key]) if key != 'exclude' else []
     if repeated:  # Two runs of one cell would share a directory.
       raise config_lib.ConfigError(f'config.{key} repeats {repeated[0]!r}: give each '
                                    f'value once.')
-  for key, flag in GRID_KEYS.items():
+  for name in values['variants']:
+    try:
+      model_variants.check_variant(name)
+    except ValueError as e:
+      raise config_lib.ConfigError(f'config.variants: {e}') from None
+  grid_keys = dict(GRID_KEYS, **(VARIANT_KEYS if values['variants'] != ['bn'] else {}))
+  for key, flag in grid_keys.items():
     value = ablation.overrides
     for part in key.split('.'):
       value = value.get(part) if isinstance(value, (dict, ml_collections.ConfigDict)) else None
@@ -54,18 +68,26 @@ def grid(ablation) -> list[Cell]:
           f'config.overrides.{key} would give every cell one {key.split(".")[-1]}: the grid '
           f'sets each cell\'s; give --config.{flag} instead.')
   for name in values['exclude']:
-    shortcut, _, depth = name.rpartition('-')
-    if shortcut not in SHORTCUTS or not depth.isdigit():
+    net, _, depth = name.rpartition('-')
+    shortcut, variant = nets.parts(net)
+    if shortcut not in SHORTCUTS or variant not in model_variants.VARIANTS or \
+        not depth.isdigit():
       raise config_lib.ConfigError(
-          f'config.exclude holds {name!r}: name each (shortcut, depth) to leave out as '
-          f'SHORTCUT-DEPTH, with a shortcut of {", ".join(SHORTCUTS)} (the plain '
-          f'net\'s is none), as in --config.exclude=none-1202,A-110.')
-  cells = [Cell(d, s, seed) for d in values['depths'] for seed in values['seeds']
-           for s in values['shortcuts'] if f'{s}-{d}' not in values['exclude']]
+          f'config.exclude holds {name!r}: name each (net, depth) to leave out as '
+          f'SHORTCUT-DEPTH or SHORTCUT+VARIANT-DEPTH, with a shortcut of '
+          f'{", ".join(SHORTCUTS)} (the plain net\'s is none), as in '
+          f'--config.exclude=none-1202,A+fixup-110.')
+  # Each variant where it makes a net: SkipInit and Fixup residual, TAT plain.
+  cells = [Cell(d, s, seed, v) for d in values['depths'] for seed in values['seeds']
+           for s in values['shortcuts'] for v in values['variants']
+           if model_variants.applies(v, s) and f'{nets.net_id(s, v)}-{d}'
+           not in values['exclude']]
   if not cells:
-    raise config_lib.ConfigError('The grid has no cells: config.depths, config.seeds and '
-                                 'config.shortcuts each need a value, and config.exclude '
-                                 'must leave a cell.')
+    raise config_lib.ConfigError('The grid has no cells: config.depths, config.seeds, '
+                                 'config.shortcuts and config.variants each need a value '
+                                 'that makes a net (SkipInit and Fixup need a shortcut, '
+                                 'TAT the plain net), and config.exclude must leave a '
+                                 'cell.')
   return cells
 
 
@@ -100,7 +122,7 @@ def units(todo: list[Cell], together: bool) -> list[list[Cell]]:
     return [[c] for c in todo]
   groups = {}
   for cell in todo:
-    groups.setdefault((cell.depth, cell.shortcut), []).append(cell)
+    groups.setdefault((cell.depth, cell.net), []).append(cell)
   return list(groups.values())
 
 
@@ -118,7 +140,7 @@ def unit_name(unit: list[Cell]) -> str:
 def check_unit(cells: list[Cell]):
   """Refuses --cells that one process cannot train: it trains the seeds of one depth and
   net, each once, with that depth and net's config."""
-  if len({(c.depth, c.shortcut) for c in cells}) > 1:
+  if len({(c.depth, c.net) for c in cells}) > 1:
     raise config_lib.ConfigError(
         f'--cells={",".join(c.name for c in cells)} mixes depths or nets: one command '
         'trains the seeds of one depth and net; give the others commands of their own '
