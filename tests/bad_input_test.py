@@ -287,7 +287,7 @@ BAD_CONFIG_FILES = [
      'error: This is the config of a single run: the sweep takes configs/ablation.py:PRESET'),
     ('experiments.depth_ablation', ['--config=configs/ablation.py:bogus'],
      "error: --config=configs/ablation.py:bogus: Unknown ablation preset 'bogus': use one of "
-     'quick, full, paper, extreme, imagenet.'),
+     'quick, full, paper, extreme, imagenet, normalisation, normalisation_full.'),
     ('experiments.depth_ablation', ['--config=configs/ablation.py:quick',
                                     '--config.paper_table=cifar100'],
      "error: paper_table='cifar100' is not a table of the paper here: use one of cifar10, "

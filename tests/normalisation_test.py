@@ -108,6 +108,16 @@ def test_the_report_groups_and_labels_each_variant(tmp_path, monkeypatch):
       'residual (A), Fixup nets']
   md = (tmp_path / 'results.md').read_text()
   assert '| 20 | residual (A), Fixup | 1,234 | 15.00 +- 5.00 |' in md
+  # Which nets diverged or stalled, and where (chance: 90% on 10 classes).
+  failures = results.failures_markdown(results.read_cells(root), 10).splitlines()
+  assert failures[2:] == ['- plain-no-norm-20: seed 0 diverged at step 40.']
+  write_cell(root, 'plain-nonorm-20-seed1', 0.12, 0.1, 0.1)
+  failures = results.failures_markdown(results.read_cells(root), 10).splitlines()
+  assert failures[2:] == ['- plain-no-norm-20: seed 0 diverged at step 40; seed 1 stalled '
+                          'at 88.00% training error.']
+  assert 'within 5 points of chance, 90%' in failures[0]
+  assert '- plain-no-norm-20: seed 0 diverged at step 40.\n' in (
+      tmp_path / 'report.md').read_text()
   # The paper's errors stand beside its own (BN) nets only.
   table = results.results_markdown(rows, paper_table='cifar10').splitlines()
   assert [line.rsplit('|', 2)[-2].strip() for line in table[2:]] == ['-', '-', '8.75', '-']

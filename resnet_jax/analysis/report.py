@@ -115,6 +115,9 @@ def write_report(workdir: str, ablation=None, analyse: bool = True) -> list[dict
     lines += ['Unfinished cells (the table counts finished ones only; the curves of a '
               'depth and net with none finished are drawn from its unfinished ones):', '']
     lines += [f'- {line}' for line in progress] + ['']
+  failures = results.failures_markdown(cells, results.num_classes(data))
+  if failures:
+    lines += [failures]
   steps = results.step_tables(cells)
   if steps:
     lines += [steps]

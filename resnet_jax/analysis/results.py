@@ -207,6 +207,33 @@ def summarise(cells: list[dict]) -> list[dict]:
   return rows
 
 
+STALL_POINTS = 5.0  # A run "stalls" if its final training error is this close to chance.
+
+
+def failures_markdown(cells: list[dict], num_classes: int) -> str:
+  """Which nets diverge or stall, and where: a line per (depth, net) with a seed that
+  diverged (its step) or finished with its training error within STALL_POINTS of chance
+  (100 - 100 / num_classes %); '' if none did."""
+  chance = 100 - 100 / num_classes
+  lines = []
+  for depth, net in sorted({(c['depth'], nets.of(c)) for c in cells}, key=_group_order):
+    notes = []
+    for c in sorted((c for c in cells if (c['depth'], nets.of(c)) == (depth, net)),
+                    key=lambda c: c['seed']):
+      if c['diverged_step'] is not None:
+        notes.append(f'seed {c["seed"]} diverged at step {c["diverged_step"]:,}')
+      elif finished(c) and 100 * c['train_error'] >= chance - STALL_POINTS:
+        notes.append(f'seed {c["seed"]} stalled at {100 * c["train_error"]:.2f}% training '
+                     'error')
+    if notes:
+      lines.append(f'- {nets.short_label(depth, net)}: {"; ".join(notes)}.')
+  if not lines:
+    return ''
+  return (f'Nets that diverged (a NaN or infinite loss) or stalled (a final training error '
+          f'within {STALL_POINTS:g} points of chance, {chance:.0f}%):\n\n'
+          + '\n'.join(lines) + '\n')
+
+
 def _pct(mean, std):
   if not np.isfinite(mean):
     return '-'
@@ -269,6 +296,12 @@ def cells_data(workdir: str, cells: list[dict]) -> str:
     except (OSError, ValueError, KeyError, TypeError):
       continue
   return ''
+
+
+def num_classes(data: str) -> int:
+  """The classes of the data set `data` (cells_data's; 10 where unknown)."""
+  from resnet_jax import datasets
+  return datasets.DATASETS[data].num_classes if data in datasets.DATASETS else 10
 
 
 def read_ablation(workdir: str):
