@@ -16,7 +16,8 @@ Presets (the argument):
            Is it the skip, the normalisation or the initialisation? The quick preset's
            recipe at depths 20 and 56 for every variant (resnet_jax/model_variants.py):
            plain and residual nets with BatchNorm and without, SkipInit and Fixup
-           residual nets, TAT plain nets; 28 runs in about 30 minutes on 2 CPU cores.
+           residual nets, TAT plain nets; 28 runs, 46 minutes on 2 AVX2 cores
+           (docs/normalisation.md).
   normalisation_full
            The same grid at the full preset's length and width, for an accelerator.
 Each cell is an ordinary run of `run_config` called with 'depth=N[,plain|,shortcut=X]',
@@ -30,6 +31,8 @@ from resnet_jax.sweep import ablation as sweep_ablation
 
 PRESETS = ('quick', 'full', 'paper', 'extreme', 'imagenet', 'normalisation',
            'normalisation_full')
+# The normalisation presets' nets: the paper's and every one without BatchNorm.
+ALL_VARIANTS = ('bn', 'nonorm', 'skipinit', 'fixup', 'tat')
 
 
 def get_config(arg: str = 'quick'):
@@ -61,7 +64,7 @@ def get_config(arg: str = 'quick'):
     c.seeds = (0, 1)
     if preset == 'normalisation':
       # One recipe for every net, the quick preset's, as written below: no variant tuned.
-      c.variants = ('bn', 'nonorm', 'skipinit', 'fixup', 'tat')
+      c.variants = ALL_VARIANTS
     # 300 steps of batch 128 (0.65 of an epoch), so that the 16 runs fit in 20 minutes
     # on 2 CPU cores with the set-up (docs/ablation_quick/): enough for plain nets to
     # degrade
@@ -86,7 +89,7 @@ def get_config(arg: str = 'quick'):
     c.depths = (20, 32, 44, 56) if preset == 'full' else (20, 56, 110)
     c.seeds = (0, 1)
     if preset == 'normalisation_full':
-      c.variants = ('bn', 'nonorm', 'skipinit', 'fixup', 'tat')
+      c.variants = ALL_VARIANTS
     c.overrides = sweep_ablation.sweep_overrides({
         'model': {'scan_blocks': True},
         'data': {'augment': 'crop_flip', 'pad': 2},

@@ -107,8 +107,8 @@ def _flatten(tree, prefix=''):
 
 def config_changes(old: dict, new: dict) -> list[str]:
   """'key: old -> new' for every key (outside RUN_CONTROL_KEYS) that differs. A key the
-  old config lacks but `new` holds at base_config's default (one added since that run
-  was saved, as model.norm was) is no change: the old run computed that default."""
+  old config lacks but `new` holds at base_config's default (a key added to base_config
+  after that run was saved) is no change: the old run computed that default."""
   old, new = _flatten(old), _flatten(new)
   defaults = _flatten(base_config().to_dict())
   changes = []
