@@ -1,8 +1,8 @@
 # Two commands: `make run` (set up, then the quick depth ablation on Fashion-MNIST)
 # and `make test`. `make why` then runs the why-skips analyses on the sweep's cells;
 # `make train` trains the single default ResNet-20 run instead; `make normalisation`
-# runs the normalisation preset (skip, BatchNorm or initialisation?) with its lesions
-# and sharpness into runs/normalisation.
+# runs the normalisation preset (skip, BatchNorm or initialisation?) and the why-skips
+# analyses of its cells that trained into runs/normalisation.
 # Both set up first: a virtual environment with the package (at the versions of
 # constraints.txt), the oneDNN extension, and the Debian package dataset-fashion-mnist
 # where apt-get is available. A second call is fast. `make test` and `make benchmark`
@@ -55,7 +55,7 @@ why: setup
 
 normalisation: setup
 	$(VENV)/bin/python -m experiments.depth_ablation --config=configs/ablation.py:normalisation --workdir=$(NORM_WORKDIR) --parallel=2
-	$(VENV)/bin/python -m experiments.why_skips --workdir=$(NORM_WORKDIR) --analyses=lesion,sharpness
+	$(VENV)/bin/python -m experiments.why_skips --workdir=$(NORM_WORKDIR)
 
 train: setup
 	$(VENV)/bin/python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist

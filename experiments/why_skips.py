@@ -43,6 +43,10 @@ _LANDSCAPE_SEEDS = flags.DEFINE_enum('landscape_seeds', _D.landscape_seeds, ['fi
                                      'Landscapes of each depth and net\'s first seed, or all.')
 
 
+_STALLED = flags.DEFINE_bool('stalled', _D.stalled, 'Also analyse the cells that stalled '
+                             'near chance (by default listed, not analysed).')
+
+
 def main(argv):
   cli.refuse_arguments(argv)
   if not flags.FLAGS['verbosity'].present:
@@ -50,7 +54,7 @@ def main(argv):
   if bool(_WORKDIR.value) == bool(_RUNS.value):
     sys.exit('error: pass either --workdir (a sweep) or --runs (single runs\' directories).')
   options = why_skips.Options(analyses=tuple(_ANALYSES.value),
-                              landscape_seeds=_LANDSCAPE_SEEDS.value,
+                              landscape_seeds=_LANDSCAPE_SEEDS.value, stalled=_STALLED.value,
                               **{k: f.value for k, f in _INTS.items()})
   if _PAPER.value:
     options = options.paper()

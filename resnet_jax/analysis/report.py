@@ -36,7 +36,8 @@ WHY_TEXT = """## Why skips work (python -m experiments.why_skips)
   above.
 
 Means over the seeds analysed (landscapes: the first seed of each depth and net unless
-asked for all):
+asked for all; cells that stalled near chance are not analysed unless asked with
+--stalled: they predict one class):
 """
 
 

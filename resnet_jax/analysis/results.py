@@ -210,11 +210,21 @@ def summarise(cells: list[dict]) -> list[dict]:
 STALL_POINTS = 5.0  # A run "stalls" if its final training error is this close to chance.
 
 
+def chance_error(num_classes: int) -> float:
+  """The training error in % of a constant prediction on balanced classes."""
+  return 100 - 100 / num_classes
+
+
+def stalled(cell: dict, num_classes: int) -> bool:
+  """Whether a finished cell ended with its training error within STALL_POINTS of chance."""
+  return finished(cell) and 100 * cell['train_error'] >= chance_error(num_classes) - STALL_POINTS
+
+
 def failures_markdown(cells: list[dict], num_classes: int) -> str:
   """Which nets diverge or stall, and where: a line per (depth, net) with a seed that
   diverged (its step) or finished with its training error within STALL_POINTS of chance
   (100 - 100 / num_classes %); '' if none did."""
-  chance = 100 - 100 / num_classes
+  chance = chance_error(num_classes)
   lines = []
   for depth, net in sorted({(c['depth'], nets.of(c)) for c in cells}, key=_group_order):
     notes = []
@@ -222,7 +232,7 @@ def failures_markdown(cells: list[dict], num_classes: int) -> str:
                     key=lambda c: c['seed']):
       if c['diverged_step'] is not None:
         notes.append(f'seed {c["seed"]} diverged at step {c["diverged_step"]:,}')
-      elif finished(c) and 100 * c['train_error'] >= chance - STALL_POINTS:
+      elif stalled(c, num_classes):
         notes.append(f'seed {c["seed"]} stalled at {100 * c["train_error"]:.2f}% training '
                      'error')
     if notes:

@@ -33,6 +33,9 @@ class Options:
   sharpness_examples: int = 128  # The first training images (half the landscape's).
   sharpness_iterations: int = 20
   seed: int = 0  # Of the random directions, deletions and the power iteration's start.
+  # Cells that stalled near chance (results.stalled) are listed, not analysed: their
+  # lesions and sharpness measure a constant prediction. True analyses them too.
+  stalled: bool = False
 
   def check(self):
     unknown = set(self.analyses) - set(ANALYSES)
@@ -174,7 +177,8 @@ def select(cells: list[dict], patterns: list[str]) -> list[dict]:
 
 def run_sweep(workdir: str, options: Options, patterns: list[str] = ()) -> list[dict]:
   """The analyses of a sweep's finished cells (landscapes of each depth and net's first
-  seed unless options.landscape_seeds is 'all'); returns the cells analysed."""
+  seed unless options.landscape_seeds is 'all'; stalled cells only if options.stalled);
+  returns the cells analysed."""
   from resnet_jax.analysis import layers, results
   from resnet_jax.durations import format_duration
   options.check()
@@ -183,6 +187,13 @@ def run_sweep(workdir: str, options: Options, patterns: list[str] = ()) -> list[
     raise results.ReportError(f'No finished ablation cells in {workdir}: run the sweep '
                               'first (or pass single runs\' directories with --runs).')
   cells = select(cells, list(patterns))
+  classes = results.num_classes(results.cells_data(workdir, cells))
+  stalled = [c for c in cells if results.stalled(c, classes)]
+  if stalled and not options.stalled:
+    print(f'Not analysed: {len(stalled)} cells that stalled within {results.STALL_POINTS:g} '
+          f'points of chance ({results.chance_error(classes):.0f}% training error): '
+          f'{", ".join(c["name"] for c in stalled)} (--stalled analyses them too).', flush=True)
+    cells = [c for c in cells if c not in stalled]
   first_seed = {}
   for c in sorted(cells, key=lambda c: c['seed']):
     first_seed.setdefault((c['depth'], nets.of(c)), c['name'])
