@@ -16,8 +16,8 @@ Presets (the argument):
            Is it the skip, the normalisation or the initialisation? The quick preset's
            recipe at depths 20 and 56 for every variant (resnet_jax/model_variants.py):
            plain and residual nets with BatchNorm and without, SkipInit and Fixup
-           residual nets, TAT plain nets; 28 runs, 53 minutes on 2 AVX2 cores
-           (docs/normalisation.md).
+           residual nets, TAT plain nets; 28 runs (their time on 2 CPU cores:
+           docs/normalisation.md).
   normalisation_full
            The same grid at the full preset's length and width, for an accelerator.
 Each cell is an ordinary run of `run_config` called with 'depth=N[,plain|,shortcut=X]',

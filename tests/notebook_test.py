@@ -5,7 +5,6 @@ after its parameters cell as papermill would."""
 import os
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
