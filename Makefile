@@ -13,7 +13,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 TORCH := $(VENV)/.torch
-NATIVE := resnet_jax/native/_onednn_conv.so
+NATIVE := resnet_jax/native/_onednn.so
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORKDIR ?= runs/ablation
@@ -33,9 +33,9 @@ $(TORCH): $(STAMP)
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[compare]'
 	touch $(TORCH)
 
-# oneDNN's convolutions for the CPU (seconds to build; where it cannot, it says why and
-# runs take fast_conv).
-$(NATIVE): $(STAMP) resnet_jax/native/onednn_conv.cc resnet_jax/native/build.py
+# oneDNN's convolutions and BatchNorm for the CPU (seconds to build; where it cannot, it
+# says why and runs take fast_conv and Flax's BatchNorm).
+$(NATIVE): $(STAMP) $(wildcard resnet_jax/native/*.cc resnet_jax/native/*.h) resnet_jax/native/build.py
 	$(VENV)/bin/python -m resnet_jax.native.build
 
 data:

@@ -23,7 +23,7 @@ from resnet_jax import datasets
 from resnet_jax import durations
 from resnet_jax import metrics_io
 from resnet_jax import models
-from resnet_jax.models import onednn_conv
+from resnet_jax.native import extension
 from resnet_jax import optim
 from resnet_jax import run_dir
 from resnet_jax import steps
@@ -400,5 +400,5 @@ def train(config, data: Data, trainer: Trainer, run: LoopRun, total: int,
   record = {'compile_seconds': compile_s, 'train_seconds': train_s, 'first_step': start,
             'params': run.n_params, 'seeds_together': run.num_seeds}
   if getattr(trainer.model, 'conv_impl', None) == 'onednn':  # Its sums' order (threads).
-    record['onednn_threads'] = onednn_conv.threads()
+    record['onednn_threads'] = extension.threads()
   return run.finish(trainer, state, data, total, record)

@@ -12,7 +12,7 @@ import numpy as np
 from resnet_jax import compile_options
 from resnet_jax import models
 from resnet_jax import steps
-from resnet_jax.models import onednn_conv
+from resnet_jax.native import extension
 
 
 def make_mesh() -> Mesh:
@@ -33,7 +33,7 @@ def conv_impl(wanted: str) -> str:
     return 'xla'
   if wanted == 'onednn' and jax.default_backend() != 'cpu':
     return 'fast'
-  if wanted == 'onednn' and not onednn_conv.available():
+  if wanted == 'onednn' and not extension.available():
     _say_onednn_is_missing()
     return 'fast'
   return wanted
@@ -42,7 +42,7 @@ def conv_impl(wanted: str) -> str:
 @functools.cache
 def _say_onednn_is_missing():
   logging.warning('oneDNN\'s convolutions are not available: %s. This process takes '
-                  'fast_conv\'s instead (slower on CPUs).', onednn_conv.load_error())
+                  'fast_conv\'s instead (slower on CPUs).', extension.load_error())
 
 
 def build_model(config, num_classes: int):

@@ -19,6 +19,7 @@ from resnet_jax.analysis import sharpness
 from resnet_jax.models import conv_impls
 from resnet_jax.models import onednn_conv
 from resnet_jax.native import build
+from resnet_jax.native import extension
 from resnet_jax.sweep import ablation as ablation_lib
 
 from tests.conftest import REPO
@@ -28,12 +29,12 @@ ONEDNN_CACHE_SHAPES = 64  # kCacheShapes in resnet_jax/native/onednn_conv.cc.
 
 
 @pytest.fixture(autouse=True, scope='module')
-def extension():
+def extension_loaded():
   """Set-up builds the extension on Linux x86-64: there its absence is a failure, unless
   the machine has no C++ compiler; elsewhere these tests are skipped."""
-  if onednn_conv.available():
+  if extension.available():
     return
-  why = onednn_conv.load_error()
+  why = extension.load_error()
   if platform.system() != 'Linux' or platform.machine() != 'x86_64':
     pytest.skip(f'no oneDNN wheels for this platform: {why}')
   if build.command()[1].startswith('no C++ compiler'):
@@ -137,8 +138,8 @@ def test_other_dtypes_and_convolutions_take_fast_conv():
 
 def test_runs_fall_back_to_fast_conv_where_the_extension_does_not_load(monkeypatch, caplog):
   assert trainer.conv_impl('onednn') == 'onednn'
-  assert 'resnet_jax.native.build' in onednn_conv.load_error.__wrapped__('/nowhere/x.so')
-  monkeypatch.setattr(onednn_conv, 'available', lambda: False)
+  assert 'resnet_jax.native.build' in extension.load_error.__wrapped__('/nowhere/x.so')
+  monkeypatch.setattr(extension, 'available', lambda: False)
   trainer._say_onednn_is_missing.cache_clear()
   assert trainer.conv_impl('onednn') == 'fast'
   assert trainer.conv_impl('onednn') == 'fast'
@@ -162,7 +163,7 @@ def test_the_sharpness_products_take_fast_conv_and_agree():
 def _library():
   """The loaded extension (dlopen of the same path returns the loaded library, and with
   it the cache's state)."""
-  lib = ctypes.cdll.LoadLibrary(onednn_conv.LIBRARY)
+  lib = ctypes.cdll.LoadLibrary(extension.LIBRARY)
   lib.OnednnConvCachedShapes.restype = ctypes.c_int64
   return lib
 
@@ -171,7 +172,7 @@ def _library():
     # A stale build: a library without the handlers (here one of Python's own).
     ('python', None, 'lacks a handler'),
     # XLA refusing a handler (an FFI API version it does not support).
-    (onednn_conv.LIBRARY, 'register', 'XLA does not take its handlers (ValueError: '),
+    (extension.LIBRARY, 'register', 'XLA does not take its handlers (ValueError: '),
 ])
 def test_every_load_failure_is_a_reason_not_a_crash(library, broken, message, monkeypatch):
   if library == 'python':
@@ -181,7 +182,7 @@ def test_every_load_failure_is_a_reason_not_a_crash(library, broken, message, mo
     def refuse(*args, **kwargs):
       raise ValueError('Unsupported FFI API version')
     monkeypatch.setattr(jax.ffi, 'register_ffi_target', refuse)
-  why = onednn_conv.load_error.__wrapped__(library)
+  why = extension.load_error.__wrapped__(library)
   assert message in why and 'resnet_jax.native.build' in why
 
 
@@ -192,7 +193,7 @@ def test_the_build_splits_cxx_and_names_a_missing_compiler(monkeypatch, tmp_path
   monkeypatch.setenv('CXX', '/no/such/c++ -O1')
   assert build.command() == (None, "the C++ compiler '/no/such/c++' of CXX='/no/such/c++ "
                                    "-O1' is not found")
-  before = os.path.getmtime(onednn_conv.LIBRARY)
+  before = os.path.getmtime(extension.LIBRARY)
   out = subprocess.run([sys.executable, '-m', 'resnet_jax.native.build'], cwd=REPO,
                        capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, CXX='/no/such/c++'))
@@ -200,7 +201,7 @@ def test_the_build_splits_cxx_and_names_a_missing_compiler(monkeypatch, tmp_path
   assert out.stdout.strip().splitlines() == [
       "The oneDNN extension was not built: the C++ compiler '/no/such/c++' of "
       "CXX='/no/such/c++' is not found. Runs take fast_conv instead."]
-  assert os.path.getmtime(onednn_conv.LIBRARY) == before  # The built one is kept.
+  assert os.path.getmtime(extension.LIBRARY) == before  # The built one is kept.
 
 
 def test_float32_math_stays_strict_whatever_the_environment_says():
@@ -211,7 +212,7 @@ def test_float32_math_stays_strict_whatever_the_environment_says():
           'assert lib.OnednnConvFpmathModes(ctypes.byref(a), ctypes.byref(b)) == 0; '
           'print(a.value, b.value)')
   for mode, default in (('BF16', '1'), ('ANY', '3'), ('STRICT', '0')):
-    out = subprocess.run([sys.executable, '-c', code, onednn_conv.LIBRARY],
+    out = subprocess.run([sys.executable, '-c', code, extension.LIBRARY],
                          env=dict(os.environ, ONEDNN_DEFAULT_FPMATH_MODE=mode),
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == [default, '0'], (mode, out.stdout, out.stderr)
@@ -258,8 +259,9 @@ def test_the_default_train_steps_program_calls_onednn():
   batch = {'image': jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.uint8),
            'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
   text = t.train_step.lower(state, batch, jax.random.PRNGKey(1)).compile().as_text()
-  for kind in ('forward', 'input_grad', 'weight_grad'):
-    assert f'custom_call_target="onednn_conv_{kind}"' in text, kind
+  for target in ('onednn_conv_forward', 'onednn_conv_input_grad', 'onednn_conv_weight_grad',
+                 'onednn_norm_forward', 'onednn_norm_backward'):
+    assert f'custom_call_target="{target}"' in text, target
 
 
 def test_forward_mode_says_to_take_fast_conv():

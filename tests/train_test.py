@@ -172,8 +172,8 @@ def test_four_devices_equal_one_device():
   # oneDNN's calls and fast_conv's batch chunks suit one device; split over four they
   # are slow (and the chunks can deadlock XLA:CPU's collectives), so the run takes XLA's
   # convolutions there.
-  from resnet_jax.models import onednn_conv
-  assert one['conv_impl'] == ('onednn' if onednn_conv.available() else 'fast')
+  from resnet_jax.native import extension
+  assert one['conv_impl'] == ('onednn' if extension.available() else 'fast')
   assert four['conv_impl'] == 'xla'
   np.testing.assert_allclose(four['losses'], one['losses'], rtol=1e-5)
   np.testing.assert_allclose(four['kernel'], one['kernel'], rtol=1e-4, atol=1e-6)

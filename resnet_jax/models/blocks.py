@@ -19,6 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_jax.models import onednn_norm
 from resnet_jax.shortcuts import SHORTCUTS, check_shortcut  # pylint: disable=unused-import
 
 ModuleDef = Any
@@ -102,6 +103,18 @@ def _normed(block, y, name: str, scale_init=nn.initializers.ones):
   return y if block.norm is None else block.norm(name=name, scale_init=scale_init)(y)
 
 
+def normed_act(module, y, norm, act, name: str, scale_init=nn.initializers.ones):
+  """act(norm(y)) of `module`'s BatchNorm `name` (y itself where `norm` is None), sowing
+  norm(y) as one of its `responses`. Where the BatchNorm fuses the ReLU that follows it
+  (oneDNN's, onednn_norm.py) and no one collects the responses, one fused call."""
+  if (norm is not None and act is nn.relu and onednn_norm.fuses_relu(norm)
+      and not module.is_mutable_collection('intermediates')):
+    return norm(name=name, scale_init=scale_init)(y, relu=True)
+  y = y if norm is None else norm(name=name, scale_init=scale_init)(y)
+  module.sow('intermediates', 'responses', y)
+  return act(y)
+
+
 def _run_block(block, x, specs):
   """The body shared by both blocks; `specs` lists (features, kernel, stride)."""
   if block.branch_scale == 'fixup':
@@ -119,9 +132,7 @@ def _run_block(block, x, specs):
     y = pre
     for i, (features, kernel, stride) in enumerate(specs):
       if i > 0:
-        y = _normed(block, y, f'bn{i}')
-        block.sow('intermediates', 'responses', y)
-        y = block.act(y)
+        y = normed_act(block, y, block.norm, block.act, f'bn{i}')
       y = block.conv(features, kernel, (stride, stride), name=f'conv{i + 1}')(y)
     out = y if sc is None else _branch_scaled(block, y) + sc
   else:
@@ -129,13 +140,14 @@ def _run_block(block, x, specs):
     for i, (features, kernel, stride) in enumerate(specs):
       y = block.conv(features, kernel, (stride, stride), name=f'conv{i + 1}')(y)
       init = nn.initializers.zeros if (i == last and zero_last) else nn.initializers.ones
-      y = _normed(block, y, f'bn{i + 1}', init)
-      block.sow('intermediates', 'responses', y)
-      if i < last:
-        y = block.act(y)
+      if i < last or not residual:  # A plain block's last ReLU follows its BN directly.
+        y = normed_act(block, y, block.norm, block.act, f'bn{i + 1}', init)
+      else:
+        y = _normed(block, y, f'bn{i + 1}', init)
+        block.sow('intermediates', 'responses', y)
     sc = apply_shortcut(x, out_channels, block.strides, block.shortcut,
                         block.conv, block.norm)
-    out = block.act(y if sc is None else _branch_scaled(block, y) + sc)
+    out = y if sc is None else block.act(_branch_scaled(block, y) + sc)
   block.sow('intermediates', 'block_out', out)
   return out
 

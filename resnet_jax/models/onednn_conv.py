@@ -5,76 +5,26 @@ The native extension (`resnet_jax/native/onednn_conv.cc`, built at set-up by
 PyTorch and TensorFlow run their CPU convolutions on, which computes these layers'
 gradients about twice as fast as XLA's kernels (docs/performance.md). `conv` is a
 `jax.custom_vjp` over three `jax.ffi` calls, for float32 NHWC/HWIO convolutions
-without dilation or groups; `available()` says whether the extension loaded, and the
-model falls back to `fast_conv` where it did not (`trainer.conv_impl`).
+without dilation or groups; `extension.available()` says whether the extension loaded,
+and the model falls back to `fast_conv` where it did not (`trainer.conv_impl`).
 
 It has no forward-mode derivative: `jax.jvp` of it (forward-over-reverse Hessian-vector
 products among them) fails in one sentence naming `model.conv_impl='fast'`, which the
 sharpness analysis takes.
 """
 
-import ctypes
 import functools
-import os
 
 import jax
 from jax import lax
 import numpy as np
 
 from resnet_jax.models import fast_conv
-
-LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       'native', '_onednn_conv.so')
-_TARGETS = {'forward': 'OnednnConvForward', 'input_grad': 'OnednnConvInputGrad',
-            'weight_grad': 'OnednnConvWeightGrad'}
-
-
-@functools.cache
-def load_error(library: str = LIBRARY) -> str | None:
-  """None once the extension is loaded and its calls registered, else why it is not."""
-  if not os.path.exists(library):
-    return (f'{library} is not built (`python -m resnet_jax.native.build` builds it; '
-            '`make setup` runs that)')
-  try:
-    loaded = ctypes.cdll.LoadLibrary(library)
-  except OSError as e:
-    return f'{library} does not load ({e})'
-  try:
-    handlers = {kind: jax.ffi.pycapsule(getattr(loaded, symbol))
-                for kind, symbol in _TARGETS.items()}
-  except AttributeError as e:  # A stale build, from before a handler was added.
-    return (f'{library} lacks a handler ({e}); rebuild it with '
-            '`python -m resnet_jax.native.build`')
-  for kind, handler in handlers.items():
-    try:
-      jax.ffi.register_ffi_target(f'onednn_conv_{kind}', handler, platform='cpu')
-    # XLA refusing a handler (its FFI API version, say) raises what it likes.
-    except Exception as e:  # pylint: disable=broad-except
-      return (f'XLA does not take its handlers ({type(e).__name__}: {e}); rebuild it with '
-              '`python -m resnet_jax.native.build` against this jaxlib')
-  return None
-
-
-def available() -> bool:
-  return load_error() is None
-
-
-def threads() -> int:
-  """The OpenMP threads oneDNN runs on in this process: OMP_NUM_THREADS (its first value)
-  where set, else every core this process may use (GNU OpenMP's default). Its weight
-  gradients sum in an order that depends on it (docs/ablation.md)."""
-  value = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
-  if value.isdigit() and int(value) > 0:
-    return int(value)
-  if hasattr(os, 'sched_getaffinity'):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count()
+from resnet_jax.native import extension
 
 
 def _call(kind, out_shape, a, b, strides, pads):
-  why = load_error()  # Registers the handlers on first use (cached).
-  if why:
-    raise RuntimeError(f'model.conv_impl=\'onednn\' cannot run here: {why}.')
+  extension.check('onednn')
   attrs = dict(stride_h=strides[0], stride_w=strides[1], pad_low_h=pads[0][0],
                pad_high_h=pads[0][1], pad_low_w=pads[1][0], pad_high_w=pads[1][1])
   return jax.ffi.ffi_call(f'onednn_conv_{kind}', jax.ShapeDtypeStruct(out_shape, a.dtype),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from resnet_jax import model_variants
 from resnet_jax.models import blocks
 from resnet_jax.models import conv_impls
+from resnet_jax.models import onednn_norm
 from resnet_jax.models import tat
 
 ModuleDef = Any
@@ -122,8 +123,10 @@ def _layers(model: ResNet, train: bool):
       padding='SAME', kernel_init=tat.delta_orthogonal if use_tat else he_normal,
       dtype=model.dtype, param_dtype=model.param_dtype,
       conv_general_dilated=conv_impls.function(model.conv_impl))
+  # oneDNN's BatchNorm (fusing the ReLU after it) goes with oneDNN's convolutions.
   norm = None if model.norm == 'none' else functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=model.bn_momentum,
+      onednn_norm.BatchNorm if model.conv_impl == 'onednn' else nn.BatchNorm,
+      use_running_average=not train, momentum=model.bn_momentum,
       epsilon=1e-5, dtype=model.dtype, param_dtype=model.param_dtype)
   # TAT shapes the C map of the chain of every activation: the stem's and the blocks'.
   act = (tat.activation(1 + sum(model.stage_sizes) * model.block_cls.layers) if use_tat
@@ -142,12 +145,9 @@ def _stem(model: ResNet, x, conv, norm, act):
   else:
     raise ValueError(f'Unknown stem {model.stem!r}: use "imagenet" or "cifar".')
   if not model.preact:
-    if norm is not None:
-      x = norm(name='stem_bn')(x)
-    if model.branch_scale == 'fixup':
+    if model.branch_scale == 'fixup':  # No norm: its scalar bias before the activation.
       x = x + blocks.scalar(model, 'stem_bias', 0.0, x)
-    model.sow('intermediates', 'responses', x)
-    x = act(x)
+    x = blocks.normed_act(model, x, norm, act, 'stem_bn')
   if model.stem == 'imagenet':
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   return x

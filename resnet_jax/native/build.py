@@ -1,10 +1,11 @@
 """Builds the oneDNN convolution extension: `python -m resnet_jax.native.build`.
 
-Compiles onednn_conv.cc with the system's C++ compiler against jaxlib's FFI headers and
-the oneDNN of the `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (the `onednn`
-extra, installed by `make setup` on Linux x86-64), into _onednn_conv.so beside it. Where
-anything is missing it says what and exits 0: runs then take `fast_conv` instead
-(resnet_jax/models/onednn_conv.py).
+Compiles onednn_conv.cc and onednn_norm.cc (the convolutions' and BatchNorm's handlers)
+with the system's C++ compiler against jaxlib's FFI headers and the oneDNN of the
+`onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (the `onednn` extra, installed by
+`make setup` on Linux x86-64), into _onednn.so beside them. Where anything is missing it
+says what and exits 0: runs then take `fast_conv` and Flax's BatchNorm instead
+(resnet_jax/native/extension.py).
 """
 
 import glob
@@ -16,8 +17,8 @@ import sys
 import sysconfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, 'onednn_conv.cc')
-TARGET = os.path.join(HERE, '_onednn_conv.so')
+SOURCES = [os.path.join(HERE, name) for name in ('onednn_conv.cc', 'onednn_norm.cc')]
+TARGET = os.path.join(HERE, '_onednn.so')
 
 
 def _onednn_dirs() -> tuple[str, str] | None:
@@ -50,7 +51,7 @@ def command() -> tuple[list[str] | None, str]:
   include, lib = dirs
   library = sorted(glob.glob(os.path.join(lib, 'libdnnl.so*')), key=len)[0]
   return [*compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
-          '-I', jax.ffi.include_dir(), '-I', include, SOURCE, '-o', TARGET,
+          '-I', jax.ffi.include_dir(), '-I', include, *SOURCES, '-o', TARGET,
           library, f'-Wl,-rpath,{lib}'], ''
 
 
@@ -73,7 +74,8 @@ def build() -> str | None:
 def main() -> int:
   why = build()
   if why is None:
-    print(f'Built {TARGET}: runs with model.conv_impl=onednn take oneDNN\'s convolutions.')
+    print(f'Built {TARGET}: runs with model.conv_impl=onednn take oneDNN\'s convolutions '
+          'and BatchNorm.')
     return 0
   print(f'The oneDNN extension was not built: {why}. Runs take fast_conv instead.')
   return 0

@@ -14,30 +14,20 @@
 #include <algorithm>
 #include <cstdint>
 #include <exception>
-#include <list>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <tuple>
 #include <unordered_map>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
+#include "onednn_common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-using dnnl::memory;
+using namespace resnet_jax_native;  // NOLINT: the shared helpers of onednn_common.h.
 using Tag = memory::format_tag;
 
 constexpr size_t kCacheShapes = 64;  // Convolution shapes kept (a ResNet has under 20).
-
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
 
 struct Geometry {
   int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, plh, phh, plw, phw;
@@ -51,16 +41,6 @@ struct Geometry {
     return {{o, c, kh, kw}, memory::data_type::f32, Tag::any};
   }
 };
-
-// Every primitive's attributes: strict float32 math (oneDNN's default comes from the
-// environment, where ONEDNN_DEFAULT_FPMATH_MODE=BF16 would allow bfloat16) and a
-// scratchpad that the caller passes.
-dnnl::primitive_attr Attributes() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
-  return attr;
-}
 
 dnnl::reorder::primitive_desc ReorderDesc(const memory::desc& from, const memory::desc& to) {
   return dnnl::reorder::primitive_desc(Engine(), from, Engine(), to, Attributes());
@@ -116,47 +96,18 @@ struct Conv {
 
 using Key = decltype(Geometry().Key());
 
-struct Cache {
-  std::mutex mutex;
-  std::list<Key> order;  // Most recently used first.
-  std::map<Key, std::pair<std::shared_ptr<Conv>, std::list<Key>::iterator>> entries;
-};
-
-Cache& TheCache() {
-  static Cache cache;
+LruCache<Key, Conv>& TheCache() {
+  static LruCache<Key, Conv> cache(kCacheShapes);
   return cache;
 }
 
-// The primitives of `g`'s shape: built on first use, kept while among the kCacheShapes
-// most recently used shapes; the caller's reference keeps them alive past an eviction.
+// The primitives of `g`'s shape (built on first use, kept while among the kCacheShapes
+// most recently used shapes).
 std::shared_ptr<Conv> Cached(const Geometry& g) {
-  Cache& cache = TheCache();
-  std::lock_guard<std::mutex> lock(cache.mutex);
-  auto found = cache.entries.find(g.Key());
-  if (found != cache.entries.end()) {
-    cache.order.splice(cache.order.begin(), cache.order, found->second.second);
-    return found->second.first;
-  }
-  auto conv = std::make_shared<Conv>(g);
-  cache.order.push_front(g.Key());
-  cache.entries[g.Key()] = {conv, cache.order.begin()};
-  if (cache.entries.size() > kCacheShapes) {
-    cache.entries.erase(cache.order.back());
-    cache.order.pop_back();
-  }
-  return conv;
+  return TheCache().Get(g.Key(), [&] { return Conv(g); });
 }
 
-// Memory of `desc` owning its buffer (scratchpads and reordered weights).
-memory Owned(const memory::desc& desc) { return memory(desc, Engine()); }
-
-memory Wrap(const memory::desc& desc, const void* data) {
-  return memory(desc, Engine(), const_cast<void*>(data));
-}
-
-ffi::Error Invalid(const std::string& why) {
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn_conv: " + why);
-}
+ffi::Error Bad(const std::string& why) { return Invalid("onednn_conv", why); }
 
 // The geometry of input `x`, kernel `w` and output `y` (NHWC, HWIO, NHWC) with the
 // attributes, after checking every dimension against the others: oneDNN reads and writes
@@ -165,30 +116,18 @@ ffi::Error Make(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                 ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t plh,
                 int64_t phh, int64_t plw, int64_t phw, Geometry* g) {
   if (x.size() != 4 || w.size() != 4 || y.size() != 4)
-    return Invalid("input, kernel and output must be 4-D (NHWC, HWIO, NHWC)");
+    return Bad("input, kernel and output must be 4-D (NHWC, HWIO, NHWC)");
   for (auto d : {x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3]})
-    if (d < 1) return Invalid("every input and kernel dimension must be positive");
+    if (d < 1) return Bad("every input and kernel dimension must be positive");
   if (sh < 1 || sw < 1 || plh < 0 || phh < 0 || plw < 0 || phw < 0)
-    return Invalid("strides must be positive and paddings non-negative");
-  if (w[2] != x[3]) return Invalid("the kernel's input channels differ from the input's");
+    return Bad("strides must be positive and paddings non-negative");
+  if (w[2] != x[3]) return Bad("the kernel's input channels differ from the input's");
   int64_t oh = (x[1] + plh + phh - w[0]) / sh + 1, ow = (x[2] + plw + phw - w[1]) / sw + 1;
   if (x[1] + plh + phh < w[0] || x[2] + plw + phw < w[1])
-    return Invalid("the kernel is larger than the padded input");
+    return Bad("the kernel is larger than the padded input");
   if (y[0] != x[0] || y[1] != oh || y[2] != ow || y[3] != w[3])
-    return Invalid("the output's shape is not the convolution's");
+    return Bad("the output's shape is not the convolution's");
   *g = Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], oh, ow, sh, sw, plh, phh, plw, phw};
-  return ffi::Error::Success();
-}
-
-template <typename F>
-ffi::Error Guarded(F body) {
-  try {
-    body();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  } catch (const std::exception& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn_conv: ") + e.what());
-  }
   return ffi::Error::Success();
 }
 
@@ -225,7 +164,7 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   Geometry g;
   if (auto e = Make(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, plh, phh,
                     plw, phw, &g); e.failure()) return e;
-  return Guarded([&] {
+  return Guarded("onednn_conv", [&] {
     auto held = Cached(g);
     Conv& conv = *held;
     RunWithWeights(conv.fwd, conv.to_fwd_weights, conv.to_fwd_pd, conv.fwd_plain,
@@ -242,7 +181,7 @@ ffi::Error InputGradImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   Geometry g;
   if (auto e = Make(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, plh, phh,
                     plw, phw, &g); e.failure()) return e;
-  return Guarded([&] {
+  return Guarded("onednn_conv", [&] {
     auto held = Cached(g);
     Conv& conv = *held;
     RunWithWeights(conv.data, conv.to_data_weights, conv.to_data_pd, conv.data_plain,
@@ -259,7 +198,7 @@ ffi::Error WeightGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   Geometry g;
   if (auto e = Make(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, plh, phh,
                     plw, phw, &g); e.failure()) return e;
-  return Guarded([&] {
+  return Guarded("onednn_conv", [&] {
     auto held = Cached(g);
     Conv& conv = *held;
     dnnl::stream stream(Engine());
@@ -281,9 +220,7 @@ ffi::Error WeightGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 // math mode of oneDNN's default attributes and of the primitives of a small convolution
 // (dnnl_fpmath_mode_t: 0 is strict), the largest of its forward pass and gradients.
 extern "C" int64_t OnednnConvCachedShapes() {
-  Cache& cache = TheCache();
-  std::lock_guard<std::mutex> lock(cache.mutex);
-  return static_cast<int64_t>(cache.entries.size());
+  return static_cast<int64_t>(TheCache().Size());
 }
 
 extern "C" int OnednnConvFpmathModes(int* default_mode, int* primitive_mode) {
