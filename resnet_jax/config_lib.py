@@ -44,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.activation = 'relu'  # 'relu' (He init) | 'tat' (plain nets without norm).
   c.model.scan_blocks = True
   c.model.remat = False
-  c.model.conv_impl = 'onednn'  # trainer.conv_impl: 'fast' where it cannot run.
+  c.model.conv_impl = 'onednn'  # With BatchNorm on oneDNN too; trainer.conv_impl: 'fast'
+  # (and Flax's BatchNorm) where it cannot run.
   c.model.dtype = 'float32'
   c.model.param_dtype = 'float32'
 

@@ -58,7 +58,7 @@ class ResNet(nn.Module):
   activation: str = 'relu'  # model_variants.ACTIVATIONS: 'relu' (He init) or 'tat'.
   scan_blocks: bool = True
   remat: bool = False
-  conv_impl: str = 'fast'  # conv_impls.NAMES: 'fast', 'onednn' or 'xla'.
+  conv_impl: str = 'fast'  # conv_impls.NAMES: 'fast', 'onednn' (BatchNorm too) or 'xla'.
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
