@@ -30,8 +30,12 @@ ONEDNN_CACHE_SHAPES = 64  # kCacheShapes in resnet_jax/native/onednn_conv.cc.
 
 @pytest.fixture(autouse=True, scope='module')
 def extension_loaded():
+  require_extension()
+
+
+def require_extension():
   """Set-up builds the extension on Linux x86-64: there its absence is a failure, unless
-  the machine has no C++ compiler; elsewhere these tests are skipped."""
+  the machine has no C++ compiler; elsewhere the tests that need it are skipped."""
   if extension.available():
     return
   why = extension.load_error()

@@ -14,14 +14,13 @@ import pytest
 from resnet_jax import models
 from resnet_jax.models import onednn_norm
 from resnet_jax.native import extension
+from tests import onednn_conv_test
 
 
 @pytest.fixture(autouse=True, scope='module')
 def extension_loaded():
   """As tests/onednn_conv_test.py: skipped only where the extension cannot be built."""
-  if not extension.available():
-    from tests import onednn_conv_test  # pylint: disable=import-outside-toplevel
-    onednn_conv_test.extension_loaded.__wrapped__()
+  onednn_conv_test.require_extension()
 
 
 def inputs(shape, seed=0):

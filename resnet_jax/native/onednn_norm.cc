@@ -102,7 +102,11 @@ ffi::Error Check(ffi::Span<const int64_t> x,
     if (other.size() != 1 || other[0] != x[3])
       return Bad("scale, shift, mean and variance must have one value per channel");
   *s = Shape{x[0], x[1], x[2], x[3], epsilon, relu};
-  int64_t want = relu ? Cached(*s)->WorkspaceBytes() : 0;
+  int64_t want = 0;
+  if (relu) {
+    auto built = Guarded("onednn_norm", [&] { want = Cached(*s)->WorkspaceBytes(); });
+    if (built.failure()) return built;
+  }
   if (ws.size() != 1 || ws[0] != want)
     return Bad("the workspace must have " + std::to_string(want) + " bytes for this shape");
   return ffi::Error::Success();
