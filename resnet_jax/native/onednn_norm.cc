@@ -112,6 +112,17 @@ ffi::Error Check(ffi::Span<const int64_t> x,
   return ffi::Error::Success();
 }
 
+// Runs `primitive` (of descriptor `pd`) on `args` with a scratchpad of its own and, where
+// the ReLU is fused, the workspace `ws`.
+void Execute(const dnnl::primitive& primitive, const dnnl::primitive_desc_base& pd,
+             std::unordered_map<int, memory> args, bool relu, const void* ws) {
+  args[DNNL_ARG_SCRATCHPAD] = Owned(pd.scratchpad_desc());
+  if (relu) args[DNNL_ARG_WORKSPACE] = Wrap(pd.workspace_desc(), ws);
+  dnnl::stream stream(Engine());
+  primitive.execute(stream, args);
+  stream.wait();
+}
+
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
                        ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> y,
                        ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
@@ -131,12 +142,8 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
         {DNNL_ARG_SCALE, Wrap(channels, scale.typed_data())},
         {DNNL_ARG_SHIFT, Wrap(channels, shift.typed_data())},
         {DNNL_ARG_MEAN, Wrap(channels, mean->typed_data())},
-        {DNNL_ARG_VARIANCE, Wrap(channels, var->typed_data())},
-        {DNNL_ARG_SCRATCHPAD, Owned(norm.fwd_pd.scratchpad_desc())}};
-    if (relu) args[DNNL_ARG_WORKSPACE] = Wrap(norm.fwd_pd.workspace_desc(), ws->typed_data());
-    dnnl::stream stream(Engine());
-    norm.fwd.execute(stream, args);
-    stream.wait();
+        {DNNL_ARG_VARIANCE, Wrap(channels, var->typed_data())}};
+    Execute(norm.fwd, norm.fwd_pd, args, relu, ws->typed_data());
   });
 }
 
@@ -162,12 +169,8 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
         {DNNL_ARG_VARIANCE, Wrap(channels, var.typed_data())},
         {DNNL_ARG_DIFF_SRC, Wrap(data, dx->typed_data())},
         {DNNL_ARG_DIFF_SCALE, Wrap(channels, dscale->typed_data())},
-        {DNNL_ARG_DIFF_SHIFT, Wrap(channels, dshift->typed_data())},
-        {DNNL_ARG_SCRATCHPAD, Owned(norm.bwd_pd.scratchpad_desc())}};
-    if (relu) args[DNNL_ARG_WORKSPACE] = Wrap(norm.bwd_pd.workspace_desc(), ws.typed_data());
-    dnnl::stream stream(Engine());
-    norm.bwd.execute(stream, args);
-    stream.wait();
+        {DNNL_ARG_DIFF_SHIFT, Wrap(channels, dshift->typed_data())}};
+    Execute(norm.bwd, norm.bwd_pd, args, relu, ws.typed_data());
   });
 }
 
