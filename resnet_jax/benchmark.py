@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from resnet_jax import huge_pages
 from resnet_jax import peer_process
 from resnet_jax import run_dir
 from resnet_jax.timing import time_train_step
@@ -139,7 +140,7 @@ def measure_row(row: dict) -> dict:
               gflops=flops / step_s / 1e9, xla_memory_gib=(xla_bytes or 0) / 2**30,
               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
               loss=float(losses.mean()), finite=bool(np.isfinite(losses).all()),
-              platform=device.platform,
+              platform=device.platform, huge_pages=huge_pages.requested(os.environ),
               device_kind=device.device_kind, devices=jax.device_count())
 
 
@@ -209,8 +210,10 @@ def vmapped_seeds(choice: str) -> int:
 def run_row_isolated(row: dict) -> dict:
   """Measures `row` in a fresh process: its peak memory is its own, a row that runs out
   of memory cannot take the whole benchmark down, and its compile time is XLA's, not a
-  read of a persistent compilation cache the caller may have set."""
-  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  read of a persistent compilation cache the caller may have set; with glibc's huge pages
+  for XLA's buffers, as the sweep's workers train (resnet_jax/huge_pages.py)."""
+  env = huge_pages.with_huge_pages(
+      {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'})
   out = subprocess.run([sys.executable, '-m', MODULE,
                         f'--row={json.dumps(row)}'], capture_output=True, text=True,
                        env=env)

@@ -1,4 +1,5 @@
-"""oneDNN's BatchNorm (resnet_jax/models/onednn_norm.py) against Flax's and XLA's."""
+"""oneDNN's BatchNorm and the fused residual tail (resnet_jax/models/onednn_norm.py)
+against Flax's and XLA's."""
 
 import os
 import re
@@ -54,6 +55,35 @@ def test_values_statistics_and_gradients_equal_xlas(shape, relu):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(jnp.abs(e).max()))
 
 
+@pytest.mark.parametrize('shape', [(8, 9, 9, 16), (3, 5, 7, 10), (64, 4, 4, 72)])
+def test_the_residual_tail_equals_xlas_values_statistics_and_four_gradients(shape):
+  """relu(BN(x) + residual): 10 channels and 3*5*7 rows leave a part period at the end."""
+  x, scale, bias, w = inputs(shape)
+  residual = jax.random.normal(jax.random.PRNGKey(7), shape) * 2
+
+  def loss(f):
+    def value(x, scale, bias, residual):
+      y, mean, var = f(x, scale, bias, residual)
+      return jnp.sum(y * w), (mean, var)
+    return jax.jit(jax.value_and_grad(value, (0, 1, 2, 3), has_aux=True))(
+        x, scale, bias, residual)
+
+  (want, (want_mean, want_var)), want_grads = loss(
+      lambda x, s, b, r: onednn_norm.reference(x, s, b, 1e-5, True, r))
+  (got, (mean, var)), grads = loss(
+      lambda x, s, b, r: onednn_norm.batch_norm_add_relu(x, s, b, r, 1e-5))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(var, want_var, rtol=1e-4)
+  for g, e in zip(grads, want_grads):
+    assert g.shape == e.shape
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(jnp.abs(e).max()))
+  assert float(jnp.mean(grads[3] == 0)) > 0.2  # The ReLU stopped some of the gradient.
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(
+      onednn_norm.batch_norm_add_relu(x, scale, bias, residual, 1e-5)[0] * w)))
+  np.testing.assert_array_equal(grad(x), grad(x))  # Resumed runs repeat a run exactly.
+
+
 def test_the_module_is_flaxs_batchnorm_with_the_same_variables_and_running_averages():
   x = inputs((6, 5, 5, 8))[0]
   flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
@@ -64,17 +94,20 @@ def test_the_module_is_flaxs_batchnorm_with_the_same_variables_and_running_avera
   variables = {'params': {'scale': jnp.linspace(0.5, 2, 8), 'bias': jnp.linspace(-1, 1, 8)},
                'batch_stats': {'mean': jnp.full(8, 0.3), 'var': jnp.full(8, 2.0)}}
   want, want_stats = flax_bn.apply(variables, x, mutable=['batch_stats'])
-  for relu in (False, True):
-    got, stats = jax.jit(lambda v, x, relu=relu: ours.apply(
-        v, x, relu=relu, mutable=['batch_stats']))(variables, x)
-    np.testing.assert_allclose(got, jax.nn.relu(want) if relu else want, rtol=1e-4,
-                               atol=1e-5)
+  r = jnp.cos(x)
+  for relu, residual, expect in ((False, None, want), (True, None, jax.nn.relu(want)),
+                                 (True, r, jax.nn.relu(want + r)), (False, r, want + r)):
+    got, stats = jax.jit(lambda v, x, relu=relu, residual=residual: ours.apply(
+        v, x, relu=relu, residual=residual, mutable=['batch_stats']))(variables, x)
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
                            stats, want_stats)
   # Evaluation (the running averages) and other dtypes are Flax's own computation.
   evaluate = onednn_norm.BatchNorm(use_running_average=True)
   np.testing.assert_array_equal(evaluate.apply(variables, x, relu=True),
                                 jax.nn.relu(nn.BatchNorm(True).apply(variables, x)))
+  np.testing.assert_array_equal(evaluate.apply(variables, x, relu=True, residual=r),
+                                jax.nn.relu(nn.BatchNorm(True).apply(variables, x) + r))
   text = str(jax.make_jaxpr(lambda x: ours.apply(variables, x, mutable=['batch_stats']))(
       x.astype(jnp.bfloat16)))
   assert 'onednn_norm' not in text
@@ -111,8 +144,10 @@ def test_a_models_responses_and_gradients_equal_flaxs_and_the_relu_is_fused():
       if impl == 'onednn':
         text = jax.jit(loss).lower(v['params']).as_text()
         fused = len(re.findall(r'onednn_norm_forward\(.*relu = true', text))
-        # ResNet-8: the stem and each block's first BN; plain-8: every BN.
-        assert fused == (4 if shortcut == 'A' else 7), (shortcut, fused)
+        tails = len(re.findall(r'norm_add_relu_forward\(', text))
+        # ResNet-8: the stem and each block's first BN, and each block's tail;
+        # plain-8: every BN.
+        assert (fused, tails) == ((4, 3) if shortcut == 'A' else (7, 0)), (shortcut, fused)
   for shortcut in ('A', 'none'):
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
@@ -133,6 +168,21 @@ def test_buffers_that_disagree_are_an_error_not_a_write_out_of_bounds(shapes, me
   with pytest.raises(Exception, match=message):
     jax.block_until_ready(call(jnp.ones(x_shape), jnp.ones(c_shape), jnp.ones(c_shape),
                                epsilon=np.float32(1e-5), relu=False))
+
+
+@pytest.mark.parametrize('shapes,message', [
+    (((2, 4, 4, 3), (4,), (2, 4, 4, 3)), 'one value per channel'),
+    (((2, 4, 4, 3), (3,), (2, 4, 5, 3)), 'must have one shape'),
+    (((2, 4, 3), (3,), (2, 4, 3)), 'must be 4-D'),
+])
+def test_a_residual_tail_whose_buffers_disagree_is_an_error(shapes, message):
+  x_shape, c_shape, r_shape = shapes
+  out = (jax.ShapeDtypeStruct(x_shape, jnp.float32),
+         jax.ShapeDtypeStruct(c_shape, jnp.float32), jax.ShapeDtypeStruct(c_shape, jnp.float32))
+  call = jax.ffi.ffi_call('norm_add_relu_forward', out)
+  with pytest.raises(Exception, match=message):
+    jax.block_until_ready(call(jnp.ones(x_shape), jnp.ones(c_shape), jnp.ones(c_shape),
+                               jnp.ones(r_shape), epsilon=np.float32(1e-5)))
 
 
 def test_a_workspace_of_the_wrong_size_is_an_error():

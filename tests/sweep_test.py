@@ -127,11 +127,17 @@ def test_workers_get_gpus_of_their_own_or_share_one_and_one_compilation_cache(tm
       str(tmp_path), n, devices_lib.Devices(*devices), sizes,
       {'PATH': '/bin'} if environ is None else environ)
   cache = {'PATH': '/bin', 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / '.jax_cache')}
-  # CPU workers share the cores: oneDNN's threads too, unless the user set them.
+  # CPU workers share the cores: oneDNN's threads too, unless the user set them; and
+  # glibc backs XLA's buffers with huge pages, after the user's own tunables.
   threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
-  assert envs(2, ('cpu', 1)) == [dict(cache, OMP_NUM_THREADS=threads)] * 2
-  assert envs(1, ('cpu', 1)) == [cache]
+  huge = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+  assert envs(2, ('cpu', 1)) == [dict(cache, OMP_NUM_THREADS=threads, **huge)] * 2
+  assert envs(1, ('cpu', 1)) == [dict(cache, **huge)]
   assert envs(2, ('cpu', 1), {'OMP_NUM_THREADS': '2'})[1]['OMP_NUM_THREADS'] == '2'
+  assert envs(1, ('cpu', 1), {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})[0][
+      'GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
+  assert envs(1, ('cpu', 1), {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'})[0][
+      'GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=0'  # The user's choice stands.
   assert envs(1, ('cuda', 4)) == [cache]  # One worker: every GPU joins its cells' mesh.
   assert envs(0, ('cuda', 4)) == []  # Every cell was done.
   # One GPU: the workers share it, each with its part of the memory.

@@ -103,14 +103,14 @@ def _normed(block, y, name: str, scale_init=nn.initializers.ones):
   return y if block.norm is None else block.norm(name=name, scale_init=scale_init)(y)
 
 
-def normed_act(module, y, norm, act, name: str, scale_init=nn.initializers.ones):
+def normed_act(module, y, norm, act, name: str):
   """act(norm(y)) of `module`'s BatchNorm `name` (y itself where `norm` is None), sowing
   norm(y) as one of its `responses`. Where the BatchNorm fuses the ReLU that follows it
   (oneDNN's, onednn_norm.py) and no one collects the responses, one fused call."""
   if (norm is not None and act is nn.relu and onednn_norm.fuses_relu(norm)
       and not module.is_mutable_collection('intermediates')):
-    return norm(name=name, scale_init=scale_init)(y, relu=True)
-  y = y if norm is None else norm(name=name, scale_init=scale_init)(y)
+    return norm(name=name)(y, relu=True)
+  y = y if norm is None else norm(name=name)(y)
   module.sow('intermediates', 'responses', y)
   return act(y)
 
@@ -139,17 +139,29 @@ def _run_block(block, x, specs):
     y = x
     for i, (features, kernel, stride) in enumerate(specs):
       y = block.conv(features, kernel, (stride, stride), name=f'conv{i + 1}')(y)
-      init = nn.initializers.zeros if (i == last and zero_last) else nn.initializers.ones
       if i < last or not residual:  # A plain block's last ReLU follows its BN directly.
-        y = normed_act(block, y, block.norm, block.act, f'bn{i + 1}', init)
-      else:
-        y = _normed(block, y, f'bn{i + 1}', init)
-        block.sow('intermediates', 'responses', y)
+        y = normed_act(block, y, block.norm, block.act, f'bn{i + 1}')
     sc = apply_shortcut(x, out_channels, block.strides, block.shortcut,
                         block.conv, block.norm)
-    out = y if sc is None else block.act(_branch_scaled(block, y) + sc)
+    out = y if sc is None else _residual_tail(
+        block, y, sc, f'bn{last + 1}',
+        nn.initializers.zeros if zero_last else nn.initializers.ones)
   block.sow('intermediates', 'block_out', out)
   return out
+
+
+def _residual_tail(block, y, sc, name: str, scale_init):
+  """act(branch(norm(y)) + sc): a post-activation residual block's last BatchNorm `name`
+  on its last convolution's output `y`, the shortcut `sc` and the activation, sowing
+  norm(y) as a response. Where the BatchNorm fuses them (onednn_norm.py), the branch has
+  no scale and no one collects the responses, one fused call."""
+  if (block.norm is not None and block.act is nn.relu and block.branch_scale == 'none'
+      and onednn_norm.fuses_relu(block.norm)
+      and not block.is_mutable_collection('intermediates')):
+    return block.norm(name=name, scale_init=scale_init)(y, relu=True, residual=sc)
+  y = _normed(block, y, name, scale_init)
+  block.sow('intermediates', 'responses', y)
+  return block.act(_branch_scaled(block, y) + sc)
 
 
 def _branch_scaled(block, y):

@@ -1,6 +1,7 @@
 """Builds the oneDNN convolution extension: `python -m resnet_jax.native.build`.
 
 Compiles onednn_conv.cc and onednn_norm.cc (the convolutions' and BatchNorm's handlers)
+and norm_add_relu.cc (a residual block's BatchNorm, addition and ReLU, on OpenMP)
 with the system's C++ compiler against jaxlib's FFI headers and the oneDNN of the
 `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (the `onednn` extra, installed by
 `make setup` on Linux x86-64), into _onednn.so beside them. Where anything is missing it
@@ -17,7 +18,8 @@ import sys
 import sysconfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(HERE, name) for name in ('onednn_conv.cc', 'onednn_norm.cc')]
+SOURCES = [os.path.join(HERE, name)
+           for name in ('onednn_conv.cc', 'onednn_norm.cc', 'norm_add_relu.cc')]
 TARGET = os.path.join(HERE, '_onednn.so')
 
 
@@ -50,7 +52,8 @@ def command() -> tuple[list[str] | None, str]:
   import jax.ffi  # pylint: disable=import-outside-toplevel
   include, lib = dirs
   library = sorted(glob.glob(os.path.join(lib, 'libdnnl.so*')), key=len)[0]
-  return [*compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
+  # -O3 vectorises norm_add_relu.cc's loops; -fopenmp runs them on oneDNN's OpenMP.
+  return [*compiler, '-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w',
           '-I', jax.ffi.include_dir(), '-I', include, *SOURCES, '-o', TARGET,
           library, f'-Wl,-rpath,{lib}'], ''
 

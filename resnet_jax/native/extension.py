@@ -3,7 +3,8 @@ the OpenMP threads it runs on.
 
 `load_error()` is None once the library is loaded and every handler registered for the
 CPU (the convolutions' of onednn_conv.cc as `onednn_conv_*`, BatchNorm's of
-onednn_norm.cc as `onednn_norm_*`), else one sentence saying why not;
+onednn_norm.cc as `onednn_norm_*`, BatchNorm + addition + ReLU of norm_add_relu.cc as
+`norm_add_relu_*`), else one sentence saying why not;
 `resnet_jax/models/onednn_conv.py` and `onednn_norm.py` call the handlers, and
 `trainer.conv_impl` falls back to `fast_conv` and Flax's BatchNorm where it is not None.
 """
@@ -19,7 +20,9 @@ HANDLERS = {'onednn_conv_forward': 'OnednnConvForward',
             'onednn_conv_input_grad': 'OnednnConvInputGrad',
             'onednn_conv_weight_grad': 'OnednnConvWeightGrad',
             'onednn_norm_forward': 'OnednnNormForward',
-            'onednn_norm_backward': 'OnednnNormBackward'}
+            'onednn_norm_backward': 'OnednnNormBackward',
+            'norm_add_relu_forward': 'NormAddReluForward',
+            'norm_add_relu_backward': 'NormAddReluBackward'}
 
 
 @functools.cache
@@ -70,7 +73,7 @@ def check(impl: str) -> None:
 
 
 def threads() -> int:
-  """The OpenMP threads oneDNN runs on in this process: OMP_NUM_THREADS (its first value)
+  """The OpenMP threads oneDNN (and norm_add_relu.cc) runs on in this process: OMP_NUM_THREADS (its first value)
   where set, else every core this process may use (GNU OpenMP's default). Its weight
   gradients sum in an order that depends on it (docs/ablation.md)."""
   value = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()

@@ -6,6 +6,7 @@ import sys
 from typing import NamedTuple
 
 from resnet_jax import config_lib
+from resnet_jax import huge_pages
 
 
 class Devices(NamedTuple):
@@ -77,11 +78,14 @@ def worker_envs(workdir: str, n_workers: int, devices: Devices, sizes=(1,),
   else a share of one GPU's memory; a cell's run shards over the GPUs it sees. On CPUs
   each worker's oneDNN gets its share of the cores as OpenMP threads: two workers on
   2 cores, each with oneDNN's default of 2, took 1.25x as long a step (quick
-  ResNet-56, docs/performance.md)."""
+  ResNet-56, docs/performance.md), and glibc's transparent huge pages for XLA's
+  per-step buffers (resnet_jax/huge_pages.py)."""
   env = dict(os.environ if environ is None else environ)
   env.setdefault('JAX_COMPILATION_CACHE_DIR', compilation_cache(workdir))
   if devices.platform == 'cpu' and n_workers > 1:
     env.setdefault('OMP_NUM_THREADS', str(max(1, len(os.sched_getaffinity(0)) // n_workers)))
+  if devices.platform == 'cpu':
+    env = huge_pages.with_huge_pages(env)
   envs = [dict(env) for _ in range(n_workers)]
   var = _VISIBLE.get(devices.platform)
   if var is None or n_workers <= 1:  # (None when every cell is done.)
