@@ -10,6 +10,7 @@ from ml_collections import config_flags
 
 from resnet_jax import cli
 from resnet_jax import config_lib
+from resnet_jax import huge_pages
 from resnet_jax import processes
 from resnet_jax import run_dir
 from resnet_jax.sweep import ablation as sweep_ablation
@@ -90,4 +91,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()  # XLA:CPU's buffers in huge pages (1.2-1.4x steps).
   app.run(main, flags_parser=cli.parse_flags)

@@ -65,3 +65,32 @@ def test_the_benchmarks_rows_run_with_huge_pages(monkeypatch):
   with pytest.raises(OSError):
     benchmark.run_row_isolated({'model': 'resnet20'})
   assert huge_pages.requested(seen['env'])
+
+
+def test_the_single_run_command_restarts_once_with_them_and_peers_never_see_them(tmp_path):
+  script = tmp_path / 'restart.py'
+  script.write_text(
+      'import os, sys\n'
+      'import resnet_jax\n'
+      'from resnet_jax import huge_pages\n'
+      'print("start", os.getpid(), flush=True)\n'
+      'huge_pages.restart_with_huge_pages()\n'
+      'print("env", os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])\n'
+      'print("user", resnet_jax.USER_ENVIRONMENT.get("GLIBC_TUNABLES"))\n')
+  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  for mine, want_user in ((None, 'None'), ('glibc.malloc.arena_max=2',
+                                           'glibc.malloc.arena_max=2')):
+    run_env = env if mine is None else dict(env, GLIBC_TUNABLES=mine)
+    out = subprocess.run([sys.executable, str(script), '--flag=1'], env=run_env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    starts = [l for l in lines if l.startswith('start')]
+    assert len(starts) == 2 and len(set(starts)) == 1, lines  # Once, in the same process.
+    tunables = ('' if mine is None else mine + ':') + 'glibc.malloc.hugetlb=1'
+    assert f"env {tunables} ['--flag=1']" in lines
+    assert f'user {want_user}' in lines  # What a peer of the benchmark would inherit.
+  # The user's own hugetlb setting: no restart.
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env=dict(env, GLIBC_TUNABLES='glibc.malloc.hugetlb=0'), timeout=120)
+  assert len([l for l in out.stdout.splitlines() if l.startswith('start')]) == 1
