@@ -64,7 +64,7 @@ def without_ours(env) -> dict:
   env = dict(env)
   if env.pop(RESTARTED, None):
     tunables = [t for t in _tunables(env) if t != f'{TUNABLE}=1']
-    env.pop(VARIABLE)
+    env.pop(VARIABLE, None)
     if tunables:
       env[VARIABLE] = ':'.join(tunables)
   return env

@@ -8,12 +8,12 @@ and take the ReLU that follows into the same call (its mask kept in a workspace)
 `batch_norm` is a `jax.custom_vjp` over the extension's two `jax.ffi` calls
 (`resnet_jax/native/onednn_norm.cc`). oneDNN fuses a residual block's tail,
 relu(BatchNorm(x) + shortcut), only on GPUs, so `batch_norm_add_relu` calls the
-extension's own C++ for it (`norm_add_relu.cc`: two passes over the activations forward
-and two back, where BatchNorm, addition and ReLU took five and the gradient's mask
-three). GPU and TPU lower the same formulas in XLA (`lax.platform_dependent`). `BatchNorm` is Flax's module with the same variables, whose
-training pass calls it; the models take it with `model.conv_impl='onednn'`
-(resnet.py) and fall back to Flax's where the extension cannot run (`trainer.conv_impl`).
-Reverse mode only, as the convolutions.
+extension's own C++ for it (`norm_add_relu.cc`: two passes over the activations each
+way, where oneDNN's BatchNorm and XLA's addition, ReLU and mask took three or more).
+GPU and TPU lower the same formulas in XLA (`lax.platform_dependent`). `BatchNorm` is
+Flax's module with the same variables, whose training pass calls it; the models take it
+with `model.conv_impl='onednn'` (resnet.py) and fall back to Flax's where the extension
+cannot run (`trainer.conv_impl`). Reverse mode only, as the convolutions.
 """
 
 import ctypes
